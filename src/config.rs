@@ -1,0 +1,417 @@
+//! Configuration: defaults, then an optional TOML file, then `SWITCHBOARD_*`
+//! environment variables, then command-line flags (each later source wins).
+//!
+//! Every setting has one name used everywhere: `--ping-interval` on the command
+//! line, `SWITCHBOARD_PING_INTERVAL` in the environment, `ping_interval` in the
+//! file. Invalid values are refused with a message naming the setting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings the pure hub core needs (no I/O settings).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Send a protocol Ping after this much silence from a client.
+    pub ping_interval: Duration,
+    /// Close a client silent for `ping_interval + ping_timeout` (code 4100).
+    pub ping_timeout: Duration,
+    /// Connections one user may hold at once; the next is closed with 1008.
+    pub max_connections_per_user: usize,
+    /// Rooms one connection may be in at once (`too_many_rooms`).
+    pub max_rooms_per_connection: usize,
+    /// Longest room name in bytes (`room_name_too_long`).
+    pub max_room_name_len: usize,
+    /// Longest user id in bytes (refused at the handshake).
+    pub max_user_id_len: usize,
+    /// `user_joined` / `user_left` are announced only in rooms with at most
+    /// this many distinct users, so big rooms do not turn joins quadratic.
+    pub presence_announce_limit: usize,
+    /// Longest user list in a `joined` or `presence` reply (`truncated: true` beyond).
+    pub member_list_limit: usize,
+    /// Largest message a hub client may send, in bytes (over it: close 1009).
+    pub max_message_size: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
+            max_connections_per_user: 5,
+            max_rooms_per_connection: 100,
+            max_room_name_len: 128,
+            max_user_id_len: 128,
+            presence_announce_limit: 100,
+            member_list_limit: 100,
+            max_message_size: 64 * 1024,
+        }
+    }
+}
+
+/// Everything the daemon needs: the hub's settings plus sockets, buffers and logging.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on for WebSocket and HTTP.
+    pub listen: SocketAddr,
+    /// The pure core's settings.
+    pub hub: HubConfig,
+    /// Total open connections (handshaking included); over it the handshake gets 503.
+    pub max_connections: usize,
+    /// Largest message on the `/echo` route (separate from the hub's limit).
+    pub echo_max_message_size: usize,
+    /// Bytes queued for one client before it is a slow consumer (close 4101).
+    pub max_output_queue: usize,
+    /// tungstenite's per-connection read buffer (allocated for every connection).
+    pub read_buffer_size: usize,
+    /// A handshake (or plain HTTP request) must complete within this time.
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head (request line + headers) accepted, in bytes.
+    pub max_request_head: usize,
+    /// After sending a close frame, wait this long for the peer before dropping it.
+    pub close_timeout: Duration,
+    /// Graceful shutdown: how long to wait for close frames to flush.
+    pub shutdown_timeout: Duration,
+    /// Log level: off, error, warn, info, debug, trace.
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            hub: HubConfig::default(),
+            max_connections: 10_000,
+            echo_max_message_size: 64 * 1024,
+            max_output_queue: 1024 * 1024,
+            read_buffer_size: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_request_head: 8 * 1024,
+            close_timeout: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(5),
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+/// A setting that could not be applied: names the setting and says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting (`ping_interval`), file or flag concerned.
+    pub setting: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting `{}`: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One documented setting: its name, its help line and its default (for `--help`).
+pub struct Setting {
+    pub name: &'static str,
+    pub value: &'static str,
+    pub help: &'static str,
+    pub default: &'static str,
+}
+
+/// Every setting, in the order `--help` lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: "listen", value: "ADDR:PORT", help: "address for WebSocket and HTTP", default: "127.0.0.1:8080" },
+    Setting { name: "ping_interval", value: "SECS", help: "protocol Ping after this much client silence", default: "30" },
+    Setting { name: "ping_timeout", value: "SECS", help: "close (4100) after interval + timeout of silence", default: "10" },
+    Setting { name: "max_connections", value: "N", help: "total connections; over it the handshake gets 503", default: "10000" },
+    Setting { name: "max_connections_per_user", value: "N", help: "connections per user; the next is closed with 1008", default: "5" },
+    Setting { name: "max_rooms_per_connection", value: "N", help: "rooms one connection may be in", default: "100" },
+    Setting { name: "max_room_name_len", value: "BYTES", help: "longest room name", default: "128" },
+    Setting { name: "max_user_id_len", value: "BYTES", help: "longest user id", default: "128" },
+    Setting { name: "max_message_size", value: "BYTES", help: "largest client message (over it: close 1009)", default: "65536" },
+    Setting { name: "echo_max_message_size", value: "BYTES", help: "largest message on /echo", default: "65536" },
+    Setting { name: "max_output_queue", value: "BYTES", help: "queued bytes per client before close 4101 (slow consumer)", default: "1048576" },
+    Setting { name: "presence_announce_limit", value: "N", help: "announce user_joined/user_left only in rooms up to N users", default: "100" },
+    Setting { name: "member_list_limit", value: "N", help: "longest user list in joined/presence replies", default: "100" },
+    Setting { name: "read_buffer_size", value: "BYTES", help: "per-connection read buffer", default: "1024" },
+    Setting { name: "handshake_timeout", value: "SECS", help: "deadline for a handshake or HTTP request", default: "10" },
+    Setting { name: "max_request_head", value: "BYTES", help: "largest HTTP request line + headers (over it: 431)", default: "8192" },
+    Setting { name: "close_timeout", value: "SECS", help: "wait for the peer's close after ours", default: "2" },
+    Setting { name: "shutdown_timeout", value: "SECS", help: "graceful shutdown deadline", default: "5" },
+    Setting { name: "log_level", value: "LEVEL", help: "off, error, warn, info, debug, trace", default: "info" },
+];
+
+/// What the command line asked for.
+pub enum Command {
+    /// Run the daemon with this configuration.
+    Run(Box<Config>),
+    /// Print this help text and exit 0.
+    Help(String),
+    /// Print the version and exit 0.
+    Version,
+}
+
+impl Config {
+    /// Apply one setting by its canonical name (`ping_interval`).
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError { setting: name.to_string(), message };
+        let value = value.trim();
+        match name {
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| err(format!("`{value}` is not an ADDR:PORT such as 127.0.0.1:8080")))?
+            }
+            "ping_interval" => self.hub.ping_interval = secs(value, 0.01).map_err(err)?,
+            "ping_timeout" => self.hub.ping_timeout = secs(value, 0.01).map_err(err)?,
+            "handshake_timeout" => self.handshake_timeout = secs(value, 0.01).map_err(err)?,
+            "close_timeout" => self.close_timeout = secs(value, 0.0).map_err(err)?,
+            "shutdown_timeout" => self.shutdown_timeout = secs(value, 0.0).map_err(err)?,
+            "max_connections" => self.max_connections = count(value, 1).map_err(err)?,
+            "max_connections_per_user" => {
+                self.hub.max_connections_per_user = count(value, 1).map_err(err)?
+            }
+            "max_rooms_per_connection" => {
+                self.hub.max_rooms_per_connection = count(value, 1).map_err(err)?
+            }
+            "max_room_name_len" => self.hub.max_room_name_len = count(value, 1).map_err(err)?,
+            "max_user_id_len" => self.hub.max_user_id_len = count(value, 1).map_err(err)?,
+            "max_message_size" => self.hub.max_message_size = count(value, 64).map_err(err)?,
+            "echo_max_message_size" => self.echo_max_message_size = count(value, 64).map_err(err)?,
+            "max_output_queue" => self.max_output_queue = count(value, 1024).map_err(err)?,
+            "presence_announce_limit" => {
+                self.hub.presence_announce_limit = count(value, 0).map_err(err)?
+            }
+            "member_list_limit" => self.hub.member_list_limit = count(value, 0).map_err(err)?,
+            "read_buffer_size" => self.read_buffer_size = count(value, 64).map_err(err)?,
+            "max_request_head" => self.max_request_head = count(value, 512).map_err(err)?,
+            "log_level" => {
+                self.log_level = value.parse().map_err(|_| {
+                    err(format!("`{value}` is not one of off, error, warn, info, debug, trace"))
+                })?
+            }
+            _ => return Err(err("unknown setting".to_string())),
+        }
+        Ok(())
+    }
+
+    /// Apply every `key = value` of a TOML document.
+    pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
+            setting: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        for (key, value) in &table {
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(ConfigError {
+                        setting: key.clone(),
+                        message: format!("in {origin}: expected a string or a number"),
+                    })
+                }
+            };
+            self.set(key, &text)?;
+        }
+        Ok(())
+    }
+
+    /// Apply `SWITCHBOARD_<NAME>` variables from `vars` (usually `std::env::vars()`).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix("SWITCHBOARD_") else { continue };
+            if name == "CONFIG" {
+                continue;
+            }
+            self.set(&name.to_ascii_lowercase(), &value).map_err(|mut e| {
+                e.setting = key.clone();
+                e
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Cross-setting checks, run once every source has been applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {
+            return Err(ConfigError {
+                setting: "max_output_queue".into(),
+                message: "must be at least min(max_message_size, 65536)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Build the configuration from command-line arguments (without the program
+    /// name), the environment and the file named by `--config` or `SWITCHBOARD_CONFIG`.
+    pub fn from_args_and_env(
+        args: impl IntoIterator<Item = std::ffi::OsString>,
+        env: Vec<(String, String)>,
+    ) -> Result<Command, ConfigError> {
+        use lexopt::prelude::*;
+        let mut parser = lexopt::Parser::from_args(args);
+        let mut flags: Vec<(String, String)> = Vec::new();
+        let mut file: Option<PathBuf> = env
+            .iter()
+            .find(|(k, _)| k == "SWITCHBOARD_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        let bad = |setting: &str, e: lexopt::Error| ConfigError {
+            setting: setting.to_string(),
+            message: e.to_string(),
+        };
+        while let Some(arg) = parser.next().map_err(|e| bad("command line", e))? {
+            match arg {
+                Short('h') | Long("help") => return Ok(Command::Help(help_text())),
+                Short('V') | Long("version") => return Ok(Command::Version),
+                Long("config") => {
+                    file = Some(parser.value().map_err(|e| bad("config", e))?.into())
+                }
+                Long(flag) => {
+                    let name = flag.replace('-', "_");
+                    if !SETTINGS.iter().any(|s| s.name == name) {
+                        return Err(ConfigError {
+                            setting: format!("--{flag}"),
+                            message: "unknown flag (see --help)".into(),
+                        });
+                    }
+                    let value = parser.value().map_err(|e| bad(&name, e))?;
+                    let value = value.string().map_err(|e| bad(&name, e))?;
+                    flags.push((name, value));
+                }
+                other => return Err(bad("command line", other.unexpected())),
+            }
+        }
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                setting: "config".into(),
+                message: format!("cannot read {origin}: {e}"),
+            })?;
+            config.apply_toml(&text, &origin)?;
+        }
+        config.apply_env(env)?;
+        for (name, value) in &flags {
+            config.set(name, value).map_err(|mut e| {
+                e.setting = format!("--{}", name.replace('_', "-"));
+                e
+            })?;
+        }
+        config.validate()?;
+        Ok(Command::Run(Box::new(config)))
+    }
+}
+
+/// The `--help` text, generated from [`SETTINGS`].
+pub fn help_text() -> String {
+    let mut out = String::from(
+        "switchboard — a WebSocket hub: rooms, users, presence, heartbeats and limits\n\n\
+         Usage: switchboard [OPTIONS]\n\n\
+         Routes: /ws, /ws/<room>, /echo (WebSocket); /healthz, /stats (HTTP)\n\n\
+         Options (each also SWITCHBOARD_<NAME> in the environment and <name> in the TOML file):\n",
+    );
+    for s in SETTINGS {
+        let flag = format!("--{} {}", s.name.replace('_', "-"), s.value);
+        out.push_str(&format!("  {flag:<36} {} [default: {}]\n", s.help, s.default));
+    }
+    out.push_str(&format!("  {:<36} {}\n", "--config FILE", "read settings from a TOML file"));
+    out.push_str(&format!("  {:<36} {}\n", "-h, --help", "print this help"));
+    out.push_str(&format!("  {:<36} {}\n", "-V, --version", "print the version"));
+    out
+}
+
+fn secs(value: &str, min: f64) -> Result<Duration, String> {
+    let n: f64 = value.parse().map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    if !n.is_finite() || n < min || n > 86_400.0 {
+        return Err(format!("{value} is out of range ({min} to 86400 seconds)"));
+    }
+    Ok(Duration::from_secs_f64(n))
+}
+
+fn count(value: &str, min: usize) -> Result<usize, String> {
+    let n: usize = value.parse().map_err(|_| format!("`{value}` is not a whole number"))?;
+    if n < min {
+        return Err(format!("{n} is below the minimum of {min}"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
+        Config::from_args_and_env(
+            args.iter().map(|a| a.into()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+    }
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env).unwrap() {
+            Command::Run(c) => *c,
+            _ => panic!("expected a run command"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = run(&[], &[]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.hub.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.hub.max_connections_per_user, 5);
+        assert_eq!(c.hub.max_message_size, 65536);
+        assert_eq!(c.max_output_queue, 1 << 20);
+        for s in SETTINGS {
+            let mut probe = Config::default();
+            probe.set(s.name, s.default).unwrap();
+        }
+    }
+
+    #[test]
+    fn flags_override_env_which_override_file() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "ping_interval = 5\nmax_connections = 7\nlog_level = \"debug\"\n")
+            .unwrap();
+        let c = run(
+            &["--config", file.to_str().unwrap(), "--ping-interval", "2.5"],
+            &[("SWITCHBOARD_MAX_CONNECTIONS", "9"), ("SWITCHBOARD_PING_INTERVAL", "4")],
+        );
+        assert_eq!(c.hub.ping_interval, Duration::from_millis(2500));
+        assert_eq!(c.max_connections, 9);
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let e = parse(&["--ping-interval", "soon"], &[]).err().unwrap();
+        assert_eq!(e.setting, "--ping-interval");
+        let e = parse(&[], &[("SWITCHBOARD_MAX_CONNECTIONS", "-1")]).err().unwrap();
+        assert_eq!(e.setting, "SWITCHBOARD_MAX_CONNECTIONS");
+        let e = parse(&["--listen", "nowhere"], &[]).err().unwrap();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = parse(&["--frobnicate", "1"], &[]).err().unwrap();
+        assert_eq!(e.setting, "--frobnicate");
+        let e = parse(&["--max-connections-per-user", "0"], &[]).err().unwrap();
+        assert!(e.message.contains("minimum"));
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let Command::Help(text) = parse(&["--help"], &[]).ok().unwrap() else { panic!() };
+        for s in SETTINGS {
+            assert!(text.contains(&format!("--{}", s.name.replace('_', "-"))), "{}", s.name);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! One socket and its state machine: `Http` (reading a request head) →
+//! `Open` (a WebSocket in the hub) → `Closing` (flush, half-close, drain to EOF).
+//! Plain HTTP requests go from `Http` straight to `Closing` with the response queued.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use mio::Interest;
+use tungstenite::protocol::WebSocketContext;
+
+use super::outq::OutQueue;
+use crate::hub::ConnId;
+
+/// Where a connection is in its life.
+pub enum State {
+    /// Reading the HTTP request head into `buf` (bounded by `max_request_head`).
+    Http { buf: Vec<u8> },
+    /// A WebSocket registered with the hub.
+    Open { ws: Box<WebSocketContext> },
+    /// A close frame or an HTTP response is queued: flush it, half-close,
+    /// read and discard until the peer closes or the deadline passes.
+    Closing { write_shut: bool },
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Http { .. } => "http",
+            State::Open { .. } => "open",
+            State::Closing { .. } => "closing",
+        }
+    }
+}
+
+pub struct Conn {
+    pub tcp: TcpStream,
+    pub id: ConnId,
+    pub state: State,
+    pub out: OutQueue,
+    /// Interest currently registered with the poller.
+    pub interest: Interest,
+    /// In the driver's dirty list (flush pending this iteration).
+    pub dirty: bool,
+    /// The hub knows this connection (it reached `Open`).
+    pub in_hub: bool,
+}
+
+/// The per-call stream tungstenite reads from and writes to: reads come from
+/// the socket, writes append to the connection's ordered output queue.
+pub struct Io<'a> {
+    pub tcp: &'a mut TcpStream,
+    pub out: &'a mut OutQueue,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn {
+    pub fn new(tcp: TcpStream, id: ConnId) -> Conn {
+        Conn {
+            tcp,
+            id,
+            state: State::Http { buf: Vec::new() },
+            out: OutQueue::default(),
+            interest: Interest::READABLE,
+            dirty: false,
+            in_hub: false,
+        }
+    }
+
+    pub fn set_state(&mut self, state: State) {
+        log::debug!("{} {} => {}", self.id, self.state.name(), state.name());
+        self.state = state;
+    }
+
+    /// Queue `bytes` (a close frame or an HTTP response) and start closing.
+    pub fn start_closing(&mut self, last: Bytes) {
+        self.out.push(last);
+        self.set_state(State::Closing { write_shut: false });
+    }
+
+    /// Write what is queued. `Ok(true)` when the queue is empty. A closing
+    /// connection half-closes once everything is out.
+    pub fn flush(&mut self) -> io::Result<(bool, usize)> {
+        let written = self.out.write_to(&mut self.tcp)?;
+        let done = self.out.is_empty();
+        if done {
+            if let State::Closing { write_shut } = &mut self.state {
+                if !*write_shut {
+                    *write_shut = true;
+                    // The peer sees our close (or response) and then EOF; we
+                    // keep reading so unread input never turns into a RST.
+                    let _ = self.tcp.shutdown(Shutdown::Write);
+                }
+            }
+        }
+        Ok((done, written))
+    }
+
+    /// While closing: read and discard. `true` when the peer has closed (EOF or error).
+    pub fn drain_input(&mut self) -> bool {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.tcp.read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// The interest this connection needs now: readable always (to see the
+    /// peer close), writable only while output is pending.
+    pub fn wanted_interest(&self) -> Interest {
+        if self.out.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+}
+
+/// A close frame (server frames are unmasked): code and reason.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut w = crate::protocol::FrameWriter::text(2 + reason.len());
+    w.payload().extend_from_slice(&code.to_be_bytes());
+    w.payload().extend_from_slice(reason.as_bytes());
+    w.finish_with_opcode(0x8)
+}
+
+/// The reply to a client's close: the same code, or an empty close.
+pub fn close_reply(code: Option<u16>) -> Bytes {
+    match code {
+        Some(code) => close_frame(code, ""),
+        None => {
+            let w = crate::protocol::FrameWriter::text(0);
+            w.finish_with_opcode(0x8)
+        }
+    }
+}

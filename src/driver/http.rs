@@ -1,0 +1,195 @@
+//! The HTTP side of the port: request heads parsed with `httparse` (bounded),
+//! routing, and small plain responses.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+/// Most headers accepted in one request.
+const MAX_HEADERS: usize = 48;
+
+/// What a complete request head asked for, with the parts routing needs.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: String,
+    /// Path without the query, as sent (percent-encoded).
+    pub path: String,
+    pub query: Option<String>,
+    /// `Upgrade: websocket` was present.
+    pub wants_websocket: bool,
+    /// Length of the head in the buffer (request line, headers, blank line).
+    pub len: usize,
+}
+
+/// Outcome of parsing what has arrived so far.
+#[derive(Debug)]
+pub enum Parse {
+    /// Need more bytes.
+    Partial,
+    /// A complete head.
+    Complete(RequestHead),
+    /// Malformed: answer with this status and close.
+    Bad(u16, &'static str),
+}
+
+/// Parse a request head from `buf`.
+pub fn parse_head(buf: &[u8]) -> Parse {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Parse::Partial,
+        Ok(httparse::Status::Complete(len)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (target.to_string(), None),
+            };
+            let wants_websocket = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade")
+                    && std::str::from_utf8(h.value)
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+            });
+            Parse::Complete(RequestHead {
+                method: req.method.unwrap_or("").to_string(),
+                path,
+                query,
+                wants_websocket,
+                len,
+            })
+        }
+        Err(httparse::Error::TooManyHeaders) => Parse::Bad(431, "too many headers"),
+        Err(_) => Parse::Bad(400, "malformed HTTP request"),
+    }
+}
+
+/// A route on the one port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /ws` or `GET /ws/<room>` (room percent-decoded).
+    Hub { room: Option<String> },
+    /// `GET /echo`.
+    Echo,
+    Healthz,
+    Stats,
+    NotFound,
+    /// A room segment that is not valid percent-encoded UTF-8.
+    BadPath,
+}
+
+/// Map a path to its route.
+pub fn route(path: &str) -> Route {
+    match path {
+        "/ws" | "/ws/" => Route::Hub { room: None },
+        "/echo" => Route::Echo,
+        "/healthz" => Route::Healthz,
+        "/stats" => Route::Stats,
+        _ => match path.strip_prefix("/ws/") {
+            Some(room) if !room.contains('/') => match percent_decode(room) {
+                Some(room) => Route::Hub { room: Some(room.into_owned()) },
+                None => Route::BadPath,
+            },
+            _ => Route::NotFound,
+        },
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded (`+` is a space).
+/// `Some(None)` when present but not valid percent-encoded UTF-8.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<Option<String>> {
+    let query = query?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(&v.replace('+', " ")).map(Cow::into_owned))
+    })
+}
+
+/// Decode `%XX` escapes; `None` if an escape is broken or the result is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// A complete response with `Connection: close`.
+pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &[u8]) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
+        reason_phrase(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+/// A plain-text response: `body` plus a newline.
+pub fn text_response(status: u16, body: &str) -> Bytes {
+    response(status, "text/plain; charset=utf-8", "", format!("{body}\n").as_bytes())
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/ws"), Route::Hub { room: None });
+        assert_eq!(route("/ws/lobby"), Route::Hub { room: Some("lobby".into()) });
+        assert_eq!(route("/ws/caf%C3%A9"), Route::Hub { room: Some("café".into()) });
+        assert_eq!(route("/ws/a%2"), Route::BadPath);
+        assert_eq!(route("/ws/a/b"), Route::NotFound);
+        assert_eq!(route("/echo"), Route::Echo);
+        assert_eq!(route("/nope"), Route::NotFound);
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(query_param(Some("a=1&user=al%20ice"), "user"), Some(Some("al ice".into())));
+        assert_eq!(query_param(Some("user=a+b"), "user"), Some(Some("a b".into())));
+        assert_eq!(query_param(Some("user=%ff"), "user"), Some(None));
+        assert_eq!(query_param(Some("x=1"), "user"), None);
+        assert_eq!(query_param(None, "user"), None);
+    }
+
+    #[test]
+    fn heads_parse_incrementally() {
+        let req = b"GET /ws/r?user=u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nrest";
+        assert!(matches!(parse_head(&req[..20]), Parse::Partial));
+        let Parse::Complete(h) = parse_head(req) else { panic!() };
+        assert_eq!(h.path, "/ws/r");
+        assert_eq!(h.query.as_deref(), Some("user=u"));
+        assert!(h.wants_websocket);
+        assert_eq!(&req[h.len..], b"rest");
+        assert!(matches!(parse_head(b"\x16\x03\x01garbage\r\n\r\n"), Parse::Bad(400, _)));
+    }
+}

@@ -1,0 +1,729 @@
+//! The mio side: one thread, one `Poll`. Accepts, reads request heads, runs the
+//! tungstenite handshake, reads frames into the hub, and writes what the hub
+//! decided — each dirty connection flushed once per loop iteration.
+
+mod conn;
+pub mod http;
+mod outq;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::handshake::server::{NoCallback, ServerHandshake};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Error as WsError, Message};
+
+use self::conn::{close_frame, close_reply, Conn, Io, State};
+pub use self::outq::OutQueue;
+use crate::config::Config;
+use crate::hub::{ConnId, Hub, Kind, OpenRequest, Output};
+use crate::protocol::CloseReason;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Messages read from one connection per readiness event before the loop
+/// moves on to others (fairness); the rest is read on the next iteration.
+const READ_BUDGET: usize = 256;
+/// Handshaking connections allowed beyond `max_connections` before new
+/// sockets are closed at accept (bounds descriptors and memory).
+const HANDSHAKE_SLACK: usize = 1024;
+/// How long accepting pauses after an accept error such as EMFILE.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// A protocol Ping with an empty payload.
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// Counters kept by the driver (the hub keeps its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverCounters {
+    /// Frames queued to clients (one per recipient).
+    pub messages_out: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// Handshakes refused with an HTTP error.
+    pub handshakes_refused: u64,
+    /// Connections closed as slow consumers (4101).
+    pub slow_consumer_closes: u64,
+}
+
+/// The switchboard server: `Server::bind(config)?.run()`.
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    handle_signals: bool,
+}
+
+impl Server {
+    /// Bind the listening socket (port 0 picks a free port).
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let local_addr = listener.local_addr()?;
+        Ok(Server { config, poll, listener, local_addr, handle_signals: false })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shut down gracefully on SIGINT/SIGTERM (the daemon turns this on).
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Run until a shutdown signal; returns once every client got its close.
+    pub fn run(self) -> io::Result<()> {
+        let now = Instant::now();
+        let mut signals = None;
+        if self.handle_signals {
+            use signal_hook::consts::{SIGINT, SIGTERM};
+            let mut s = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+            self.poll.registry().register(&mut s, SIGNALS, Interest::READABLE)?;
+            signals = Some(s);
+        }
+        let ws_config = |max: usize| {
+            WebSocketConfig::default()
+                .read_buffer_size(self.config.read_buffer_size)
+                .write_buffer_size(0)
+                .max_write_buffer_size(usize::MAX)
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max))
+        };
+        let mut driver = Driver {
+            hub: Hub::new(self.config.hub.clone(), now),
+            hub_ws: ws_config(self.config.hub.max_message_size),
+            echo_ws: ws_config(self.config.echo_max_message_size),
+            config: self.config,
+            poll: self.poll,
+            listener: Some(self.listener),
+            signals,
+            conns: Slab::new(),
+            dirty: Vec::new(),
+            slow: Vec::new(),
+            again: Vec::new(),
+            handshakes: VecDeque::new(),
+            closings: VecDeque::new(),
+            generation: 0,
+            counters: DriverCounters::default(),
+            shutdown_at: None,
+            accept_paused_until: None,
+        };
+        driver.run()
+    }
+}
+
+struct Driver {
+    config: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    hub: Hub,
+    hub_ws: WebSocketConfig,
+    echo_ws: WebSocketConfig,
+    conns: Slab<Conn>,
+    /// Connections with output queued this iteration (flushed once each).
+    dirty: Vec<usize>,
+    /// Recipients found over their output cap during a fan-out.
+    slow: Vec<ConnId>,
+    /// Connections that used their read budget and have more to read.
+    again: Vec<usize>,
+    /// Handshake deadlines, in order (one fixed timeout, so a FIFO).
+    handshakes: VecDeque<(Instant, ConnId)>,
+    /// Close deadlines, in order (one fixed timeout, so a FIFO).
+    closings: VecDeque<(Instant, ConnId)>,
+    generation: u32,
+    counters: DriverCounters,
+    shutdown_at: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+}
+
+impl Driver {
+    fn run(&mut self) -> io::Result<()> {
+        log::info!(
+            "switchboard listening on {} (max {} connections, {} per user, ping every {:?})",
+            self.listener.as_ref().map(|l| l.local_addr()).transpose()?.expect("bound"),
+            self.config.max_connections,
+            self.config.hub.max_connections_per_user,
+            self.config.hub.ping_interval,
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for key in std::mem::take(&mut self.again) {
+                self.conn_ready(key, now);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    Token(key) => self.conn_ready(key, now),
+                }
+            }
+            self.on_deadlines(now);
+            self.flush_dirty();
+            if let Some(at) = self.shutdown_at {
+                if self.conns.is_empty() || now >= at {
+                    log::info!("shutdown complete ({} connections left)", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let candidates = [
+            self.hub.poll_timeout(),
+            self.handshakes.front().map(|d| d.0),
+            self.closings.front().map(|d| d.0),
+            self.shutdown_at,
+            self.accept_paused_until,
+        ];
+        let next = candidates.into_iter().flatten().min()?;
+        // Round up to the next millisecond so we never wake just before a deadline.
+        Some(next.saturating_duration_since(now) + Duration::from_micros(999))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else { return };
+        loop {
+            let (mut tcp, addr) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOMEM: the backlog stays readable, so
+                    // retrying now would spin. Pause, then try again.
+                    log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.pause_accepting(now);
+                    return;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections + HANDSHAKE_SLACK {
+                log::warn!("refusing {addr}: {} sockets open", self.conns.len());
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            self.generation = self.generation.wrapping_add(1);
+            let entry = self.conns.vacant_entry();
+            let id = ConnId { index: entry.key() as u32, generation: self.generation };
+            if let Err(e) =
+                self.poll.registry().register(&mut tcp, Token(entry.key()), Interest::READABLE)
+            {
+                log::warn!("cannot register {addr}: {e}");
+                continue;
+            }
+            log::trace!("{id} accepted from {addr}");
+            entry.insert(Conn::new(tcp, id));
+            self.handshakes.push_back((now + self.config.handshake_timeout, id));
+        }
+    }
+
+    fn pause_accepting(&mut self, now: Instant) {
+        if let Some(l) = &mut self.listener {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let Some(signals) = &mut self.signals else { return };
+        let got: Vec<i32> = signals.pending().collect();
+        if got.is_empty() || self.shutdown_at.is_some() {
+            return;
+        }
+        log::info!("signal {got:?}: shutting down, closing {} connections", self.conns.len());
+        self.shutdown_at = Some(now + self.config.shutdown_timeout);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let handshaking: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
+            .map(|(k, _)| k)
+            .collect();
+        for key in handshaking {
+            self.drop_conn(key);
+        }
+        self.hub.close_all(CloseReason::GoingAway);
+        self.drain_hub(now);
+    }
+
+    fn conn_ready(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let phase = match conn.state {
+            State::Http { .. } => 0,
+            State::Open { .. } => 1,
+            State::Closing { .. } => 2,
+        };
+        self.mark_dirty(key);
+        match phase {
+            0 => self.read_head(key, now),
+            1 => self.read_frames(key, now),
+            _ => {
+                if self.conns[key].drain_input() {
+                    self.drop_conn(key);
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Read a request head until it is complete, malformed or too large.
+    fn read_head(&mut self, key: usize, now: Instant) {
+        let max = self.config.max_request_head;
+        loop {
+            let conn = &mut self.conns[key];
+            let State::Http { buf } = &mut conn.state else { return };
+            let len = buf.len();
+            if len >= max {
+                self.respond(key, http::text_response(431, "request head too large"));
+                return;
+            }
+            let want = (len * 2).clamp(1024, max);
+            buf.resize(want, 0);
+            let read = io::Read::read(&mut conn.tcp, &mut buf[len..]);
+            buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return self.drop_conn(key),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.drop_conn(key),
+            }
+            match http::parse_head(buf) {
+                http::Parse::Partial => continue,
+                http::Parse::Bad(status, why) => {
+                    return self.respond(key, http::text_response(status, why))
+                }
+                http::Parse::Complete(head) => {
+                    let State::Http { buf } =
+                        std::mem::replace(&mut conn.state, State::Closing { write_shut: false })
+                    else {
+                        unreachable!()
+                    };
+                    return self.on_request(key, head, buf, now);
+                }
+            }
+        }
+    }
+
+    /// Queue an HTTP response and close after it.
+    fn respond(&mut self, key: usize, response: Bytes) {
+        let conn = &mut self.conns[key];
+        conn.start_closing(response);
+        let deadline = Instant::now() + self.config.close_timeout;
+        self.closings.push_back((deadline, conn.id));
+    }
+
+    fn refuse(&mut self, key: usize, status: u16, why: &str) {
+        self.counters.handshakes_refused += 1;
+        log::debug!("{} refused with {status}: {why}", self.conns[key].id);
+        self.respond(key, http::text_response(status, why));
+    }
+
+    fn on_request(&mut self, key: usize, head: http::RequestHead, buf: Vec<u8>, now: Instant) {
+        let route = http::route(&head.path);
+        if head.method != "GET" {
+            let status = if route == http::Route::NotFound { 404 } else { 405 };
+            return self.respond(key, http::text_response(status, "only GET is served here"));
+        }
+        let (kind, room) = match route {
+            http::Route::Healthz => return self.respond(key, http::text_response(200, "ok")),
+            http::Route::Stats => {
+                let body = self.stats_json(now);
+                return self.respond(key, http::response(200, "application/json", "", &body));
+            }
+            http::Route::NotFound => return self.respond(key, http::text_response(404, "not found")),
+            http::Route::BadPath => {
+                return self.refuse(key, 400, "room name is not valid percent-encoded UTF-8")
+            }
+            http::Route::Echo => (Kind::Echo, None),
+            http::Route::Hub { room } => (Kind::Hub, room),
+        };
+        if !head.wants_websocket {
+            self.counters.handshakes_refused += 1;
+            return self.respond(
+                key,
+                http::response(
+                    426,
+                    "text/plain; charset=utf-8",
+                    "Upgrade: websocket\r\n",
+                    b"this is a WebSocket endpoint: connect with a WebSocket client\n",
+                ),
+            );
+        }
+        if let Some(room) = &room {
+            if room.len() > self.config.hub.max_room_name_len {
+                return self.refuse(key, 400, "room name too long");
+            }
+        }
+        let identity = match crate::auth::identify(&head, self.config.hub.max_user_id_len) {
+            Ok(identity) => identity,
+            Err(r) => return self.refuse(key, r.status, &r.message),
+        };
+        if self.hub.registry().len() >= self.config.max_connections {
+            return self.refuse(key, 503, "server at its connection limit, try again later");
+        }
+        let ws_config = if kind == Kind::Echo { self.echo_ws } else { self.hub_ws };
+        let accept = match run_handshake(&buf[..head.len]) {
+            Ok(response) => response,
+            Err((status, extra, why)) => {
+                self.counters.handshakes_refused += 1;
+                let body = format!("{why}\n");
+                return self.respond(
+                    key,
+                    http::response(status, "text/plain; charset=utf-8", extra, body.as_bytes()),
+                );
+            }
+        };
+        let tail = buf[head.len..].to_vec();
+        drop(buf);
+        let conn = &mut self.conns[key];
+        conn.out.push(accept);
+        let ws = if tail.is_empty() {
+            WebSocketContext::new(Role::Server, Some(ws_config))
+        } else {
+            WebSocketContext::from_partially_read(tail, Role::Server, Some(ws_config))
+        };
+        conn.set_state(State::Open { ws: Box::new(ws) });
+        let id = conn.id;
+        let req = OpenRequest { user: identity.user.as_deref(), room: room.as_deref(), kind };
+        match self.hub.handle_open(now, id, req) {
+            Ok(()) => {
+                conn.in_hub = true;
+                log::info!(
+                    "{id} open {} user={} room={}",
+                    head.path,
+                    identity.user.as_deref().unwrap_or("(anonymous)"),
+                    room.as_deref().unwrap_or("-")
+                );
+                self.drain_hub(now);
+                // Frames that arrived with the head are already buffered.
+                if !self.again.contains(&key) {
+                    self.again.push(key);
+                }
+            }
+            Err(reason) => {
+                log::info!("{id} refused after handshake: {reason}");
+                self.close_socket(key, reason);
+            }
+        }
+    }
+
+    /// Read frames and feed them to the hub, up to the read budget.
+    fn read_frames(&mut self, key: usize, now: Instant) {
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let id = conn.id;
+            let State::Open { ws } = &mut conn.state else { return };
+            let mut io = Io { tcp: &mut conn.tcp, out: &mut conn.out };
+            match ws.read(&mut io) {
+                Ok(Message::Text(text)) => self.hub.handle_text(now, id, text.as_str()),
+                Ok(Message::Binary(data)) => self.hub.handle_binary(now, id, &data),
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
+                    self.hub.handle_activity(now, id)
+                }
+                Ok(Message::Close(frame)) => {
+                    log::info!("{id} closed by client ({:?})", frame.as_ref().map(|f| f.code));
+                    let reply = close_reply(frame.map(|f| u16::from(f.code)));
+                    self.conns[key].start_closing(reply);
+                    self.closings.push_back((now + self.config.close_timeout, id));
+                    self.hub.handle_closed(id);
+                    self.conns[key].in_hub = false;
+                }
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.on_ws_error(key, e),
+            }
+            self.drain_hub(now);
+        }
+        self.again.push(key);
+    }
+
+    fn on_ws_error(&mut self, key: usize, e: WsError) {
+        let id = self.conns[key].id;
+        let reason = match e {
+            WsError::Capacity(_) => CloseReason::MessageTooBig,
+            WsError::Utf8(_) => CloseReason::InvalidUtf8,
+            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_) => {
+                log::info!("{id} gone: {e}");
+                return self.drop_conn(key);
+            }
+            _ => CloseReason::ProtocolError,
+        };
+        log::info!("{id} closing: {e} ({reason})");
+        self.hub.close(id, reason);
+        self.drain_hub(Instant::now());
+    }
+
+    /// Carry out every pending hub output.
+    fn drain_hub(&mut self, now: Instant) {
+        loop {
+            while let Some(output) = self.hub.poll_output() {
+                match output {
+                    Output::Send { to, frame } => self.deliver(to, frame),
+                    Output::Ping(id) => {
+                        if let Some(key) = self.open_key(id) {
+                            self.conns[key].out.push(Bytes::from_static(PING_FRAME));
+                            self.mark_dirty(key);
+                        }
+                    }
+                    Output::Close { conn, reason } => {
+                        if let Some(key) = self.open_key(conn) {
+                            log::info!("{conn} closed by server: {reason}");
+                            self.conns[key].in_hub = false;
+                            self.close_socket(key, reason);
+                        }
+                    }
+                }
+            }
+            if self.slow.is_empty() {
+                return;
+            }
+            for id in std::mem::take(&mut self.slow) {
+                self.counters.slow_consumer_closes += 1;
+                self.hub.close(id, CloseReason::SlowConsumer);
+            }
+            let _ = now;
+        }
+    }
+
+    /// Queue one shared frame to every recipient: O(recipients), no copy.
+    fn deliver(&mut self, to: crate::hub::Target, frame: Bytes) {
+        let Driver { hub, conns, dirty, slow, counters, config, .. } = self;
+        let cap = config.max_output_queue;
+        hub.for_each_recipient(to, |id| {
+            let Some(conn) = conns.get_mut(id.index as usize) else { return };
+            if conn.id != id || !matches!(conn.state, State::Open { .. }) {
+                return;
+            }
+            if conn.out.len() + frame.len() > cap {
+                if !slow.contains(&id) {
+                    slow.push(id);
+                }
+                return;
+            }
+            conn.out.push(frame.clone());
+            counters.messages_out += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(id.index as usize);
+            }
+        });
+    }
+
+    /// The slab key of `id` if it is still that connection.
+    fn open_key(&self, id: ConnId) -> Option<usize> {
+        let key = id.index as usize;
+        self.conns.get(key).filter(|c| c.id == id).map(|_| key)
+    }
+
+    /// Send a close frame with `reason` and move to `Closing`.
+    fn close_socket(&mut self, key: usize, reason: CloseReason) {
+        let conn = &mut self.conns[key];
+        if reason == CloseReason::SlowConsumer {
+            conn.out.discard_unstarted();
+        }
+        conn.start_closing(close_frame(reason.code(), reason.text()));
+        let id = conn.id;
+        self.mark_dirty(key);
+        self.closings.push_back((Instant::now() + self.config.close_timeout, id));
+    }
+
+    /// Forget a socket at once (closing the descriptor removes it from epoll).
+    fn drop_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else { return };
+        if conn.in_hub {
+            log::info!("{} disconnected", conn.id);
+            self.hub.handle_closed(conn.id);
+            self.drain_hub(Instant::now());
+        }
+    }
+
+    fn on_deadlines(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.handshakes.front() {
+            if at > now {
+                break;
+            }
+            self.handshakes.pop_front();
+            if let Some(key) = self.open_key(id) {
+                if matches!(self.conns[key].state, State::Http { .. }) {
+                    log::debug!("{id} handshake timeout");
+                    self.drop_conn(key);
+                }
+            }
+        }
+        while let Some(&(at, id)) = self.closings.front() {
+            if at > now {
+                break;
+            }
+            self.closings.pop_front();
+            if let Some(key) = self.open_key(id) {
+                if matches!(self.conns[key].state, State::Closing { .. }) {
+                    self.drop_conn(key);
+                }
+            }
+        }
+        if self.hub.poll_timeout().is_some_and(|t| t <= now) {
+            self.hub.handle_timeout(now);
+            self.drain_hub(now);
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            if let Some(l) = &mut self.listener {
+                if let Err(e) = self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+                    log::warn!("cannot resume accepting: {e}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Write every dirty connection once; fix its poll interest.
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.dirty = false;
+            match conn.flush() {
+                Ok((_, written)) => self.counters.bytes_out += written as u64,
+                Err(e) => {
+                    log::debug!("{} write failed: {e}", conn.id);
+                    self.drop_conn(key);
+                    continue;
+                }
+            }
+            let conn = &mut self.conns[key];
+            let want = conn.wanted_interest();
+            if want != conn.interest {
+                if let Err(e) = self.poll.registry().reregister(&mut conn.tcp, Token(key), want) {
+                    log::debug!("{} reregister failed: {e}", conn.id);
+                    self.drop_conn(key);
+                    continue;
+                }
+                conn.interest = want;
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn stats_json(&self, now: Instant) -> Vec<u8> {
+        use serde_json::{json, Map, Value};
+        let reg = self.hub.registry();
+        let by_user: Map<String, Value> =
+            reg.users().map(|u| (u.name.to_string(), json!(u.conns.len()))).collect();
+        let rooms: Map<String, Value> =
+            reg.rooms().map(|r| (r.name.to_string(), json!(r.users.len()))).collect();
+        let hub = self.hub.counters();
+        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
+        let handshaking =
+            self.conns.iter().filter(|(_, c)| matches!(c.state, State::Http { .. })).count();
+        let stats = json!({
+            "total_connections": reg.len(),
+            "echo_connections": echo,
+            "handshaking": handshaking,
+            "total_users": reg.user_count(),
+            "total_rooms": reg.room_count(),
+            "connections_by_user": by_user,
+            "rooms": rooms,
+            "messages_in": hub.messages_in,
+            "bytes_in": hub.bytes_in,
+            "messages_out": self.counters.messages_out,
+            "bytes_out": self.counters.bytes_out,
+            "errors_sent": hub.errors_sent,
+            "connections_opened": hub.connections_opened,
+            "heartbeat_timeouts": hub.heartbeat_timeouts,
+            "slow_consumer_closes": self.counters.slow_consumer_closes,
+            "handshakes_refused": self.counters.handshakes_refused,
+            "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
+        });
+        serde_json::to_vec(&stats).expect("stats serialize")
+    }
+}
+
+/// Run tungstenite's server handshake over a complete request head held in
+/// memory. Returns the `101` response bytes, or the HTTP error to send.
+fn run_handshake(head: &[u8]) -> Result<Bytes, (u16, &'static str, String)> {
+    let stream = MemStream { input: io::Cursor::new(head), output: Vec::with_capacity(160) };
+    match ServerHandshake::start(stream, NoCallback, None).handshake() {
+        Ok(ws) => Ok(Bytes::from(ws.into_inner().output)),
+        Err(HandshakeError::Failure(WsError::Protocol(e))) => {
+            use tungstenite::error::ProtocolError as P;
+            match e {
+                P::MissingSecWebSocketVersionHeader => {
+                    Err((426, "Sec-WebSocket-Version: 13\r\n", format!("{e}: only version 13 is supported")))
+                }
+                _ => Err((400, "", e.to_string())),
+            }
+        }
+        Err(HandshakeError::Failure(e)) => Err((400, "", e.to_string())),
+        Err(HandshakeError::Interrupted(_)) => Err((400, "", "incomplete request".into())),
+    }
+}
+
+/// The whole request head in, the response out: the handshake never waits on
+/// the socket (the head was gathered without blocking; the response is queued).
+struct MemStream<'a> {
+    input: io::Cursor<&'a [u8]>,
+    output: Vec<u8>,
+}
+
+impl io::Read for MemStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl io::Write for MemStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

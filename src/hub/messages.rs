@@ -1,0 +1,112 @@
+//! Server -> client messages, serialized straight from borrowed fields.
+//! `data` is raw JSON passed through unchanged.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+#[derive(Serialize)]
+pub struct Welcome<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub connection_id: &'a str,
+    pub user: &'a str,
+    pub heartbeat: HeartbeatInfo,
+    pub limits: Limits,
+}
+
+#[derive(Serialize)]
+pub struct HeartbeatInfo {
+    pub ping_interval: f64,
+    pub ping_timeout: f64,
+}
+
+#[derive(Serialize)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_rooms: usize,
+    pub max_room_name_len: usize,
+}
+
+#[derive(Serialize)]
+pub struct RoomMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub from: Option<&'a str>,
+    pub data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+pub struct Private<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub from: &'a str,
+    pub data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+pub struct Broadcast<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub from: &'a str,
+    pub data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+pub struct Typing<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub user: &'a str,
+}
+
+/// `user_joined` / `user_left`.
+#[derive(Serialize)]
+pub struct PresenceEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub user: &'a str,
+    pub members: usize,
+}
+
+/// `joined` / `presence`: exact member count, bounded user list.
+#[derive(Serialize)]
+pub struct MemberList<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub members: usize,
+    pub users: Vec<&'a str>,
+    pub truncated: bool,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+pub struct Left<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub members: usize,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+pub struct Pong<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+pub struct Error<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: &'a str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a RawValue>,
+}

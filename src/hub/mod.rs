@@ -1,0 +1,529 @@
+//! The pure core: rooms, users, presence, routing, limits and heartbeats.
+//!
+//! The hub performs no I/O and reads no clock. Inputs are `handle_*` calls that
+//! take `now`; outputs are drained with [`Hub::poll_output`], and
+//! [`Hub::poll_timeout`] says when [`Hub::handle_timeout`] is next due. Drain
+//! every output before the next `handle_*` call: targets name rooms and users by
+//! key, resolved against the registry as it is then.
+
+mod heartbeat;
+mod messages;
+mod registry;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+pub use self::heartbeat::Heartbeats;
+pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
+use self::messages as m;
+use crate::config::HubConfig;
+use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
+
+/// Who receives a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// One connection.
+    Conn(ConnId),
+    /// Every member of a room, except one connection (the sender) if given.
+    Room { room: RoomKey, except: Option<ConnId> },
+    /// Every connection of a user (all devices).
+    User(UserKey),
+    /// Every hub connection, except one if given.
+    All { except: Option<ConnId> },
+}
+
+/// What the hub asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Queue this pre-encoded frame to every connection of the target.
+    Send { to: Target, frame: SharedFrame },
+    /// Send a protocol Ping to this connection.
+    Ping(ConnId),
+    /// Close this connection with this reason. The hub has already removed it.
+    Close { conn: ConnId, reason: CloseReason },
+}
+
+/// How a connection asks to join the hub.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenRequest<'a> {
+    /// The verified or claimed user id; `None` gives an anonymous id.
+    pub user: Option<&'a str>,
+    /// A room to join at once (from `/ws/<room>`).
+    pub room: Option<&'a str>,
+    /// Hub client or `/echo`.
+    pub kind: Kind,
+}
+
+/// Counters kept by the hub.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HubCounters {
+    /// Data messages received from clients.
+    pub messages_in: u64,
+    /// Bytes of data messages received from clients.
+    pub bytes_in: u64,
+    /// Connections opened since start.
+    pub connections_opened: u64,
+    /// Connections closed by heartbeat timeout.
+    pub heartbeat_timeouts: u64,
+    /// Client messages refused with an `error` reply.
+    pub errors_sent: u64,
+}
+
+/// The hub: see the module docs.
+pub struct Hub {
+    config: HubConfig,
+    registry: Registry,
+    heartbeats: Heartbeats,
+    outputs: VecDeque<Output>,
+    counters: HubCounters,
+    next_anonymous: u64,
+    started: Instant,
+}
+
+impl Hub {
+    /// A hub with no connections. `now` marks its start (for uptime).
+    pub fn new(config: HubConfig, now: Instant) -> Hub {
+        Hub {
+            config,
+            registry: Registry::default(),
+            heartbeats: Heartbeats::default(),
+            outputs: VecDeque::new(),
+            counters: HubCounters::default(),
+            next_anonymous: 0,
+            started: now,
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn counters(&self) -> HubCounters {
+        self.counters
+    }
+
+    /// Time since the hub started.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// The next output to carry out, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Hub::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.heartbeats.next_deadline()
+    }
+
+    /// Call `f` for every connection `target` names, as the registry is now.
+    /// Guaranteed O(recipients) (O(connections) for `All`).
+    pub fn for_each_recipient(&self, target: Target, mut f: impl FnMut(ConnId)) {
+        match target {
+            Target::Conn(id) => f(id),
+            Target::Room { room, except } => {
+                if let Some(room) = self.registry.room(room) {
+                    for &id in &room.members {
+                        if Some(id) != except {
+                            f(id)
+                        }
+                    }
+                }
+            }
+            Target::User(user) => {
+                if let Some(user) = self.registry.user(user) {
+                    user.conns.iter().copied().for_each(f)
+                }
+            }
+            Target::All { except } => {
+                for s in self.registry.sessions() {
+                    if s.kind == Kind::Hub && Some(s.id) != except {
+                        f(s.id)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection finished its handshake. `id.index` must not be open.
+    /// Refused (and not counted) when the user is at the per-user cap.
+    pub fn handle_open(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        req: OpenRequest<'_>,
+    ) -> Result<(), CloseReason> {
+        if req.kind == Kind::Echo {
+            self.registry.insert(id, Kind::Echo, None, now);
+            self.heartbeats.schedule(now + self.config.ping_interval, id);
+            self.counters.connections_opened += 1;
+            return Ok(());
+        }
+        let anonymous;
+        let user = match req.user {
+            Some(user) => user,
+            None => {
+                self.next_anonymous += 1;
+                anonymous = format!("anon-{}", self.next_anonymous);
+                &anonymous
+            }
+        };
+        if self.registry.user_connections(user) >= self.config.max_connections_per_user {
+            return Err(CloseReason::UserConnectionLimit);
+        }
+        self.registry.insert(id, Kind::Hub, Some(user), now);
+        self.heartbeats.schedule(now + self.config.ping_interval, id);
+        self.counters.connections_opened += 1;
+        let welcome = m::Welcome {
+            kind: "welcome",
+            connection_id: &id.to_string(),
+            user,
+            heartbeat: m::HeartbeatInfo {
+                ping_interval: self.config.ping_interval.as_secs_f64(),
+                ping_timeout: self.config.ping_timeout.as_secs_f64(),
+            },
+            limits: m::Limits {
+                max_message_size: self.config.max_message_size,
+                max_rooms: self.config.max_rooms_per_connection,
+                max_room_name_len: self.config.max_room_name_len,
+            },
+        };
+        self.send(Target::Conn(id), protocol::json_frame(&welcome));
+        if let Some(room) = req.room {
+            if let Err(e) = self.join(id, room, None) {
+                self.refuse(id, e);
+            } else if let Some(s) = self.registry.session_mut(id) {
+                s.home_room = s.rooms.last().map(|&(r, _)| r);
+            }
+        }
+        Ok(())
+    }
+
+    /// A text message arrived from `id`.
+    pub fn handle_text(&mut self, now: Instant, id: ConnId, text: &str) {
+        let Some(session) = self.registry.session_mut(id) else { return };
+        session.last_seen = now;
+        let kind = session.kind;
+        self.counters.messages_in += 1;
+        self.counters.bytes_in += text.len() as u64;
+        if kind == Kind::Echo {
+            self.send(Target::Conn(id), protocol::text_frame(text.as_bytes()));
+            return;
+        }
+        log::trace!("{id} text {} bytes", text.len());
+        let result = match protocol::decode(text) {
+            Ok((msg, reference)) => self.dispatch(id, msg, reference),
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = result {
+            self.refuse(id, refusal);
+        }
+    }
+
+    /// A binary message arrived from `id`: echoed on `/echo`, otherwise sent
+    /// to the members of the room named in the connection's URL.
+    pub fn handle_binary(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        let Some(session) = self.registry.session_mut(id) else { return };
+        session.last_seen = now;
+        self.counters.messages_in += 1;
+        self.counters.bytes_in += data.len() as u64;
+        let (kind, home) = (session.kind, session.home_room);
+        match (kind, home) {
+            (Kind::Echo, _) => self.send(Target::Conn(id), protocol::binary_frame(data)),
+            (Kind::Hub, Some(room)) => {
+                self.send(Target::Room { room, except: Some(id) }, protocol::binary_frame(data))
+            }
+            (Kind::Hub, None) => self.refuse(
+                id,
+                Refusal::new(
+                    ErrorCode::NotInRoom,
+                    "binary messages go to the room in the URL (/ws/<room>), which this connection is not in",
+                ),
+            ),
+        }
+    }
+
+    /// Any other frame (Ping, Pong) arrived from `id`: it is alive.
+    pub fn handle_activity(&mut self, now: Instant, id: ConnId) {
+        if let Some(s) = self.registry.session_mut(id) {
+            s.last_seen = now;
+        }
+    }
+
+    /// The connection is gone (closed by the peer, reset, or closed by the
+    /// driver). Idempotent: a connection the hub already closed is ignored.
+    pub fn handle_closed(&mut self, id: ConnId) {
+        self.remove(id);
+    }
+
+    /// Heartbeats: ping the silent, close the dead (4100). O(due entries).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let interval = self.config.ping_interval;
+        let dead_after = interval + self.config.ping_timeout;
+        while let Some(id) = self.heartbeats.pop_due(now) {
+            let Some(session) = self.registry.session(id) else { continue };
+            let silent = now.saturating_duration_since(session.last_seen);
+            if silent >= dead_after {
+                log::info!("{id} heartbeat timeout after {silent:?} of silence");
+                self.counters.heartbeat_timeouts += 1;
+                self.close(id, CloseReason::HeartbeatTimeout);
+            } else if silent >= interval {
+                self.outputs.push_back(Output::Ping(id));
+                self.heartbeats.schedule(session.last_seen + dead_after, id);
+            } else {
+                self.heartbeats.schedule(session.last_seen + interval, id);
+            }
+        }
+    }
+
+    /// Close every connection with `reason` (shutdown). Emits one `Close` each.
+    pub fn close_all(&mut self, reason: CloseReason) {
+        let ids: Vec<ConnId> = self.registry.sessions().map(|s| s.id).collect();
+        for id in ids {
+            self.close(id, reason);
+        }
+    }
+
+    /// Close one connection with `reason`: removed now, `Output::Close` emitted.
+    pub fn close(&mut self, id: ConnId, reason: CloseReason) {
+        if self.remove(id) {
+            self.outputs.push_back(Output::Close { conn: id, reason });
+        }
+    }
+
+    fn send(&mut self, to: Target, frame: SharedFrame) {
+        self.outputs.push_back(Output::Send { to, frame });
+    }
+
+    fn refuse(&mut self, id: ConnId, refusal: Refusal<'_>) {
+        self.counters.errors_sent += 1;
+        log::debug!("{id} refused: {} ({})", refusal.code.code(), refusal.message);
+        let frame = protocol::json_frame(&m::Error {
+            kind: "error",
+            code: refusal.code.code(),
+            message: &refusal.message,
+            reference: refusal.reference,
+        });
+        self.send(Target::Conn(id), frame);
+    }
+
+    fn dispatch<'a>(
+        &mut self,
+        id: ConnId,
+        msg: ClientMsg<'a>,
+        reference: Option<&'a RawValue>,
+    ) -> Result<(), Refusal<'a>> {
+        let with_ref = |mut r: Refusal<'a>| {
+            r.reference = reference;
+            r
+        };
+        match msg {
+            ClientMsg::Join { room } => self.join(id, &room, reference).map_err(with_ref),
+            ClientMsg::Leave { room } => {
+                let key = self.member_room(id, &room).map_err(with_ref)?;
+                self.leave(id, key, reference);
+                Ok(())
+            }
+            ClientMsg::Message { room, data, echo } => {
+                let key = self.member_room(id, &room).map_err(with_ref)?;
+                let from = self.user_name_of(id);
+                let frame = protocol::json_frame(&m::RoomMessage {
+                    kind: "message",
+                    room: &room,
+                    from: Some(from),
+                    data,
+                });
+                let except = if echo { None } else { Some(id) };
+                self.send(Target::Room { room: key, except }, frame);
+                Ok(())
+            }
+            ClientMsg::Private { to, data } => {
+                let Some(user) = self.registry.user_key(&to) else {
+                    return Err(with_ref(Refusal::new(
+                        ErrorCode::UserOffline,
+                        "no connection for that user",
+                    )));
+                };
+                let from = self.user_name_of(id);
+                let frame = protocol::json_frame(&m::Private { kind: "private", from, data });
+                self.send(Target::User(user), frame);
+                Ok(())
+            }
+            ClientMsg::Broadcast { data, echo } => {
+                let from = self.user_name_of(id);
+                let frame = protocol::json_frame(&m::Broadcast { kind: "broadcast", from, data });
+                let except = if echo { None } else { Some(id) };
+                self.send(Target::All { except }, frame);
+                Ok(())
+            }
+            ClientMsg::Typing { room } => {
+                let key = self.member_room(id, &room).map_err(with_ref)?;
+                let user = self.user_name_of(id);
+                let frame = protocol::json_frame(&m::Typing { kind: "typing", room: &room, user });
+                self.send(Target::Room { room: key, except: Some(id) }, frame);
+                Ok(())
+            }
+            ClientMsg::Presence { room } => {
+                self.check_room_name(&room).map_err(with_ref)?;
+                let frame = self.member_list("presence", &room, reference);
+                self.send(Target::Conn(id), frame);
+                Ok(())
+            }
+            ClientMsg::Ping => {
+                let frame = protocol::json_frame(&m::Pong { kind: "pong", reference });
+                self.send(Target::Conn(id), frame);
+                Ok(())
+            }
+            ClientMsg::Pong => Ok(()),
+        }
+    }
+
+    fn user_name_of(&self, id: ConnId) -> &str {
+        let s = self.registry.session(id).expect("dispatch on an open session");
+        let user = s.user.expect("hub sessions have a user");
+        &self.registry.user(user).expect("session's user").name
+    }
+
+    fn check_room_name(&self, room: &str) -> Result<(), Refusal<'static>> {
+        if room.is_empty() {
+            return Err(Refusal::new(ErrorCode::BadMessage, "room name is empty"));
+        }
+        if room.len() > self.config.max_room_name_len {
+            return Err(Refusal::new(
+                ErrorCode::RoomNameTooLong,
+                format!("room name longer than {} bytes", self.config.max_room_name_len),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key of `room` if `id` is a member, else `not_in_room`.
+    fn member_room(&self, id: ConnId, room: &str) -> Result<RoomKey, Refusal<'static>> {
+        self.check_room_name(room)?;
+        let not_in = || Refusal::new(ErrorCode::NotInRoom, "not a member of that room");
+        let key = self.registry.room_key(room).ok_or_else(not_in)?;
+        let session = self.registry.session(id).expect("open session");
+        if session.rooms.iter().any(|&(r, _)| r == key) {
+            Ok(key)
+        } else {
+            Err(not_in())
+        }
+    }
+
+    fn join<'a>(
+        &mut self,
+        id: ConnId,
+        room: &str,
+        reference: Option<&'a RawValue>,
+    ) -> Result<(), Refusal<'a>> {
+        self.check_room_name(room)?;
+        let (joined, key) = self.registry.join(id, room, self.config.max_rooms_per_connection);
+        match joined {
+            Joined::TooManyRooms => {
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "a connection may be in at most {} rooms",
+                        self.config.max_rooms_per_connection
+                    ),
+                ))
+            }
+            Joined::Added { first_of_user: true } => {
+                log::debug!("{id} joined {room}");
+                self.announce("user_joined", key, id);
+            }
+            Joined::Added { first_of_user: false } | Joined::Already => {}
+        }
+        let frame = self.member_list("joined", room, reference);
+        self.send(Target::Conn(id), frame);
+        Ok(())
+    }
+
+    fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
+        let name = self.registry.room(key).expect("member's room").name.clone();
+        let last = self.registry.leave(id, key).expect("checked membership");
+        if last {
+            self.announce("user_left", key, id);
+        }
+        let members = self.registry.room(key).map_or(0, |r| r.users.len());
+        let frame = protocol::json_frame(&m::Left { kind: "left", room: &name, members, reference });
+        self.send(Target::Conn(id), frame);
+    }
+
+    /// Tell the other members of `key` that `id`'s user arrived or went,
+    /// unless the room is bigger than the announce limit (or now empty).
+    fn announce(&mut self, kind: &'static str, key: RoomKey, id: ConnId) {
+        let Some(room) = self.registry.room(key) else { return };
+        let members = room.users.len();
+        if members > self.config.presence_announce_limit {
+            return;
+        }
+        let user = self.user_name_of(id);
+        let frame =
+            protocol::json_frame(&m::PresenceEvent { kind, room: &room.name, user, members });
+        self.send(Target::Room { room: key, except: Some(id) }, frame);
+    }
+
+    /// A `joined` / `presence` reply: exact count, user list bounded.
+    fn member_list(&self, kind: &'static str, room: &str, reference: Option<&RawValue>) -> SharedFrame {
+        let limit = self.config.member_list_limit;
+        let (members, users): (usize, Vec<&str>) = match self.registry.room_key(room) {
+            Some(key) => {
+                let r = self.registry.room(key).expect("indexed room");
+                let users = r
+                    .users
+                    .keys()
+                    .take(limit)
+                    .map(|&u| &*self.registry.user(u).expect("counted user").name)
+                    .collect();
+                (r.users.len(), users)
+            }
+            None => (0, Vec::new()),
+        };
+        protocol::json_frame(&m::MemberList {
+            kind,
+            room,
+            members,
+            truncated: members > users.len(),
+            users,
+            reference,
+        })
+    }
+
+    /// Remove `id` from every index, announcing `user_left` where it was the
+    /// user's last connection. Returns whether it was open.
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(session) = self.registry.session(id) else { return false };
+        let user = session.user.map(|u| self.registry.user(u).expect("session's user").name.clone());
+        let limit = self.config.presence_announce_limit;
+        let outputs = &mut self.outputs;
+        let removed = self.registry.remove(id, |reg, key, last_of_user| {
+            let Some(room) = reg.room(key) else { return };
+            let members = room.users.len();
+            let Some(user) = &user else { return };
+            if last_of_user && members <= limit {
+                let frame = protocol::json_frame(&m::PresenceEvent {
+                    kind: "user_left",
+                    room: &room.name,
+                    user,
+                    members,
+                });
+                outputs.push_back(Output::Send { to: Target::Room { room: key, except: None }, frame });
+            }
+        });
+        if removed {
+            log::debug!("{id} removed from the registry");
+        }
+        removed
+    }
+}

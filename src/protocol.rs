@@ -1,0 +1,391 @@
+//! The wire protocol: client messages (decoded borrowing from the frame),
+//! stable error codes, close codes, and pre-encoded server frames.
+//!
+//! `data` is kept as raw JSON text ([`RawValue`]) from decode to encode, so it
+//! arrives at recipients byte for byte as the sender wrote it, and is never
+//! parsed into a tree.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A decoded client message. Borrowed from the received text.
+#[derive(Debug)]
+pub enum ClientMsg<'a> {
+    Join { room: Cow<'a, str> },
+    Leave { room: Cow<'a, str> },
+    Message { room: Cow<'a, str>, data: &'a RawValue, echo: bool },
+    Private { to: Cow<'a, str>, data: &'a RawValue },
+    Broadcast { data: &'a RawValue, echo: bool },
+    Typing { room: Cow<'a, str> },
+    Presence { room: Cow<'a, str> },
+    Ping,
+    Pong,
+}
+
+/// The raw shape every client message is first read into.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    echo: Option<bool>,
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    #[serde(rename = "ref", borrow, default)]
+    reference: Option<&'a RawValue>,
+}
+
+/// Why a client message was refused. `code()` is the stable `error.code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not valid JSON.
+    BadJson,
+    /// Valid JSON of the wrong shape: not an object, a missing or mistyped field.
+    BadMessage,
+    /// A `type` the server does not know.
+    UnknownType,
+    /// Sending to or leaving a room the connection has not joined.
+    NotInRoom,
+    /// A room name longer than the configured limit, or empty.
+    RoomNameTooLong,
+    /// Joining more rooms than the per-connection limit.
+    TooManyRooms,
+    /// A private message to a user with no open connection.
+    UserOffline,
+    /// Not allowed (a later issue's permissions).
+    Forbidden,
+    /// Over the per-connection rate limit.
+    RateLimited,
+    /// A payload over a size limit.
+    PayloadTooLarge,
+}
+
+impl ErrorCode {
+    /// The stable string clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::RoomNameTooLong => "room_name_too_long",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::UserOffline => "user_offline",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+        }
+    }
+}
+
+/// A refused message: the code, a human message, and the client's `ref` if any.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+    pub reference: Option<&'a RawValue>,
+}
+
+impl<'a> Refusal<'a> {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Refusal { code, message: message.into(), reference: None }
+    }
+}
+
+/// Decode one client text message. On success returns the message and its `ref`.
+pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>), Refusal<'a>> {
+    if !text.trim_start().starts_with('{') {
+        let code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => ErrorCode::BadMessage,
+            Err(_) => ErrorCode::BadJson,
+        };
+        let message = match code {
+            ErrorCode::BadMessage => "a message must be a JSON object with a `type`",
+            _ => "not valid JSON",
+        };
+        return Err(Refusal::new(code, message));
+    }
+    let env: Envelope = match serde_json::from_str(text) {
+        Ok(env) => env,
+        Err(e) => {
+            use serde_json::error::Category;
+            let code = match e.classify() {
+                Category::Data => ErrorCode::BadMessage,
+                _ => ErrorCode::BadJson,
+            };
+            let reference = match code {
+                ErrorCode::BadMessage => {
+                    serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.reference)
+                }
+                _ => None,
+            };
+            return Err(Refusal { code, message: e.to_string().into(), reference });
+        }
+    };
+    let reference = env.reference;
+    let missing = |field: &'static str| Refusal {
+        code: ErrorCode::BadMessage,
+        message: format!("`{}` needs the field `{field}`", env.ty).into(),
+        reference,
+    };
+    let room = |r: Option<Cow<'a, str>>| r.ok_or_else(|| missing("room"));
+    let msg = match &*env.ty {
+        "join" => ClientMsg::Join { room: room(env.room)? },
+        "leave" => ClientMsg::Leave { room: room(env.room)? },
+        "message" => ClientMsg::Message {
+            room: room(env.room)?,
+            data: env.data.ok_or_else(|| missing("data"))?,
+            echo: env.echo.unwrap_or(false),
+        },
+        "private" => ClientMsg::Private {
+            to: env.to.ok_or_else(|| missing("to"))?,
+            data: env.data.ok_or_else(|| missing("data"))?,
+        },
+        "broadcast" => ClientMsg::Broadcast {
+            data: env.data.ok_or_else(|| missing("data"))?,
+            echo: env.echo.unwrap_or(false),
+        },
+        "typing" => ClientMsg::Typing { room: room(env.room)? },
+        "presence" => ClientMsg::Presence { room: room(env.room)? },
+        "ping" => ClientMsg::Ping,
+        "pong" => ClientMsg::Pong,
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(Refusal {
+                code: ErrorCode::UnknownType,
+                message: format!("unknown message type `{shown}`").into(),
+                reference,
+            });
+        }
+    };
+    Ok((msg, reference))
+}
+
+/// Why the server closes a connection: one table from reason to close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1002: the client broke the WebSocket protocol.
+    ProtocolError,
+    /// 1007: a text frame was not valid UTF-8.
+    InvalidUtf8,
+    /// 1008: the user already has the maximum number of connections.
+    UserConnectionLimit,
+    /// 1009: a message over the size limit.
+    MessageTooBig,
+    /// 4100: no frame from the client within ping interval + timeout.
+    HeartbeatTimeout,
+    /// 4101: the output queue went over its byte cap.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The close code sent on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::GoingAway => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::UserConnectionLimit => 1008,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::HeartbeatTimeout => 4100,
+            CloseReason::SlowConsumer => 4101,
+        }
+    }
+
+    /// The close reason text sent on the wire.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::GoingAway => "Server shutting down",
+            CloseReason::ProtocolError => "Protocol error",
+            CloseReason::InvalidUtf8 => "Invalid UTF-8",
+            CloseReason::UserConnectionLimit => "Connection limit reached",
+            CloseReason::MessageTooBig => "Message too big",
+            CloseReason::HeartbeatTimeout => "Heartbeat timeout",
+            CloseReason::SlowConsumer => "slow consumer",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code(), self.text())
+    }
+}
+
+/// Largest WebSocket frame header a server writes (no mask).
+const MAX_HEADER: usize = 10;
+
+/// A complete, pre-encoded server WebSocket frame (header + payload). Cloning
+/// is a reference-count increment, so one frame serves every recipient.
+pub type SharedFrame = Bytes;
+
+/// Builds one server text frame: the payload is written after a reserved
+/// header gap, then the header is put in place — one allocation, no copy.
+pub struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// Start a text frame whose payload is expected to be about `hint` bytes.
+    pub fn text(hint: usize) -> Self {
+        let mut buf = Vec::with_capacity(MAX_HEADER + hint);
+        buf.resize(MAX_HEADER, 0);
+        FrameWriter { buf }
+    }
+
+    /// The payload buffer to write JSON into.
+    pub fn payload(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Finish a FIN frame with the given opcode (1 = text, 2 = binary).
+    pub fn finish_with_opcode(mut self, opcode: u8) -> SharedFrame {
+        let len = self.buf.len() - MAX_HEADER;
+        let mut header = [0u8; MAX_HEADER];
+        header[0] = 0x80 | opcode;
+        let n = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if len <= u16::MAX as usize {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        let start = MAX_HEADER - n;
+        self.buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
+        Bytes::from(self.buf).slice(start..)
+    }
+
+    /// Finish a text frame.
+    pub fn finish(self) -> SharedFrame {
+        self.finish_with_opcode(0x1)
+    }
+}
+
+/// Encode a binary frame carrying `payload` (one copy into the frame buffer).
+pub fn binary_frame(payload: &[u8]) -> SharedFrame {
+    let mut w = FrameWriter::text(payload.len());
+    w.payload().extend_from_slice(payload);
+    w.finish_with_opcode(0x2)
+}
+
+/// Encode a text frame carrying `payload` verbatim.
+pub fn text_frame(payload: &[u8]) -> SharedFrame {
+    let mut w = FrameWriter::text(payload.len());
+    w.payload().extend_from_slice(payload);
+    w.finish()
+}
+
+/// Encode a JSON value as one text frame.
+pub fn json_frame<T: serde::Serialize + ?Sized>(value: &T) -> SharedFrame {
+    let mut w = FrameWriter::text(128);
+    serde_json::to_writer(w.payload(), value).expect("server messages always serialize");
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        decode(text).err().unwrap().code.code()
+    }
+
+    #[test]
+    fn decodes_every_type() {
+        let (m, r) = decode(r#"{"type":"message","room":"a","data":{"x":[1,2]},"ref":7}"#).unwrap();
+        match m {
+            ClientMsg::Message { room, data, echo } => {
+                assert_eq!(room, "a");
+                assert_eq!(data.get(), r#"{"x":[1,2]}"#);
+                assert!(!echo);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.unwrap().get(), "7");
+        assert!(matches!(decode(r#"{"type":"ping"}"#).unwrap().0, ClientMsg::Ping));
+        assert!(matches!(decode(r#"{"type":"pong"}"#).unwrap().0, ClientMsg::Pong));
+        assert!(matches!(
+            decode(r#"{"type":"private","to":"bob","data":1}"#).unwrap().0,
+            ClientMsg::Private { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"broadcast","data":null,"echo":true}"#).unwrap().0,
+            ClientMsg::Broadcast { echo: true, .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"join","room":"r\u00e9"}"#).unwrap().0,
+            ClientMsg::Join { room } if room == "ré"
+        ));
+    }
+
+    #[test]
+    fn bad_inputs_get_stable_codes() {
+        assert_eq!(code("{"), "bad_json");
+        assert_eq!(code("not json"), "bad_json");
+        assert_eq!(code("[1,2]"), "bad_message");
+        assert_eq!(code("42"), "bad_message");
+        assert_eq!(code(r#"{"room":"a"}"#), "bad_message");
+        assert_eq!(code(r#"{"type":5}"#), "bad_message");
+        assert_eq!(code(r#"{"type":"join"}"#), "bad_message");
+        assert_eq!(code(r#"{"type":"join","room":7}"#), "bad_message");
+        assert_eq!(code(r#"{"type":"message","room":"a"}"#), "bad_message");
+        assert_eq!(code(r#"{"type":"fly"}"#), "unknown_type");
+        let deep = "[".repeat(100_000);
+        assert_eq!(code(&deep), "bad_json");
+        let deep_closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(code(&deep_closed), "bad_json");
+        let nest = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep_obj = format!(r#"{{"type":"message","room":"a","data":{nest}}}"#);
+        assert_eq!(code(&deep_obj), "bad_json");
+    }
+
+    #[test]
+    fn refusals_keep_the_ref() {
+        let e = decode(r#"{"type":"fly","ref":"x1"}"#).err().unwrap();
+        assert_eq!(e.reference.unwrap().get(), r#""x1""#);
+        let e = decode(r#"{"type":"join","ref":3}"#).err().unwrap();
+        assert_eq!(e.reference.unwrap().get(), "3");
+        let e = decode(r#"{"type":"join","room":[],"ref":4}"#).err().unwrap();
+        assert_eq!(e.reference.unwrap().get(), "4");
+    }
+
+    #[test]
+    fn frames_have_minimal_headers() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 70_000] {
+            let payload = vec![b'a'; len];
+            let f = text_frame(&payload);
+            let mut expect = Vec::new();
+            tungstenite::protocol::frame::Frame::message(
+                payload.clone(),
+                tungstenite::protocol::frame::coding::OpCode::Data(
+                    tungstenite::protocol::frame::coding::Data::Text,
+                ),
+                true,
+            )
+            .format(&mut expect)
+            .unwrap();
+            assert_eq!(&f[..], &expect[..], "len {len}");
+        }
+    }
+}
