@@ -21,7 +21,12 @@ pub struct Rejection {
 /// Identify a WebSocket request. With auth off (the only mode so far) the
 /// user comes from `?user=<id>`, bounded by `max_user_id_len`.
 pub fn identify(head: &RequestHead, max_user_id_len: usize) -> Result<Identity, Rejection> {
-    let bad = |message: String| Err(Rejection { status: 400, message });
+    let bad = |message: String| {
+        Err(Rejection {
+            status: 400,
+            message,
+        })
+    };
     match query_param(head.query.as_deref(), "user") {
         None => Ok(Identity { user: None }),
         Some(None) => bad("user id is not valid percent-encoded UTF-8".into()),

@@ -122,25 +122,120 @@ pub struct Setting {
 
 /// Every setting, in the order `--help` lists them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { name: "listen", value: "ADDR:PORT", help: "address for WebSocket and HTTP", default: "127.0.0.1:8080" },
-    Setting { name: "ping_interval", value: "SECS", help: "protocol Ping after this much client silence", default: "30" },
-    Setting { name: "ping_timeout", value: "SECS", help: "close (4100) after interval + timeout of silence", default: "10" },
-    Setting { name: "max_connections", value: "N", help: "total connections; over it the handshake gets 503", default: "10000" },
-    Setting { name: "max_connections_per_user", value: "N", help: "connections per user; the next is closed with 1008", default: "5" },
-    Setting { name: "max_rooms_per_connection", value: "N", help: "rooms one connection may be in", default: "100" },
-    Setting { name: "max_room_name_len", value: "BYTES", help: "longest room name", default: "128" },
-    Setting { name: "max_user_id_len", value: "BYTES", help: "longest user id", default: "128" },
-    Setting { name: "max_message_size", value: "BYTES", help: "largest client message (over it: close 1009)", default: "65536" },
-    Setting { name: "echo_max_message_size", value: "BYTES", help: "largest message on /echo", default: "65536" },
-    Setting { name: "max_output_queue", value: "BYTES", help: "queued bytes per client before close 4101 (slow consumer)", default: "1048576" },
-    Setting { name: "presence_announce_limit", value: "N", help: "announce user_joined/user_left only in rooms up to N users", default: "100" },
-    Setting { name: "member_list_limit", value: "N", help: "longest user list in joined/presence replies", default: "100" },
-    Setting { name: "read_buffer_size", value: "BYTES", help: "per-connection read buffer", default: "1024" },
-    Setting { name: "handshake_timeout", value: "SECS", help: "deadline for a handshake or HTTP request", default: "10" },
-    Setting { name: "max_request_head", value: "BYTES", help: "largest HTTP request line + headers (over it: 431)", default: "8192" },
-    Setting { name: "close_timeout", value: "SECS", help: "wait for the peer's close after ours", default: "2" },
-    Setting { name: "shutdown_timeout", value: "SECS", help: "graceful shutdown deadline", default: "5" },
-    Setting { name: "log_level", value: "LEVEL", help: "off, error, warn, info, debug, trace", default: "info" },
+    Setting {
+        name: "listen",
+        value: "ADDR:PORT",
+        help: "address for WebSocket and HTTP",
+        default: "127.0.0.1:8080",
+    },
+    Setting {
+        name: "ping_interval",
+        value: "SECS",
+        help: "protocol Ping after this much client silence",
+        default: "30",
+    },
+    Setting {
+        name: "ping_timeout",
+        value: "SECS",
+        help: "close (4100) after interval + timeout of silence",
+        default: "10",
+    },
+    Setting {
+        name: "max_connections",
+        value: "N",
+        help: "total connections; over it the handshake gets 503",
+        default: "10000",
+    },
+    Setting {
+        name: "max_connections_per_user",
+        value: "N",
+        help: "connections per user; the next is closed with 1008",
+        default: "5",
+    },
+    Setting {
+        name: "max_rooms_per_connection",
+        value: "N",
+        help: "rooms one connection may be in",
+        default: "100",
+    },
+    Setting {
+        name: "max_room_name_len",
+        value: "BYTES",
+        help: "longest room name",
+        default: "128",
+    },
+    Setting {
+        name: "max_user_id_len",
+        value: "BYTES",
+        help: "longest user id",
+        default: "128",
+    },
+    Setting {
+        name: "max_message_size",
+        value: "BYTES",
+        help: "largest client message (over it: close 1009)",
+        default: "65536",
+    },
+    Setting {
+        name: "echo_max_message_size",
+        value: "BYTES",
+        help: "largest message on /echo",
+        default: "65536",
+    },
+    Setting {
+        name: "max_output_queue",
+        value: "BYTES",
+        help: "queued bytes per client before close 4101 (slow consumer)",
+        default: "1048576",
+    },
+    Setting {
+        name: "presence_announce_limit",
+        value: "N",
+        help: "announce user_joined/user_left only in rooms up to N users",
+        default: "100",
+    },
+    Setting {
+        name: "member_list_limit",
+        value: "N",
+        help: "longest user list in joined/presence replies",
+        default: "100",
+    },
+    Setting {
+        name: "read_buffer_size",
+        value: "BYTES",
+        help: "per-connection read buffer",
+        default: "1024",
+    },
+    Setting {
+        name: "handshake_timeout",
+        value: "SECS",
+        help: "deadline for a handshake or HTTP request",
+        default: "10",
+    },
+    Setting {
+        name: "max_request_head",
+        value: "BYTES",
+        help: "largest HTTP request line + headers (over it: 431)",
+        default: "8192",
+    },
+    Setting {
+        name: "close_timeout",
+        value: "SECS",
+        help: "wait for the peer's close after ours",
+        default: "2",
+    },
+    Setting {
+        name: "shutdown_timeout",
+        value: "SECS",
+        help: "graceful shutdown deadline",
+        default: "5",
+    },
+    Setting {
+        name: "log_level",
+        value: "LEVEL",
+        help: "off, error, warn, info, debug, trace",
+        default: "info",
+    },
 ];
 
 /// What the command line asked for.
@@ -156,13 +251,18 @@ pub enum Command {
 impl Config {
     /// Apply one setting by its canonical name (`ping_interval`).
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
-        let err = |message: String| ConfigError { setting: name.to_string(), message };
+        let err = |message: String| ConfigError {
+            setting: name.to_string(),
+            message,
+        };
         let value = value.trim();
         match name {
             "listen" => {
-                self.listen = value
-                    .parse()
-                    .map_err(|_| err(format!("`{value}` is not an ADDR:PORT such as 127.0.0.1:8080")))?
+                self.listen = value.parse().map_err(|_| {
+                    err(format!(
+                        "`{value}` is not an ADDR:PORT such as 127.0.0.1:8080"
+                    ))
+                })?
             }
             "ping_interval" => self.hub.ping_interval = secs(value, 0.01).map_err(err)?,
             "ping_timeout" => self.hub.ping_timeout = secs(value, 0.01).map_err(err)?,
@@ -179,7 +279,9 @@ impl Config {
             "max_room_name_len" => self.hub.max_room_name_len = count(value, 1).map_err(err)?,
             "max_user_id_len" => self.hub.max_user_id_len = count(value, 1).map_err(err)?,
             "max_message_size" => self.hub.max_message_size = count(value, 64).map_err(err)?,
-            "echo_max_message_size" => self.echo_max_message_size = count(value, 64).map_err(err)?,
+            "echo_max_message_size" => {
+                self.echo_max_message_size = count(value, 64).map_err(err)?
+            }
             "max_output_queue" => self.max_output_queue = count(value, 1024).map_err(err)?,
             "presence_announce_limit" => {
                 self.hub.presence_announce_limit = count(value, 0).map_err(err)?
@@ -189,7 +291,9 @@ impl Config {
             "max_request_head" => self.max_request_head = count(value, 512).map_err(err)?,
             "log_level" => {
                 self.log_level = value.parse().map_err(|_| {
-                    err(format!("`{value}` is not one of off, error, warn, info, debug, trace"))
+                    err(format!(
+                        "`{value}` is not one of off, error, warn, info, debug, trace"
+                    ))
                 })?
             }
             _ => return Err(err("unknown setting".to_string())),
@@ -227,14 +331,17 @@ impl Config {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix("SWITCHBOARD_") else { continue };
+            let Some(name) = key.strip_prefix("SWITCHBOARD_") else {
+                continue;
+            };
             if name == "CONFIG" {
                 continue;
             }
-            self.set(&name.to_ascii_lowercase(), &value).map_err(|mut e| {
-                e.setting = key.clone();
-                e
-            })?;
+            self.set(&name.to_ascii_lowercase(), &value)
+                .map_err(|mut e| {
+                    e.setting = key.clone();
+                    e
+                })?;
         }
         Ok(())
     }
@@ -271,9 +378,7 @@ impl Config {
             match arg {
                 Short('h') | Long("help") => return Ok(Command::Help(help_text())),
                 Short('V') | Long("version") => return Ok(Command::Version),
-                Long("config") => {
-                    file = Some(parser.value().map_err(|e| bad("config", e))?.into())
-                }
+                Long("config") => file = Some(parser.value().map_err(|e| bad("config", e))?.into()),
                 Long(flag) => {
                     let name = flag.replace('-', "_");
                     if !SETTINGS.iter().any(|s| s.name == name) {
@@ -320,16 +425,27 @@ pub fn help_text() -> String {
     );
     for s in SETTINGS {
         let flag = format!("--{} {}", s.name.replace('_', "-"), s.value);
-        out.push_str(&format!("  {flag:<36} {} [default: {}]\n", s.help, s.default));
+        out.push_str(&format!(
+            "  {flag:<36} {} [default: {}]\n",
+            s.help, s.default
+        ));
     }
-    out.push_str(&format!("  {:<36} {}\n", "--config FILE", "read settings from a TOML file"));
+    out.push_str(&format!(
+        "  {:<36} {}\n",
+        "--config FILE", "read settings from a TOML file"
+    ));
     out.push_str(&format!("  {:<36} {}\n", "-h, --help", "print this help"));
-    out.push_str(&format!("  {:<36} {}\n", "-V, --version", "print the version"));
+    out.push_str(&format!(
+        "  {:<36} {}\n",
+        "-V, --version", "print the version"
+    ));
     out
 }
 
 fn secs(value: &str, min: f64) -> Result<Duration, String> {
-    let n: f64 = value.parse().map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    let n: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
     if !n.is_finite() || n < min || n > 86_400.0 {
         return Err(format!("{value} is out of range ({min} to 86400 seconds)"));
     }
@@ -337,7 +453,9 @@ fn secs(value: &str, min: f64) -> Result<Duration, String> {
 }
 
 fn count(value: &str, min: usize) -> Result<usize, String> {
-    let n: usize = value.parse().map_err(|_| format!("`{value}` is not a whole number"))?;
+    let n: usize = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a whole number"))?;
     if n < min {
         return Err(format!("{n} is below the minimum of {min}"));
     }
@@ -351,7 +469,9 @@ mod tests {
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, ConfigError> {
         Config::from_args_and_env(
             args.iter().map(|a| a.into()),
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         )
     }
 
@@ -381,11 +501,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "ping_interval = 5\nmax_connections = 7\nlog_level = \"debug\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "ping_interval = 5\nmax_connections = 7\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
         let c = run(
             &["--config", file.to_str().unwrap(), "--ping-interval", "2.5"],
-            &[("SWITCHBOARD_MAX_CONNECTIONS", "9"), ("SWITCHBOARD_PING_INTERVAL", "4")],
+            &[
+                ("SWITCHBOARD_MAX_CONNECTIONS", "9"),
+                ("SWITCHBOARD_PING_INTERVAL", "4"),
+            ],
         );
         assert_eq!(c.hub.ping_interval, Duration::from_millis(2500));
         assert_eq!(c.max_connections, 9);
@@ -397,21 +523,31 @@ mod tests {
     fn invalid_values_name_the_setting() {
         let e = parse(&["--ping-interval", "soon"], &[]).err().unwrap();
         assert_eq!(e.setting, "--ping-interval");
-        let e = parse(&[], &[("SWITCHBOARD_MAX_CONNECTIONS", "-1")]).err().unwrap();
+        let e = parse(&[], &[("SWITCHBOARD_MAX_CONNECTIONS", "-1")])
+            .err()
+            .unwrap();
         assert_eq!(e.setting, "SWITCHBOARD_MAX_CONNECTIONS");
         let e = parse(&["--listen", "nowhere"], &[]).err().unwrap();
         assert!(e.to_string().contains("listen"), "{e}");
         let e = parse(&["--frobnicate", "1"], &[]).err().unwrap();
         assert_eq!(e.setting, "--frobnicate");
-        let e = parse(&["--max-connections-per-user", "0"], &[]).err().unwrap();
+        let e = parse(&["--max-connections-per-user", "0"], &[])
+            .err()
+            .unwrap();
         assert!(e.message.contains("minimum"));
     }
 
     #[test]
     fn help_lists_every_setting() {
-        let Command::Help(text) = parse(&["--help"], &[]).ok().unwrap() else { panic!() };
+        let Command::Help(text) = parse(&["--help"], &[]).ok().unwrap() else {
+            panic!()
+        };
         for s in SETTINGS {
-            assert!(text.contains(&format!("--{}", s.name.replace('_', "-"))), "{}", s.name);
+            assert!(
+                text.contains(&format!("--{}", s.name.replace('_', "-"))),
+                "{}",
+                s.name
+            );
         }
     }
 }

@@ -6,22 +6,22 @@ use switchboard::config::{Command, Config};
 use switchboard::Server;
 
 fn main() -> ExitCode {
-    let config = match Config::from_args_and_env(std::env::args_os().skip(1), std::env::vars().collect())
-    {
-        Ok(Command::Run(config)) => *config,
-        Ok(Command::Help(text)) => {
-            print!("{text}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("switchboard {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("switchboard: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config =
+        match Config::from_args_and_env(std::env::args_os().skip(1), std::env::vars().collect()) {
+            Ok(Command::Run(config)) => *config,
+            Ok(Command::Help(text)) => {
+                print!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Ok(Command::Version) => {
+                println!("switchboard {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let log_config = simplelog::ConfigBuilder::new()
         .set_target_level(simplelog::LevelFilter::Off)
         .set_thread_level(simplelog::LevelFilter::Off)
@@ -52,7 +52,10 @@ fn main() -> ExitCode {
 
 /// Raise the soft open-file limit to the hard limit: every connection is a descriptor.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

@@ -15,13 +15,31 @@ use serde_json::value::RawValue;
 /// A decoded client message. Borrowed from the received text.
 #[derive(Debug)]
 pub enum ClientMsg<'a> {
-    Join { room: Cow<'a, str> },
-    Leave { room: Cow<'a, str> },
-    Message { room: Cow<'a, str>, data: &'a RawValue, echo: bool },
-    Private { to: Cow<'a, str>, data: &'a RawValue },
-    Broadcast { data: &'a RawValue, echo: bool },
-    Typing { room: Cow<'a, str> },
-    Presence { room: Cow<'a, str> },
+    Join {
+        room: Cow<'a, str>,
+    },
+    Leave {
+        room: Cow<'a, str>,
+    },
+    Message {
+        room: Cow<'a, str>,
+        data: &'a RawValue,
+        echo: bool,
+    },
+    Private {
+        to: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    Broadcast {
+        data: &'a RawValue,
+        echo: bool,
+    },
+    Typing {
+        room: Cow<'a, str>,
+    },
+    Presence {
+        room: Cow<'a, str>,
+    },
     Ping,
     Pong,
 }
@@ -35,12 +53,17 @@ struct Envelope<'a> {
     room: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     to: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(default)]
     echo: Option<bool>,
-    #[serde(rename = "ref", borrow, default)]
+    #[serde(rename = "ref", borrow, default, deserialize_with = "present")]
     reference: Option<&'a RawValue>,
+}
+
+/// A field that is present, even as `null`, is `Some` (serde maps `null` to `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -102,12 +125,68 @@ pub struct Refusal<'a> {
 
 impl<'a> Refusal<'a> {
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Refusal { code, message: message.into(), reference: None }
+        Refusal {
+            code,
+            message: message.into(),
+            reference: None,
+        }
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in a client message.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// One pass over the text, outside strings: nesting within [`MAX_JSON_DEPTH`]
+/// and every number finite as an f64. `data` is passed on as raw text, so this
+/// is what keeps recipients' parsers safe from stack-deep or infinite values.
+fn check_json_limits(text: &str) -> Result<(), Refusal<'static>> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Refusal::new(
+                        ErrorCode::BadJson,
+                        format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &text[start..=i];
+                let risky = number.len() > 15 || number.contains(['e', 'E']);
+                if risky && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(Refusal::new(
+                        ErrorCode::BadMessage,
+                        "number out of range for a 64-bit float",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// Decode one client text message. On success returns the message and its `ref`.
 pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>), Refusal<'a>> {
+    check_json_limits(text)?;
     if !text.trim_start().starts_with('{') {
         let code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => ErrorCode::BadMessage,
@@ -128,12 +207,16 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
                 _ => ErrorCode::BadJson,
             };
             let reference = match code {
-                ErrorCode::BadMessage => {
-                    serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.reference)
-                }
+                ErrorCode::BadMessage => serde_json::from_str::<RefOnly>(text)
+                    .ok()
+                    .and_then(|r| r.reference),
                 _ => None,
             };
-            return Err(Refusal { code, message: e.to_string().into(), reference });
+            return Err(Refusal {
+                code,
+                message: e.to_string().into(),
+                reference,
+            });
         }
     };
     let reference = env.reference;
@@ -144,8 +227,12 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
     };
     let room = |r: Option<Cow<'a, str>>| r.ok_or_else(|| missing("room"));
     let msg = match &*env.ty {
-        "join" => ClientMsg::Join { room: room(env.room)? },
-        "leave" => ClientMsg::Leave { room: room(env.room)? },
+        "join" => ClientMsg::Join {
+            room: room(env.room)?,
+        },
+        "leave" => ClientMsg::Leave {
+            room: room(env.room)?,
+        },
         "message" => ClientMsg::Message {
             room: room(env.room)?,
             data: env.data.ok_or_else(|| missing("data"))?,
@@ -159,8 +246,12 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
             data: env.data.ok_or_else(|| missing("data"))?,
             echo: env.echo.unwrap_or(false),
         },
-        "typing" => ClientMsg::Typing { room: room(env.room)? },
-        "presence" => ClientMsg::Presence { room: room(env.room)? },
+        "typing" => ClientMsg::Typing {
+            room: room(env.room)?,
+        },
+        "presence" => ClientMsg::Presence {
+            room: room(env.room)?,
+        },
         "ping" => ClientMsg::Ping,
         "pong" => ClientMsg::Pong,
         other => {
@@ -323,14 +414,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(r.unwrap().get(), "7");
-        assert!(matches!(decode(r#"{"type":"ping"}"#).unwrap().0, ClientMsg::Ping));
-        assert!(matches!(decode(r#"{"type":"pong"}"#).unwrap().0, ClientMsg::Pong));
         assert!(matches!(
-            decode(r#"{"type":"private","to":"bob","data":1}"#).unwrap().0,
+            decode(r#"{"type":"ping"}"#).unwrap().0,
+            ClientMsg::Ping
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"pong"}"#).unwrap().0,
+            ClientMsg::Pong
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"private","to":"bob","data":1}"#)
+                .unwrap()
+                .0,
             ClientMsg::Private { .. }
         ));
         assert!(matches!(
-            decode(r#"{"type":"broadcast","data":null,"echo":true}"#).unwrap().0,
+            decode(r#"{"type":"broadcast","data":null,"echo":true}"#)
+                .unwrap()
+                .0,
             ClientMsg::Broadcast { echo: true, .. }
         ));
         assert!(matches!(
@@ -355,6 +456,21 @@ mod tests {
         assert_eq!(code(&deep), "bad_json");
         let deep_closed = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(&deep_closed), "bad_json");
+        assert_eq!(
+            code(r#"{"type":"message","room":"a","data":1e999999}"#),
+            "bad_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"message","room":"a","data":-1E400}"#),
+            "bad_message"
+        );
+        let ok = r#"{"type":"message","room":"a","data":[1e300,"[[[[\"\\",{"x":-0.5e-3}]}"#;
+        assert!(decode(ok).is_ok());
+        let nested_ok = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        assert!(decode(&format!(
+            r#"{{"type":"message","room":"a","data":{nested_ok}}}"#
+        ))
+        .is_ok());
         let nest = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let deep_obj = format!(r#"{{"type":"message","room":"a","data":{nest}}}"#);
         assert_eq!(code(&deep_obj), "bad_json");
@@ -366,7 +482,9 @@ mod tests {
         assert_eq!(e.reference.unwrap().get(), r#""x1""#);
         let e = decode(r#"{"type":"join","ref":3}"#).err().unwrap();
         assert_eq!(e.reference.unwrap().get(), "3");
-        let e = decode(r#"{"type":"join","room":[],"ref":4}"#).err().unwrap();
+        let e = decode(r#"{"type":"join","room":[],"ref":4}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.reference.unwrap().get(), "4");
     }
 

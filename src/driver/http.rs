@@ -66,7 +66,9 @@ pub fn parse_head(buf: &[u8]) -> Parse {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// `GET /ws` or `GET /ws/<room>` (room percent-decoded).
-    Hub { room: Option<String> },
+    Hub {
+        room: Option<String>,
+    },
     /// `GET /echo`.
     Echo,
     Healthz,
@@ -85,7 +87,9 @@ pub fn route(path: &str) -> Route {
         "/stats" => Route::Stats,
         _ => match path.strip_prefix("/ws/") {
             Some(room) if !room.contains('/') => match percent_decode(room) {
-                Some(room) => Route::Hub { room: Some(room.into_owned()) },
+                Some(room) => Route::Hub {
+                    room: Some(room.into_owned()),
+                },
                 None => Route::BadPath,
             },
             _ => Route::NotFound,
@@ -139,7 +143,12 @@ pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &[u8
 
 /// A plain-text response: `body` plus a newline.
 pub fn text_response(status: u16, body: &str) -> Bytes {
-    response(status, "text/plain; charset=utf-8", "", format!("{body}\n").as_bytes())
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        "",
+        format!("{body}\n").as_bytes(),
+    )
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -164,8 +173,18 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("/ws"), Route::Hub { room: None });
-        assert_eq!(route("/ws/lobby"), Route::Hub { room: Some("lobby".into()) });
-        assert_eq!(route("/ws/caf%C3%A9"), Route::Hub { room: Some("café".into()) });
+        assert_eq!(
+            route("/ws/lobby"),
+            Route::Hub {
+                room: Some("lobby".into())
+            }
+        );
+        assert_eq!(
+            route("/ws/caf%C3%A9"),
+            Route::Hub {
+                room: Some("café".into())
+            }
+        );
         assert_eq!(route("/ws/a%2"), Route::BadPath);
         assert_eq!(route("/ws/a/b"), Route::NotFound);
         assert_eq!(route("/echo"), Route::Echo);
@@ -174,8 +193,14 @@ mod tests {
 
     #[test]
     fn query_params_are_decoded() {
-        assert_eq!(query_param(Some("a=1&user=al%20ice"), "user"), Some(Some("al ice".into())));
-        assert_eq!(query_param(Some("user=a+b"), "user"), Some(Some("a b".into())));
+        assert_eq!(
+            query_param(Some("a=1&user=al%20ice"), "user"),
+            Some(Some("al ice".into()))
+        );
+        assert_eq!(
+            query_param(Some("user=a+b"), "user"),
+            Some(Some("a b".into()))
+        );
         assert_eq!(query_param(Some("user=%ff"), "user"), Some(None));
         assert_eq!(query_param(Some("x=1"), "user"), None);
         assert_eq!(query_param(None, "user"), None);
@@ -185,11 +210,16 @@ mod tests {
     fn heads_parse_incrementally() {
         let req = b"GET /ws/r?user=u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nrest";
         assert!(matches!(parse_head(&req[..20]), Parse::Partial));
-        let Parse::Complete(h) = parse_head(req) else { panic!() };
+        let Parse::Complete(h) = parse_head(req) else {
+            panic!()
+        };
         assert_eq!(h.path, "/ws/r");
         assert_eq!(h.query.as_deref(), Some("user=u"));
         assert!(h.wants_websocket);
         assert_eq!(&req[h.len..], b"rest");
-        assert!(matches!(parse_head(b"\x16\x03\x01garbage\r\n\r\n"), Parse::Bad(400, _)));
+        assert!(matches!(
+            parse_head(b"\x16\x03\x01garbage\r\n\r\n"),
+            Parse::Bad(400, _)
+        ));
     }
 }

@@ -67,9 +67,16 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
-        Ok(Server { config, poll, listener, local_addr, handle_signals: false })
+        Ok(Server {
+            config,
+            poll,
+            listener,
+            local_addr,
+            handle_signals: false,
+        })
     }
 
     /// The address actually bound.
@@ -90,7 +97,9 @@ impl Server {
         if self.handle_signals {
             use signal_hook::consts::{SIGINT, SIGTERM};
             let mut s = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-            self.poll.registry().register(&mut s, SIGNALS, Interest::READABLE)?;
+            self.poll
+                .registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
             signals = Some(s);
         }
         let ws_config = |max: usize| {
@@ -153,7 +162,11 @@ impl Driver {
     fn run(&mut self) -> io::Result<()> {
         log::info!(
             "switchboard listening on {} (max {} connections, {} per user, ping every {:?})",
-            self.listener.as_ref().map(|l| l.local_addr()).transpose()?.expect("bound"),
+            self.listener
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?
+                .expect("bound"),
             self.config.max_connections,
             self.config.hub.max_connections_per_user,
             self.config.hub.ping_interval,
@@ -206,7 +219,9 @@ impl Driver {
     }
 
     fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else { return };
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
             let (mut tcp, addr) = match listener.accept() {
                 Ok(pair) => pair,
@@ -234,16 +249,22 @@ impl Driver {
             let _ = tcp.set_nodelay(true);
             self.generation = self.generation.wrapping_add(1);
             let entry = self.conns.vacant_entry();
-            let id = ConnId { index: entry.key() as u32, generation: self.generation };
+            let id = ConnId {
+                index: entry.key() as u32,
+                generation: self.generation,
+            };
             if let Err(e) =
-                self.poll.registry().register(&mut tcp, Token(entry.key()), Interest::READABLE)
+                self.poll
+                    .registry()
+                    .register(&mut tcp, Token(entry.key()), Interest::READABLE)
             {
                 log::warn!("cannot register {addr}: {e}");
                 continue;
             }
             log::trace!("{id} accepted from {addr}");
             entry.insert(Conn::new(tcp, id));
-            self.handshakes.push_back((now + self.config.handshake_timeout, id));
+            self.handshakes
+                .push_back((now + self.config.handshake_timeout, id));
         }
     }
 
@@ -255,12 +276,17 @@ impl Driver {
     }
 
     fn on_signal(&mut self, now: Instant) {
-        let Some(signals) = &mut self.signals else { return };
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
         let got: Vec<i32> = signals.pending().collect();
         if got.is_empty() || self.shutdown_at.is_some() {
             return;
         }
-        log::info!("signal {got:?}: shutting down, closing {} connections", self.conns.len());
+        log::info!(
+            "signal {got:?}: shutting down, closing {} connections",
+            self.conns.len()
+        );
         self.shutdown_at = Some(now + self.config.shutdown_timeout);
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
@@ -279,7 +305,9 @@ impl Driver {
     }
 
     fn conn_ready(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         let phase = match conn.state {
             State::Http { .. } => 0,
             State::Open { .. } => 1,
@@ -311,7 +339,9 @@ impl Driver {
         let max = self.config.max_request_head;
         loop {
             let conn = &mut self.conns[key];
-            let State::Http { buf } = &mut conn.state else { return };
+            let State::Http { buf } = &mut conn.state else {
+                return;
+            };
             let len = buf.len();
             if len >= max {
                 self.respond(key, http::text_response(431, "request head too large"));
@@ -362,7 +392,11 @@ impl Driver {
     fn on_request(&mut self, key: usize, head: http::RequestHead, buf: Vec<u8>, now: Instant) {
         let route = http::route(&head.path);
         if head.method != "GET" {
-            let status = if route == http::Route::NotFound { 404 } else { 405 };
+            let status = if route == http::Route::NotFound {
+                404
+            } else {
+                405
+            };
             return self.respond(key, http::text_response(status, "only GET is served here"));
         }
         let (kind, room) = match route {
@@ -371,7 +405,9 @@ impl Driver {
                 let body = self.stats_json(now);
                 return self.respond(key, http::response(200, "application/json", "", &body));
             }
-            http::Route::NotFound => return self.respond(key, http::text_response(404, "not found")),
+            http::Route::NotFound => {
+                return self.respond(key, http::text_response(404, "not found"))
+            }
             http::Route::BadPath => {
                 return self.refuse(key, 400, "room name is not valid percent-encoded UTF-8")
             }
@@ -402,7 +438,11 @@ impl Driver {
         if self.hub.registry().len() >= self.config.max_connections {
             return self.refuse(key, 503, "server at its connection limit, try again later");
         }
-        let ws_config = if kind == Kind::Echo { self.echo_ws } else { self.hub_ws };
+        let ws_config = if kind == Kind::Echo {
+            self.echo_ws
+        } else {
+            self.hub_ws
+        };
         let accept = match run_handshake(&buf[..head.len]) {
             Ok(response) => response,
             Err((status, extra, why)) => {
@@ -425,7 +465,11 @@ impl Driver {
         };
         conn.set_state(State::Open { ws: Box::new(ws) });
         let id = conn.id;
-        let req = OpenRequest { user: identity.user.as_deref(), room: room.as_deref(), kind };
+        let req = OpenRequest {
+            user: identity.user.as_deref(),
+            room: room.as_deref(),
+            kind,
+        };
         match self.hub.handle_open(now, id, req) {
             Ok(()) => {
                 conn.in_hub = true;
@@ -451,10 +495,17 @@ impl Driver {
     /// Read frames and feed them to the hub, up to the read budget.
     fn read_frames(&mut self, key: usize, now: Instant) {
         for _ in 0..READ_BUDGET {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             let id = conn.id;
-            let State::Open { ws } = &mut conn.state else { return };
-            let mut io = Io { tcp: &mut conn.tcp, out: &mut conn.out };
+            let State::Open { ws } = &mut conn.state else {
+                return;
+            };
+            let mut io = Io {
+                tcp: &mut conn.tcp,
+                out: &mut conn.out,
+            };
             match ws.read(&mut io) {
                 Ok(Message::Text(text)) => self.hub.handle_text(now, id, text.as_str()),
                 Ok(Message::Binary(data)) => self.hub.handle_binary(now, id, &data),
@@ -462,10 +513,14 @@ impl Driver {
                     self.hub.handle_activity(now, id)
                 }
                 Ok(Message::Close(frame)) => {
-                    log::info!("{id} closed by client ({:?})", frame.as_ref().map(|f| f.code));
+                    log::info!(
+                        "{id} closed by client ({:?})",
+                        frame.as_ref().map(|f| f.code)
+                    );
                     let reply = close_reply(frame.map(|f| u16::from(f.code)));
                     self.conns[key].start_closing(reply);
-                    self.closings.push_back((now + self.config.close_timeout, id));
+                    self.closings
+                        .push_back((now + self.config.close_timeout, id));
                     self.hub.handle_closed(id);
                     self.conns[key].in_hub = false;
                 }
@@ -531,10 +586,20 @@ impl Driver {
 
     /// Queue one shared frame to every recipient: O(recipients), no copy.
     fn deliver(&mut self, to: crate::hub::Target, frame: Bytes) {
-        let Driver { hub, conns, dirty, slow, counters, config, .. } = self;
+        let Driver {
+            hub,
+            conns,
+            dirty,
+            slow,
+            counters,
+            config,
+            ..
+        } = self;
         let cap = config.max_output_queue;
         hub.for_each_recipient(to, |id| {
-            let Some(conn) = conns.get_mut(id.index as usize) else { return };
+            let Some(conn) = conns.get_mut(id.index as usize) else {
+                return;
+            };
             if conn.id != id || !matches!(conn.state, State::Open { .. }) {
                 return;
             }
@@ -568,12 +633,15 @@ impl Driver {
         conn.start_closing(close_frame(reason.code(), reason.text()));
         let id = conn.id;
         self.mark_dirty(key);
-        self.closings.push_back((Instant::now() + self.config.close_timeout, id));
+        self.closings
+            .push_back((Instant::now() + self.config.close_timeout, id));
     }
 
     /// Forget a socket at once (closing the descriptor removes it from epoll).
     fn drop_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.try_remove(key) else { return };
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
         if conn.in_hub {
             log::info!("{} disconnected", conn.id);
             self.hub.handle_closed(conn.id);
@@ -612,7 +680,11 @@ impl Driver {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             if let Some(l) = &mut self.listener {
-                if let Err(e) = self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .register(l, LISTENER, Interest::READABLE)
+                {
                     log::warn!("cannot resume accepting: {e}");
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                 }
@@ -624,7 +696,9 @@ impl Driver {
     fn flush_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             conn.dirty = false;
             match conn.flush() {
                 Ok((_, written)) => self.counters.bytes_out += written as u64,
@@ -637,7 +711,11 @@ impl Driver {
             let conn = &mut self.conns[key];
             let want = conn.wanted_interest();
             if want != conn.interest {
-                if let Err(e) = self.poll.registry().reregister(&mut conn.tcp, Token(key), want) {
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .reregister(&mut conn.tcp, Token(key), want)
+                {
                     log::debug!("{} reregister failed: {e}", conn.id);
                     self.drop_conn(key);
                     continue;
@@ -654,14 +732,21 @@ impl Driver {
     fn stats_json(&self, now: Instant) -> Vec<u8> {
         use serde_json::{json, Map, Value};
         let reg = self.hub.registry();
-        let by_user: Map<String, Value> =
-            reg.users().map(|u| (u.name.to_string(), json!(u.conns.len()))).collect();
-        let rooms: Map<String, Value> =
-            reg.rooms().map(|r| (r.name.to_string(), json!(r.users.len()))).collect();
+        let by_user: Map<String, Value> = reg
+            .users()
+            .map(|u| (u.name.to_string(), json!(u.conns.len())))
+            .collect();
+        let rooms: Map<String, Value> = reg
+            .rooms()
+            .map(|r| (r.name.to_string(), json!(r.users.len())))
+            .collect();
         let hub = self.hub.counters();
         let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
-        let handshaking =
-            self.conns.iter().filter(|(_, c)| matches!(c.state, State::Http { .. })).count();
+        let handshaking = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
+            .count();
         let stats = json!({
             "total_connections": reg.len(),
             "echo_connections": echo,
@@ -688,15 +773,20 @@ impl Driver {
 /// Run tungstenite's server handshake over a complete request head held in
 /// memory. Returns the `101` response bytes, or the HTTP error to send.
 fn run_handshake(head: &[u8]) -> Result<Bytes, (u16, &'static str, String)> {
-    let stream = MemStream { input: io::Cursor::new(head), output: Vec::with_capacity(160) };
+    let stream = MemStream {
+        input: io::Cursor::new(head),
+        output: Vec::with_capacity(160),
+    };
     match ServerHandshake::start(stream, NoCallback, None).handshake() {
         Ok(ws) => Ok(Bytes::from(ws.into_inner().output)),
         Err(HandshakeError::Failure(WsError::Protocol(e))) => {
             use tungstenite::error::ProtocolError as P;
             match e {
-                P::MissingSecWebSocketVersionHeader => {
-                    Err((426, "Sec-WebSocket-Version: 13\r\n", format!("{e}: only version 13 is supported")))
-                }
+                P::MissingSecWebSocketVersionHeader => Err((
+                    426,
+                    "Sec-WebSocket-Version: 13\r\n",
+                    format!("{e}: only version 13 is supported"),
+                )),
                 _ => Err((400, "", e.to_string())),
             }
         }

@@ -145,7 +145,11 @@ mod tests {
             q.push(f);
         }
         let total = q.len();
-        let mut w = Trickle { got: Vec::new(), cap: 5, budget: 100 };
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 5,
+            budget: 100,
+        };
         assert_eq!(q.write_to(&mut w).unwrap(), 100);
         assert_eq!(q.len(), total - 100);
         w.budget = usize::MAX;
@@ -159,7 +163,11 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abcdef"));
         q.push(Bytes::from_static(b"ghi"));
-        let mut w = Trickle { got: Vec::new(), cap: 2, budget: 2 };
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 2,
+            budget: 2,
+        };
         q.write_to(&mut w).unwrap();
         q.discard_unstarted();
         assert_eq!(q.len(), 4);

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 pub use self::heartbeat::Heartbeats;
-pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
 use self::messages as m;
+pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
 use crate::config::HubConfig;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
 
@@ -30,7 +30,10 @@ pub enum Target {
     /// One connection.
     Conn(ConnId),
     /// Every member of a room, except one connection (the sender) if given.
-    Room { room: RoomKey, except: Option<ConnId> },
+    Room {
+        room: RoomKey,
+        except: Option<ConnId>,
+    },
     /// Every connection of a user (all devices).
     User(UserKey),
     /// Every hub connection, except one if given.
@@ -165,7 +168,8 @@ impl Hub {
     ) -> Result<(), CloseReason> {
         if req.kind == Kind::Echo {
             self.registry.insert(id, Kind::Echo, None, now);
-            self.heartbeats.schedule(now + self.config.ping_interval, id);
+            self.heartbeats
+                .schedule(now + self.config.ping_interval, id);
             self.counters.connections_opened += 1;
             return Ok(());
         }
@@ -182,7 +186,8 @@ impl Hub {
             return Err(CloseReason::UserConnectionLimit);
         }
         self.registry.insert(id, Kind::Hub, Some(user), now);
-        self.heartbeats.schedule(now + self.config.ping_interval, id);
+        self.heartbeats
+            .schedule(now + self.config.ping_interval, id);
         self.counters.connections_opened += 1;
         let welcome = m::Welcome {
             kind: "welcome",
@@ -211,7 +216,9 @@ impl Hub {
 
     /// A text message arrived from `id`.
     pub fn handle_text(&mut self, now: Instant, id: ConnId, text: &str) {
-        let Some(session) = self.registry.session_mut(id) else { return };
+        let Some(session) = self.registry.session_mut(id) else {
+            return;
+        };
         session.last_seen = now;
         let kind = session.kind;
         self.counters.messages_in += 1;
@@ -233,7 +240,9 @@ impl Hub {
     /// A binary message arrived from `id`: echoed on `/echo`, otherwise sent
     /// to the members of the room named in the connection's URL.
     pub fn handle_binary(&mut self, now: Instant, id: ConnId, data: &[u8]) {
-        let Some(session) = self.registry.session_mut(id) else { return };
+        let Some(session) = self.registry.session_mut(id) else {
+            return;
+        };
         session.last_seen = now;
         self.counters.messages_in += 1;
         self.counters.bytes_in += data.len() as u64;
@@ -271,7 +280,9 @@ impl Hub {
         let interval = self.config.ping_interval;
         let dead_after = interval + self.config.ping_timeout;
         while let Some(id) = self.heartbeats.pop_due(now) {
-            let Some(session) = self.registry.session(id) else { continue };
+            let Some(session) = self.registry.session(id) else {
+                continue;
+            };
             let silent = now.saturating_duration_since(session.last_seen);
             if silent >= dead_after {
                 log::info!("{id} heartbeat timeout after {silent:?} of silence");
@@ -307,7 +318,11 @@ impl Hub {
 
     fn refuse(&mut self, id: ConnId, refusal: Refusal<'_>) {
         self.counters.errors_sent += 1;
-        log::debug!("{id} refused: {} ({})", refusal.code.code(), refusal.message);
+        log::debug!(
+            "{id} refused: {} ({})",
+            refusal.code.code(),
+            refusal.message
+        );
         let frame = protocol::json_frame(&m::Error {
             kind: "error",
             code: refusal.code.code(),
@@ -355,13 +370,21 @@ impl Hub {
                     )));
                 };
                 let from = self.user_name_of(id);
-                let frame = protocol::json_frame(&m::Private { kind: "private", from, data });
+                let frame = protocol::json_frame(&m::Private {
+                    kind: "private",
+                    from,
+                    data,
+                });
                 self.send(Target::User(user), frame);
                 Ok(())
             }
             ClientMsg::Broadcast { data, echo } => {
                 let from = self.user_name_of(id);
-                let frame = protocol::json_frame(&m::Broadcast { kind: "broadcast", from, data });
+                let frame = protocol::json_frame(&m::Broadcast {
+                    kind: "broadcast",
+                    from,
+                    data,
+                });
                 let except = if echo { None } else { Some(id) };
                 self.send(Target::All { except }, frame);
                 Ok(())
@@ -369,8 +392,18 @@ impl Hub {
             ClientMsg::Typing { room } => {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
                 let user = self.user_name_of(id);
-                let frame = protocol::json_frame(&m::Typing { kind: "typing", room: &room, user });
-                self.send(Target::Room { room: key, except: Some(id) }, frame);
+                let frame = protocol::json_frame(&m::Typing {
+                    kind: "typing",
+                    room: &room,
+                    user,
+                });
+                self.send(
+                    Target::Room {
+                        room: key,
+                        except: Some(id),
+                    },
+                    frame,
+                );
                 Ok(())
             }
             ClientMsg::Presence { room } => {
@@ -380,7 +413,10 @@ impl Hub {
                 Ok(())
             }
             ClientMsg::Ping => {
-                let frame = protocol::json_frame(&m::Pong { kind: "pong", reference });
+                let frame = protocol::json_frame(&m::Pong {
+                    kind: "pong",
+                    reference,
+                });
                 self.send(Target::Conn(id), frame);
                 Ok(())
             }
@@ -389,7 +425,10 @@ impl Hub {
     }
 
     fn user_name_of(&self, id: ConnId) -> &str {
-        let s = self.registry.session(id).expect("dispatch on an open session");
+        let s = self
+            .registry
+            .session(id)
+            .expect("dispatch on an open session");
         let user = s.user.expect("hub sessions have a user");
         &self.registry.user(user).expect("session's user").name
     }
@@ -401,7 +440,10 @@ impl Hub {
         if room.len() > self.config.max_room_name_len {
             return Err(Refusal::new(
                 ErrorCode::RoomNameTooLong,
-                format!("room name longer than {} bytes", self.config.max_room_name_len),
+                format!(
+                    "room name longer than {} bytes",
+                    self.config.max_room_name_len
+                ),
             ));
         }
         Ok(())
@@ -427,7 +469,9 @@ impl Hub {
         reference: Option<&'a RawValue>,
     ) -> Result<(), Refusal<'a>> {
         self.check_room_name(room)?;
-        let (joined, key) = self.registry.join(id, room, self.config.max_rooms_per_connection);
+        let (joined, key) = self
+            .registry
+            .join(id, room, self.config.max_rooms_per_connection);
         match joined {
             Joined::TooManyRooms => {
                 return Err(Refusal::new(
@@ -438,11 +482,16 @@ impl Hub {
                     ),
                 ))
             }
-            Joined::Added { first_of_user: true } => {
+            Joined::Added {
+                first_of_user: true,
+            } => {
                 log::debug!("{id} joined {room}");
                 self.announce("user_joined", key, id);
             }
-            Joined::Added { first_of_user: false } | Joined::Already => {}
+            Joined::Added {
+                first_of_user: false,
+            }
+            | Joined::Already => {}
         }
         let frame = self.member_list("joined", room, reference);
         self.send(Target::Conn(id), frame);
@@ -456,26 +505,48 @@ impl Hub {
             self.announce("user_left", key, id);
         }
         let members = self.registry.room(key).map_or(0, |r| r.users.len());
-        let frame = protocol::json_frame(&m::Left { kind: "left", room: &name, members, reference });
+        let frame = protocol::json_frame(&m::Left {
+            kind: "left",
+            room: &name,
+            members,
+            reference,
+        });
         self.send(Target::Conn(id), frame);
     }
 
     /// Tell the other members of `key` that `id`'s user arrived or went,
     /// unless the room is bigger than the announce limit (or now empty).
     fn announce(&mut self, kind: &'static str, key: RoomKey, id: ConnId) {
-        let Some(room) = self.registry.room(key) else { return };
+        let Some(room) = self.registry.room(key) else {
+            return;
+        };
         let members = room.users.len();
         if members > self.config.presence_announce_limit {
             return;
         }
         let user = self.user_name_of(id);
-        let frame =
-            protocol::json_frame(&m::PresenceEvent { kind, room: &room.name, user, members });
-        self.send(Target::Room { room: key, except: Some(id) }, frame);
+        let frame = protocol::json_frame(&m::PresenceEvent {
+            kind,
+            room: &room.name,
+            user,
+            members,
+        });
+        self.send(
+            Target::Room {
+                room: key,
+                except: Some(id),
+            },
+            frame,
+        );
     }
 
     /// A `joined` / `presence` reply: exact count, user list bounded.
-    fn member_list(&self, kind: &'static str, room: &str, reference: Option<&RawValue>) -> SharedFrame {
+    fn member_list(
+        &self,
+        kind: &'static str,
+        room: &str,
+        reference: Option<&RawValue>,
+    ) -> SharedFrame {
         let limit = self.config.member_list_limit;
         let (members, users): (usize, Vec<&str>) = match self.registry.room_key(room) {
             Some(key) => {
@@ -503,8 +574,12 @@ impl Hub {
     /// Remove `id` from every index, announcing `user_left` where it was the
     /// user's last connection. Returns whether it was open.
     fn remove(&mut self, id: ConnId) -> bool {
-        let Some(session) = self.registry.session(id) else { return false };
-        let user = session.user.map(|u| self.registry.user(u).expect("session's user").name.clone());
+        let Some(session) = self.registry.session(id) else {
+            return false;
+        };
+        let user = session
+            .user
+            .map(|u| self.registry.user(u).expect("session's user").name.clone());
         let limit = self.config.presence_announce_limit;
         let outputs = &mut self.outputs;
         let removed = self.registry.remove(id, |reg, key, last_of_user| {
@@ -518,7 +593,13 @@ impl Hub {
                     user,
                     members,
                 });
-                outputs.push_back(Output::Send { to: Target::Room { room: key, except: None }, frame });
+                outputs.push_back(Output::Send {
+                    to: Target::Room {
+                        room: key,
+                        except: None,
+                    },
+                    frame,
+                });
             }
         });
         if removed {

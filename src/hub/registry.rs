@@ -114,11 +114,17 @@ impl Registry {
 
     /// The session for `id`, if it is open and of the same generation.
     pub fn session(&self, id: ConnId) -> Option<&Session> {
-        self.sessions.get(id.index as usize)?.as_ref().filter(|s| s.id == id)
+        self.sessions
+            .get(id.index as usize)?
+            .as_ref()
+            .filter(|s| s.id == id)
     }
 
     pub(crate) fn session_mut(&mut self, id: ConnId) -> Option<&mut Session> {
-        self.sessions.get_mut(id.index as usize)?.as_mut().filter(|s| s.id == id)
+        self.sessions
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|s| s.id == id)
     }
 
     /// Every open session.
@@ -163,7 +169,10 @@ impl Registry {
                 Some(&k) => k,
                 None => {
                     let name: Arc<str> = Arc::from(user);
-                    let k = self.users.insert(User { name: name.clone(), conns: Vec::new() });
+                    let k = self.users.insert(User {
+                        name: name.clone(),
+                        conns: Vec::new(),
+                    });
                     self.user_index.insert(name, k);
                     k
                 }
@@ -175,9 +184,18 @@ impl Registry {
         if self.sessions.len() <= index {
             self.sessions.resize_with(index + 1, || None);
         }
-        debug_assert!(self.sessions[index].is_none(), "slot {index} reused while open");
-        self.sessions[index] =
-            Some(Session { id, kind, user, rooms: Vec::new(), home_room: None, last_seen: now });
+        debug_assert!(
+            self.sessions[index].is_none(),
+            "slot {index} reused while open"
+        );
+        self.sessions[index] = Some(Session {
+            id,
+            kind,
+            user,
+            rooms: Vec::new(),
+            home_room: None,
+            last_seen: now,
+        });
         self.live += 1;
     }
 
@@ -195,7 +213,9 @@ impl Registry {
         if session.rooms.len() >= max_rooms {
             return (Joined::TooManyRooms, existing.unwrap_or(usize::MAX));
         }
-        let Some(user) = session.user else { unreachable!("echo sessions join no room") };
+        let Some(user) = session.user else {
+            unreachable!("echo sessions join no room")
+        };
         let key = existing.unwrap_or_else(|| {
             let name: Arc<str> = Arc::from(name);
             let key = self.rooms.insert(Room {
@@ -212,7 +232,9 @@ impl Registry {
         let count = room.users.entry(user).or_insert(0);
         *count += 1;
         let first_of_user = *count == 1;
-        let session = self.sessions[id.index as usize].as_mut().expect("checked above");
+        let session = self.sessions[id.index as usize]
+            .as_mut()
+            .expect("checked above");
         session.rooms.push((key, pos));
         (Joined::Added { first_of_user }, key)
     }
@@ -231,8 +253,14 @@ impl Registry {
         room.members.swap_remove(pos as usize);
         if let Some(&moved) = room.members.get(pos as usize) {
             // The last member moved into `pos`: fix its back-link.
-            let other = self.sessions[moved.index as usize].as_mut().expect("members are open");
-            let link = other.rooms.iter_mut().find(|(r, _)| *r == key).expect("back-link");
+            let other = self.sessions[moved.index as usize]
+                .as_mut()
+                .expect("members are open");
+            let link = other
+                .rooms
+                .iter_mut()
+                .find(|(r, _)| *r == key)
+                .expect("back-link");
             link.1 = pos;
         }
         let count = room.users.get_mut(&user).expect("member's user is counted");
@@ -251,7 +279,9 @@ impl Registry {
     /// Remove a session from every index. Calls `left(room, last_of_user)` for
     /// each room it was in, before the room may disappear.
     pub fn remove(&mut self, id: ConnId, mut left: impl FnMut(&Self, RoomKey, bool)) -> bool {
-        let Some(session) = self.session(id) else { return false };
+        let Some(session) = self.session(id) else {
+            return false;
+        };
         let user = session.user;
         while let Some(&(key, _)) = self.session(id).and_then(|s| s.rooms.last()) {
             let last = self.leave(id, key).expect("member of its own room");
@@ -259,7 +289,10 @@ impl Registry {
         }
         if let Some(user) = user {
             let conns = &mut self.users[user].conns;
-            let at = conns.iter().position(|&c| c == id).expect("session in its user's set");
+            let at = conns
+                .iter()
+                .position(|&c| c == id)
+                .expect("session in its user's set");
             conns.swap_remove(at);
             if conns.is_empty() {
                 let u = self.users.remove(user);
@@ -290,7 +323,10 @@ impl Registry {
                 assert_eq!(room.members[pos as usize], s.id, "back-link of {}", s.id);
             }
             if let Some(home) = s.home_room {
-                assert!(s.rooms.iter().any(|&(r, _)| r == home), "home room not joined");
+                assert!(
+                    s.rooms.iter().any(|&(r, _)| r == home),
+                    "home room not joined"
+                );
             }
         }
         assert_eq!(seen, self.live, "live count");
@@ -301,13 +337,19 @@ impl Registry {
             for m in &room.members {
                 let s = self.session(*m).expect("member is open");
                 assert!(s.rooms.iter().any(|&(r, _)| r == key));
-                *per_user.entry(s.user.expect("member has a user")).or_default() += 1;
+                *per_user
+                    .entry(s.user.expect("member has a user"))
+                    .or_default() += 1;
             }
             assert_eq!(per_user, room.users, "user counts of room {}", room.name);
         }
         assert_eq!(self.room_index.len(), self.rooms.len());
         for (key, user) in &self.users {
-            assert!(!user.conns.is_empty(), "user {} kept with no connection", user.name);
+            assert!(
+                !user.conns.is_empty(),
+                "user {} kept with no connection",
+                user.name
+            );
             assert_eq!(self.user_index.get(&user.name), Some(&key));
             for c in &user.conns {
                 assert_eq!(self.session(*c).map(|s| s.user), Some(Some(key)));

@@ -1,0 +1,305 @@
+//! Shared end-to-end harness: starts the real `switchboard` binary on a free
+//! loopback port and gives real WebSocket clients (tungstenite, blocking,
+//! with read timeouts so a missing message fails the test instead of hanging).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running daemon; killed on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Start with extra flags (e.g. `&["--ping-interval", "0.2"]`).
+    pub fn start(flags: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn switchboard");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on a full pipe.
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("server printed its address");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        Server {
+            child,
+            addr,
+            log: rx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connect a WebSocket client to `path` (e.g. "/ws/lobby?user=ann").
+    pub fn client(&self, path: &str) -> Client {
+        Client::connect(self.addr, path)
+    }
+
+    /// Connect to a hub route and read the `welcome`.
+    pub fn joined(&self, path: &str) -> Client {
+        let mut c = self.client(path);
+        let w = c.recv_json();
+        assert_eq!(w["type"], "welcome", "{w}");
+        if path.starts_with("/ws/") {
+            let j = c.recv_json();
+            assert_eq!(j["type"], "joined", "{j}");
+        }
+        c
+    }
+
+    /// A plain HTTP/1.1 request; returns (status, body).
+    pub fn http(&self, request: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        parse_http(&raw)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.http(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+    }
+
+    pub fn stats(&self) -> Value {
+        let (status, body) = self.get("/stats");
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Poll /stats until `pred` holds (the server's view catches up with the test).
+    pub fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send a signal and wait for the exit status (bounded).
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn parse_http(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A blocking WebSocket client with read timeouts.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+/// What a client saw when waiting for the connection to end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A close frame with this code.
+    Close(u16, String),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, path: &str) -> Client {
+        Self::try_connect(addr, path).unwrap_or_else(|e| panic!("connect {path}: {e}"))
+    }
+
+    pub fn try_connect(addr: SocketAddr, path: &str) -> Result<Client, tungstenite::Error> {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let url = format!("ws://{addr}{path}");
+        let (ws, _) = tungstenite::client::client(url, stream).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => unreachable!("blocking stream"),
+        })?;
+        Ok(Client { ws })
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).unwrap();
+    }
+
+    pub fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    /// The next data message (pings are answered by tungstenite and skipped).
+    pub fn recv(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(m) => return m,
+                Err(e) => panic!("expected a message, got error {e}"),
+            }
+        }
+    }
+
+    /// The next text message, as raw text.
+    pub fn recv_text(&mut self) -> String {
+        match self.recv() {
+            Message::Text(t) => t.as_str().to_string(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    pub fn recv_json(&mut self) -> Value {
+        let text = self.recv_text();
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("invalid JSON from server ({e}): {text}"))
+    }
+
+    /// The next message of this `type`, failing on anything else first.
+    pub fn expect(&mut self, ty: &str) -> Value {
+        let v = self.recv_json();
+        assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+        v
+    }
+
+    /// Send `v` and expect an `error` with `code`.
+    pub fn expect_error(&mut self, v: Value, code: &str) -> Value {
+        self.send_json(v);
+        let e = self.expect("error");
+        assert_eq!(e["code"], code, "{e}");
+        e
+    }
+
+    /// Round trip an application ping: everything sent before it has been processed.
+    pub fn sync(&mut self) {
+        self.send_json(serde_json::json!({"type": "ping", "ref": "sync"}));
+        let p = self.expect("pong");
+        assert_eq!(p["ref"], "sync");
+    }
+
+    /// Assert nothing arrives for `d` (used after a sync on another client).
+    /// Protocol pings are answered and ignored.
+    pub fn expect_silence(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.ws.get_mut().set_read_timeout(Some(left)).unwrap();
+            match self.ws.read() {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                other => panic!("expected silence, got {other:?}"),
+            }
+        }
+        self.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+    }
+
+    /// Read until the connection ends; report the close code.
+    pub fn ended(&mut self) -> Ended {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    return Ended::Close(u16::from(f.code), f.reason.as_str().to_string())
+                }
+                Ok(Message::Close(None)) => return Ended::Close(1005, String::new()),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("connection did not end within {WAIT:?}")
+                }
+                Err(_) => return Ended::Dropped,
+            }
+        }
+    }
+
+    pub fn close_code(&mut self) -> u16 {
+        match self.ended() {
+            Ended::Close(code, _) => code,
+            Ended::Dropped => panic!("connection dropped without a close frame"),
+        }
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = self.ws.flush();
+        while self.ws.read().is_ok() {}
+    }
+}
