@@ -39,14 +39,14 @@ fn room_message_reaches_others_not_sender_and_data_is_unchanged() {
     let mut ann = server.joined("/ws/r?user=ann");
     let mut bob = server.joined("/ws/r?user=bob");
     assert_eq!(ann.expect("user_joined")["user"], "bob");
-    let raw = r#"{"type":"message","room":"r","data":{"a" : [1, 2.50, "\u00e9", null, 1e400]}}"#;
+    let raw = r#"{"type":"message","room":"r","data":{"a" : [1, 2.50, "\u00e9", null, 1.5E+300]}}"#;
     bob.send_text(raw);
     let got = ann.recv_text();
     assert!(
-        got.contains(r#""data":{"a" : [1, 2.50, "\u00e9", null, 1e400]}"#),
+        got.contains(r#""data":{"a" : [1, 2.50, "\u00e9", null, 1.5E+300]}"#),
         "{got}"
     );
-    let v: serde_json::Value = serde_json::from_str(&got.replace("1e400", "0")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
     assert_eq!(v["from"], "bob");
     assert_eq!(v["room"], "r");
     bob.sync();

@@ -182,13 +182,17 @@ impl Driver {
             }
             let now = Instant::now();
             for key in std::mem::take(&mut self.again) {
-                self.conn_ready(key, now);
+                self.conn_ready(key, now, true);
             }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
-                    Token(key) => self.conn_ready(key, now),
+                    Token(key) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.conn_ready(key, now, readable)
+                    }
                 }
             }
             self.on_deadlines(now);
@@ -301,10 +305,12 @@ impl Driver {
             self.drop_conn(key);
         }
         self.hub.close_all(CloseReason::GoingAway);
-        self.drain_hub(now);
+        self.drain_hub();
     }
 
-    fn conn_ready(&mut self, key: usize, now: Instant) {
+    /// A socket event (or leftover read budget). Writable-only events just
+    /// mark the connection dirty: the flush at the end of the iteration writes.
+    fn conn_ready(&mut self, key: usize, now: Instant, readable: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -314,6 +320,9 @@ impl Driver {
             State::Closing { .. } => 2,
         };
         self.mark_dirty(key);
+        if !readable {
+            return;
+        }
         match phase {
             0 => self.read_head(key, now),
             1 => self.read_frames(key, now),
@@ -479,7 +488,7 @@ impl Driver {
                     identity.user.as_deref().unwrap_or("(anonymous)"),
                     room.as_deref().unwrap_or("-")
                 );
-                self.drain_hub(now);
+                self.drain_hub();
                 // Frames that arrived with the head are already buffered.
                 if !self.again.contains(&key) {
                     self.again.push(key);
@@ -528,7 +537,7 @@ impl Driver {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.on_ws_error(key, e),
             }
-            self.drain_hub(now);
+            self.drain_hub();
         }
         self.again.push(key);
     }
@@ -549,11 +558,11 @@ impl Driver {
         };
         log::info!("{id} closing: {e} ({reason})");
         self.hub.close(id, reason);
-        self.drain_hub(Instant::now());
+        self.drain_hub();
     }
 
     /// Carry out every pending hub output.
-    fn drain_hub(&mut self, now: Instant) {
+    fn drain_hub(&mut self) {
         loop {
             while let Some(output) = self.hub.poll_output() {
                 match output {
@@ -580,7 +589,6 @@ impl Driver {
                 self.counters.slow_consumer_closes += 1;
                 self.hub.close(id, CloseReason::SlowConsumer);
             }
-            let _ = now;
         }
     }
 
@@ -604,10 +612,16 @@ impl Driver {
                 return;
             }
             if conn.out.len() + frame.len() > cap {
-                if !slow.contains(&id) {
-                    slow.push(id);
+                // Before calling it slow, give the socket what it will take now.
+                if let Ok((_, written)) = conn.flush() {
+                    counters.bytes_out += written as u64;
                 }
-                return;
+                if conn.out.len() + frame.len() > cap {
+                    if !slow.contains(&id) {
+                        slow.push(id);
+                    }
+                    return;
+                }
             }
             conn.out.push(frame.clone());
             counters.messages_out += 1;
@@ -645,7 +659,7 @@ impl Driver {
         if conn.in_hub {
             log::info!("{} disconnected", conn.id);
             self.hub.handle_closed(conn.id);
-            self.drain_hub(Instant::now());
+            self.drain_hub();
         }
     }
 
@@ -675,7 +689,7 @@ impl Driver {
         }
         if self.hub.poll_timeout().is_some_and(|t| t <= now) {
             self.hub.handle_timeout(now);
-            self.drain_hub(now);
+            self.drain_hub();
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
