@@ -3,6 +3,7 @@
 //! and a refusal becomes an HTTP error response (never a 101).
 
 use crate::driver::http::{query_param, RequestHead};
+use crate::hub::ANONYMOUS_PREFIX;
 
 /// The identity a connection will have in the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub fn identify(head: &RequestHead, max_user_id_len: usize) -> Result<Identity, 
         Some(Some(user)) if user.len() > max_user_id_len => {
             bad(format!("user id longer than {max_user_id_len} bytes"))
         }
+        Some(Some(user)) if user.starts_with(ANONYMOUS_PREFIX) => bad(format!(
+            "user ids starting with `{ANONYMOUS_PREFIX}` are reserved for anonymous connections"
+        )),
         Some(Some(user)) => Ok(Identity { user: Some(user) }),
     }
 }

@@ -10,7 +10,7 @@
 //!   heartbeats) lives here and is unit-tested with a fake clock.
 //! * [`driver`]: the single-threaded mio reactor that owns the sockets, drives
 //!   tungstenite handshakes without blocking, and writes what the hub decided.
-//! * [`Server`]: `Server::bind(config)?.run()`.
+//! * [`Server`][]: `Server::bind(config)?.run()`.
 
 pub mod auth;
 pub mod config;

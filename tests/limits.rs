@@ -63,9 +63,16 @@ fn room_name_and_user_id_length() {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
         other => panic!("expected 400, got {:?}", other.map(|_| ())),
     }
-    match Client::try_connect(server.addr, "/ws?user=toolong") {
-        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
-        other => panic!("expected 400, got {:?}", other.map(|_| ())),
+    for path in [
+        "/ws?user=toolong",
+        "/ws?user=anon-1",
+        "/ws?user=",
+        "/ws?user=%zz",
+    ] {
+        match Client::try_connect(server.addr, path) {
+            Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400, "{path}"),
+            other => panic!("{path}: expected 400, got {:?}", other.map(|_| ())),
+        }
     }
     c.sync();
 }

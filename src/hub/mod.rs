@@ -24,6 +24,10 @@ pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session,
 use crate::config::HubConfig;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
 
+/// Generated ids of connections without a user id start with this; the
+/// handshake refuses it in a claimed id, so no one can impersonate them.
+pub const ANONYMOUS_PREFIX: &str = "anon-";
+
 /// Who receives a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -178,7 +182,7 @@ impl Hub {
             Some(user) => user,
             None => {
                 self.next_anonymous += 1;
-                anonymous = format!("anon-{}", self.next_anonymous);
+                anonymous = format!("{ANONYMOUS_PREFIX}{}", self.next_anonymous);
                 &anonymous
             }
         };
@@ -521,7 +525,14 @@ impl Hub {
             return;
         };
         let members = room.users.len();
-        if members > self.config.presence_announce_limit {
+        // Judge by the room's size with the user in it, so a user announced
+        // on arrival is announced on departure too (and vice versa).
+        let with_user = if kind == "user_left" {
+            members + 1
+        } else {
+            members
+        };
+        if with_user > self.config.presence_announce_limit {
             return;
         }
         let user = self.user_name_of(id);
@@ -586,7 +597,7 @@ impl Hub {
             let Some(room) = reg.room(key) else { return };
             let members = room.users.len();
             let Some(user) = &user else { return };
-            if last_of_user && members <= limit {
+            if last_of_user && members < limit {
                 let frame = protocol::json_frame(&m::PresenceEvent {
                     kind: "user_left",
                     room: &room.name,

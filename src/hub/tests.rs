@@ -1753,3 +1753,26 @@ fn counters_track_messages_bytes_and_errors() {
     t.now = t.base + Duration::from_secs(12);
     assert_eq!(t.hub.uptime(t.now), Duration::from_secs(12));
 }
+
+#[test]
+fn announce_limit_is_symmetric_at_the_boundary() {
+    let mut t = T::with(HubConfig {
+        presence_announce_limit: 2,
+        ..HubConfig::default()
+    });
+    let a = t.open("a");
+    let b = t.open("b");
+    let c = t.open("c");
+    t.join(a, "r");
+    t.join(b, "r");
+    t.drain();
+    // c makes three users: over the limit, not announced on arrival...
+    t.text(c, r#"{"type":"join","room":"r"}"#);
+    assert_eq!(t.only(c)["type"], "joined");
+    // ...so not on departure either.
+    t.text(c, r#"{"type":"leave","room":"r"}"#);
+    assert_eq!(t.only(c)["type"], "left");
+    // b leaving a room of two was announced on arrival, and is on departure.
+    t.text(b, r#"{"type":"leave","room":"r"}"#);
+    assert_eq!(recipients(&t.drain(), "user_left"), set(&[a]));
+}
