@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs the interop clients
+# (Python `websockets` into .tools/venv, Node `ws` into tests/interop), then
+# runs `cargo test`. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import websockets' 2>/dev/null; then
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'websockets>=12,<16'
+fi
+if [ ! -d tests/interop/node_modules/ws ]; then
+  (cd tests/interop && npm ci --silent --no-audit --no-fund)
+fi
+cargo test "$@"
