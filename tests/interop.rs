@@ -41,5 +41,9 @@ fn python_websockets_client() {
 
 #[test]
 fn node_ws_client() {
-    run_client(Path::new("node"), &repo("tests/interop/node_modules/ws"), "client.js");
+    run_client(
+        Path::new("node"),
+        &repo("tests/interop/node_modules/ws"),
+        "client.js",
+    );
 }

@@ -11,6 +11,7 @@ use mio::Interest;
 use tungstenite::protocol::WebSocketContext;
 
 use super::outq::OutQueue;
+use super::sys::SocketWriter;
 use crate::hub::ConnId;
 
 /// Where a connection is in its life.
@@ -97,7 +98,7 @@ impl Conn {
     /// Write what is queued. `Ok(true)` when the queue is empty. A closing
     /// connection half-closes once everything is out.
     pub fn flush(&mut self) -> io::Result<(bool, usize)> {
-        let written = self.out.write_to(&mut self.tcp)?;
+        let written = self.out.write_to(&mut SocketWriter(&self.tcp))?;
         let done = self.out.is_empty();
         if done {
             if let State::Closing { write_shut } = &mut self.state {

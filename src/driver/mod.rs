@@ -5,6 +5,7 @@
 mod conn;
 pub mod http;
 mod outq;
+mod sys;
 
 use std::collections::VecDeque;
 use std::io;
