@@ -63,8 +63,6 @@ pub struct Config {
     pub echo_max_message_size: usize,
     /// Bytes queued for one client before it is a slow consumer (close 4101).
     pub max_output_queue: usize,
-    /// tungstenite's per-connection read buffer (allocated for every connection).
-    pub read_buffer_size: usize,
     /// A handshake (or plain HTTP request) must complete within this time.
     pub handshake_timeout: Duration,
     /// Largest HTTP request head (request line + headers) accepted, in bytes.
@@ -85,7 +83,6 @@ impl Default for Config {
             max_connections: 10_000,
             echo_max_message_size: 64 * 1024,
             max_output_queue: 1024 * 1024,
-            read_buffer_size: 1024,
             handshake_timeout: Duration::from_secs(10),
             max_request_head: 8 * 1024,
             close_timeout: Duration::from_secs(2),
@@ -201,12 +198,6 @@ pub const SETTINGS: &[Setting] = &[
         default: "100",
     },
     Setting {
-        name: "read_buffer_size",
-        value: "BYTES",
-        help: "per-connection read buffer",
-        default: "1024",
-    },
-    Setting {
         name: "handshake_timeout",
         value: "SECS",
         help: "deadline for a handshake or HTTP request",
@@ -287,8 +278,12 @@ impl Config {
                 self.hub.presence_announce_limit = count(value, 0).map_err(err)?
             }
             "member_list_limit" => self.hub.member_list_limit = count(value, 0).map_err(err)?,
-            "read_buffer_size" => self.read_buffer_size = count(value, 64).map_err(err)?,
-            "max_request_head" => self.max_request_head = count(value, 512).map_err(err)?,
+            "max_request_head" => {
+                self.max_request_head = count(value, 512).map_err(err)?;
+                if self.max_request_head > 65536 {
+                    return Err(err("at most 65536".into()));
+                }
+            }
             "log_level" => {
                 self.log_level = value.parse().map_err(|_| {
                     err(format!(

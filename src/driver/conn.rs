@@ -2,15 +2,15 @@
 //! `Open` (a WebSocket in the hub) → `Closing` (flush, half-close, drain to EOF).
 //! Plain HTTP requests go from `Http` straight to `Closing` with the response queued.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 use mio::Interest;
-use tungstenite::protocol::WebSocketContext;
 
 use super::outq::OutQueue;
+use super::rx::Partial;
 use super::sys::SocketWriter;
 use crate::hub::ConnId;
 
@@ -18,8 +18,9 @@ use crate::hub::ConnId;
 pub enum State {
     /// Reading the HTTP request head into `buf` (bounded by `max_request_head`).
     Http { buf: Vec<u8> },
-    /// A WebSocket registered with the hub.
-    Open { ws: Box<WebSocketContext> },
+    /// A WebSocket registered with the hub; `rx` holds a frame or message
+    /// that is not complete yet (none at a message boundary).
+    Open { rx: Option<Box<Partial>> },
     /// A close frame or an HTTP response is queued: flush it, half-close,
     /// read and discard until the peer closes or the deadline passes.
     Closing { write_shut: bool },
@@ -46,29 +47,8 @@ pub struct Conn {
     pub dirty: bool,
     /// The hub knows this connection (it reached `Open`).
     pub in_hub: bool,
-}
-
-/// The per-call stream tungstenite reads from and writes to: reads come from
-/// the socket, writes append to the connection's ordered output queue.
-pub struct Io<'a> {
-    pub tcp: &'a mut TcpStream,
-    pub out: &'a mut OutQueue,
-}
-
-impl Read for Io<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.tcp.read(buf)
-    }
-}
-
-impl Write for Io<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    /// Largest message this connection may send (route-dependent).
+    pub max_message: usize,
 }
 
 impl Conn {
@@ -81,6 +61,7 @@ impl Conn {
             interest: Interest::READABLE,
             dirty: false,
             in_hub: false,
+            max_message: 0,
         }
     }
 
@@ -138,21 +119,25 @@ impl Conn {
     }
 }
 
-/// A close frame (server frames are unmasked): code and reason.
+/// A control frame (server frames are unmasked) with this payload.
+pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut w = crate::protocol::FrameWriter::text(payload.len());
+    w.payload().extend_from_slice(payload);
+    w.finish_with_opcode(opcode)
+}
+
+/// A close frame: code and reason.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut w = crate::protocol::FrameWriter::text(2 + reason.len());
-    w.payload().extend_from_slice(&code.to_be_bytes());
-    w.payload().extend_from_slice(reason.as_bytes());
-    w.finish_with_opcode(0x8)
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    control_frame(0x8, &payload)
 }
 
 /// The reply to a client's close: the same code, or an empty close.
 pub fn close_reply(code: Option<u16>) -> Bytes {
     match code {
         Some(code) => close_frame(code, ""),
-        None => {
-            let w = crate::protocol::FrameWriter::text(0);
-            w.finish_with_opcode(0x8)
-        }
+        None => control_frame(0x8, &[]),
     }
 }

@@ -5,6 +5,7 @@
 mod conn;
 pub mod http;
 mod outq;
+mod rx;
 mod sys;
 
 use std::collections::VecDeque;
@@ -18,11 +19,11 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::handshake::server::{NoCallback, ServerHandshake};
 use tungstenite::handshake::HandshakeError;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Error as WsError, Message};
+use tungstenite::Error as WsError;
 
-use self::conn::{close_frame, close_reply, Conn, Io, State};
+use self::conn::{close_frame, close_reply, control_frame, Conn, State};
 pub use self::outq::OutQueue;
+use self::rx::{Event, Partial, Step, Violation};
 use crate::config::Config;
 use crate::hub::{ConnId, Hub, Kind, OpenRequest, Output};
 use crate::protocol::CloseReason;
@@ -38,8 +39,21 @@ const READ_BUDGET: usize = 256;
 const HANDSHAKE_SLACK: usize = 1024;
 /// How long accepting pauses after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The shared read buffer: every socket is read into it, frames parsed in place.
+const SCRATCH: usize = 64 * 1024;
 /// A protocol Ping with an empty payload.
 const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// What a read pass left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// The socket may have more: read again (within the budget).
+    More,
+    /// The socket is drained; wait for the next readiness event.
+    Drained,
+    /// The connection was closed or dropped.
+    Stop,
+}
 
 /// Counters kept by the driver (the hub keeps its own).
 #[derive(Debug, Default, Clone, Copy)]
@@ -103,18 +117,9 @@ impl Server {
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
             signals = Some(s);
         }
-        let ws_config = |max: usize| {
-            WebSocketConfig::default()
-                .read_buffer_size(self.config.read_buffer_size)
-                .write_buffer_size(0)
-                .max_write_buffer_size(usize::MAX)
-                .max_message_size(Some(max))
-                .max_frame_size(Some(max))
-        };
         let mut driver = Driver {
             hub: Hub::new(self.config.hub.clone(), now),
-            hub_ws: ws_config(self.config.hub.max_message_size),
-            echo_ws: ws_config(self.config.echo_max_message_size),
+            scratch: vec![0; SCRATCH],
             config: self.config,
             poll: self.poll,
             listener: Some(self.listener),
@@ -140,8 +145,8 @@ struct Driver {
     listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     hub: Hub,
-    hub_ws: WebSocketConfig,
-    echo_ws: WebSocketConfig,
+    /// The one read buffer all sockets share (see `rx`).
+    scratch: Vec<u8>,
     conns: Slab<Conn>,
     /// Connections with output queued this iteration (flushed once each).
     dirty: Vec<usize>,
@@ -448,10 +453,10 @@ impl Driver {
         if self.hub.registry().len() >= self.config.max_connections {
             return self.refuse(key, 503, "server at its connection limit, try again later");
         }
-        let ws_config = if kind == Kind::Echo {
-            self.echo_ws
+        let max_message = if kind == Kind::Echo {
+            self.config.echo_max_message_size
         } else {
-            self.hub_ws
+            self.config.hub.max_message_size
         };
         let accept = match run_handshake(&buf[..head.len]) {
             Ok(response) => response,
@@ -468,12 +473,9 @@ impl Driver {
         drop(buf);
         let conn = &mut self.conns[key];
         conn.out.push(accept);
-        let ws = if tail.is_empty() {
-            WebSocketContext::new(Role::Server, Some(ws_config))
-        } else {
-            WebSocketContext::from_partially_read(tail, Role::Server, Some(ws_config))
-        };
-        conn.set_state(State::Open { ws: Box::new(ws) });
+        conn.max_message = max_message;
+        let rx = (!tail.is_empty()).then(|| Box::new(Partial::carrying(tail)));
+        conn.set_state(State::Open { rx });
         let id = conn.id;
         let req = OpenRequest {
             user: identity.user.as_deref(),
@@ -502,62 +504,155 @@ impl Driver {
         }
     }
 
-    /// Read frames and feed them to the hub, up to the read budget.
+    /// Read from the socket into the shared scratch buffer and handle every
+    /// complete frame there, up to the read budget.
     fn read_frames(&mut self, key: usize, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..READ_BUDGET {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            let id = conn.id;
-            let State::Open { ws } = &mut conn.state else {
-                return;
-            };
-            let mut io = Io {
-                tcp: &mut conn.tcp,
-                out: &mut conn.out,
-            };
-            match ws.read(&mut io) {
-                Ok(Message::Text(text)) => self.hub.handle_text(now, id, text.as_str()),
-                Ok(Message::Binary(data)) => self.hub.handle_binary(now, id, &data),
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
-                    self.hub.handle_activity(now, id)
+            match self.read_once(key, now, &mut scratch) {
+                Flow::More => continue,
+                Flow::Drained | Flow::Stop => {
+                    self.scratch = scratch;
+                    return;
                 }
-                Ok(Message::Close(frame)) => {
-                    log::info!(
-                        "{id} closed by client ({:?})",
-                        frame.as_ref().map(|f| f.code)
-                    );
-                    let reply = close_reply(frame.map(|f| u16::from(f.code)));
-                    self.conns[key].start_closing(reply);
-                    self.closings
-                        .push_back((now + self.config.close_timeout, id));
-                    self.hub.handle_closed(id);
-                    self.conns[key].in_hub = false;
-                }
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.on_ws_error(key, e),
             }
-            self.drain_hub();
         }
+        self.scratch = scratch;
         self.again.push(key);
     }
 
-    fn on_ws_error(&mut self, key: usize, e: WsError) {
-        let id = self.conns[key].id;
-        let reason = match e {
-            WsError::Capacity(_) => CloseReason::MessageTooBig,
-            WsError::Utf8(_) => CloseReason::InvalidUtf8,
-            WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
-            | WsError::ConnectionClosed
-            | WsError::AlreadyClosed
-            | WsError::Io(_) => {
-                log::info!("{id} gone: {e}");
-                return self.drop_conn(key);
-            }
-            _ => CloseReason::ProtocolError,
+    /// One read syscall and the frames it completed.
+    fn read_once(&mut self, key: usize, now: Instant, scratch: &mut [u8]) -> Flow {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Flow::Stop;
         };
-        log::info!("{id} closing: {e} ({reason})");
+        let State::Open { rx } = &mut conn.state else {
+            return Flow::Stop;
+        };
+        let mut partial = rx.take().map(|b| *b).unwrap_or_default();
+        let flow = if partial.need > 0 {
+            // A frame bigger than what was read so far: read straight into it.
+            let missing = partial.need - partial.frame.len();
+            let have = partial.frame.len();
+            partial.frame.resize(partial.need, 0);
+            let read = io::Read::read(&mut conn.tcp, &mut partial.frame[have..]);
+            partial.frame.truncate(have + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return self.peer_gone(key, "EOF"),
+                Ok(n) if partial.frame.len() == partial.need => {
+                    let mut frame = std::mem::take(&mut partial.frame);
+                    partial.need = 0;
+                    match self.handle_frames(key, now, &mut frame, &mut partial) {
+                        Flow::Stop => Flow::Stop,
+                        _ if n < missing => Flow::Drained,
+                        _ => Flow::More,
+                    }
+                }
+                Ok(n) if n < missing => Flow::Drained,
+                Ok(_) => Flow::More,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flow::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Flow::More,
+                Err(e) => return self.peer_gone(key, &e.to_string()),
+            }
+        } else {
+            // Carried bytes (a partial header, or data that came with the
+            // handshake) go first, then what the socket has.
+            let carried = partial.frame.len();
+            scratch[..carried].copy_from_slice(&partial.frame);
+            partial.frame = Vec::new();
+            let (n, flow) = match io::Read::read(&mut conn.tcp, &mut scratch[carried..]) {
+                Ok(0) => return self.peer_gone(key, "EOF"),
+                // A short read emptied the socket: the next data raises a new edge.
+                Ok(n) if carried + n < scratch.len() => (n, Flow::Drained),
+                Ok(n) => (n, Flow::More),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Flow::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Flow::More),
+                Err(e) => return self.peer_gone(key, &e.to_string()),
+            };
+            match self.handle_frames(key, now, &mut scratch[..carried + n], &mut partial) {
+                Flow::Stop => Flow::Stop,
+                _ => flow,
+            }
+        };
+        if flow != Flow::Stop && !partial.is_empty() {
+            if let Some(State::Open { rx }) = self.conns.get_mut(key).map(|c| &mut c.state) {
+                *rx = Some(Box::new(partial));
+            }
+        }
+        flow
+    }
+
+    /// Handle every complete frame in `data`; keep an incomplete tail in `partial`.
+    fn handle_frames(
+        &mut self,
+        key: usize,
+        now: Instant,
+        data: &mut [u8],
+        partial: &mut Partial,
+    ) -> Flow {
+        let id = self.conns[key].id;
+        let max = self.conns[key].max_message;
+        let mut pos = 0;
+        loop {
+            let step = match rx::step(data, &mut pos, partial, max) {
+                Ok(step) => step,
+                Err(v) => {
+                    self.on_violation(key, v);
+                    return Flow::Stop;
+                }
+            };
+            match step {
+                Step::End => return Flow::More,
+                Step::Consumed => {}
+                Step::Incomplete { total } => {
+                    partial.frame = Vec::with_capacity(total.unwrap_or(rx::MAX_HEADER));
+                    partial.frame.extend_from_slice(&data[pos..]);
+                    partial.need = total.unwrap_or(0);
+                    return Flow::More;
+                }
+                Step::Event(Event::Text(text)) => self.hub.handle_text(now, id, text),
+                Step::Event(Event::Binary(bytes)) => self.hub.handle_binary(now, id, bytes),
+                Step::Event(Event::Ping(payload)) => {
+                    self.conns[key].out.push(control_frame(0xA, payload));
+                    self.hub.handle_activity(now, id);
+                }
+                Step::Event(Event::Pong) => self.hub.handle_activity(now, id),
+                Step::Event(Event::Close(code)) => {
+                    log::info!("{id} closed by client ({code:?})");
+                    let conn = &mut self.conns[key];
+                    conn.in_hub = false;
+                    conn.start_closing(close_reply(code));
+                    self.closings
+                        .push_back((now + self.config.close_timeout, id));
+                    self.hub.handle_closed(id);
+                    self.drain_hub();
+                    return Flow::Stop;
+                }
+            }
+            self.drain_hub();
+            if !matches!(
+                self.conns.get(key).map(|c| &c.state),
+                Some(State::Open { .. })
+            ) {
+                return Flow::Stop;
+            }
+        }
+    }
+
+    fn peer_gone(&mut self, key: usize, why: &str) -> Flow {
+        log::debug!("{} gone: {why}", self.conns[key].id);
+        self.drop_conn(key);
+        Flow::Stop
+    }
+
+    fn on_violation(&mut self, key: usize, v: Violation) {
+        let id = self.conns[key].id;
+        let reason = match v {
+            Violation::Protocol(_) => CloseReason::ProtocolError,
+            Violation::TooBig => CloseReason::MessageTooBig,
+            Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
+        };
+        log::info!("{id} closing: {v:?} ({reason})");
         self.hub.close(id, reason);
         self.drain_hub();
     }
