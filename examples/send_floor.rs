@@ -24,7 +24,8 @@ fn main() {
     for _ in 0..n {
         let r = TcpStream::connect(addr).unwrap();
         let (s, _) = listener.accept().unwrap();
-        s.set_nodelay(true).unwrap();
+        s.set_nodelay(std::env::var("NODELAY").map_or(true, |v| v == "1"))
+            .unwrap();
         r.set_nonblocking(true).unwrap();
         senders.push(s);
         receivers.push(r);
