@@ -32,6 +32,12 @@ pub struct HubConfig {
     pub member_list_limit: usize,
     /// Largest message a hub client may send, in bytes (over it: close 1009).
     pub max_message_size: usize,
+    /// Messages per second one hub connection may send on average (0: no limit).
+    pub rate_limit: f64,
+    /// Messages one hub connection may send at once above the average.
+    pub rate_burst: u32,
+    /// Refused messages in a row before the connection is closed (4102).
+    pub rate_limit_close_after: u32,
 }
 
 impl Default for HubConfig {
@@ -46,6 +52,9 @@ impl Default for HubConfig {
             presence_announce_limit: 100,
             member_list_limit: 100,
             max_message_size: 64 * 1024,
+            rate_limit: 1000.0,
+            rate_burst: 2000,
+            rate_limit_close_after: 100,
         }
     }
 }
@@ -198,6 +207,24 @@ pub const SETTINGS: &[Setting] = &[
         default: "100",
     },
     Setting {
+        name: "rate_limit",
+        value: "PER_SEC",
+        help: "messages per second per connection on average (0: off)",
+        default: "1000",
+    },
+    Setting {
+        name: "rate_burst",
+        value: "N",
+        help: "messages a connection may send at once above the average",
+        default: "2000",
+    },
+    Setting {
+        name: "rate_limit_close_after",
+        value: "N",
+        help: "refused (rate_limited) messages in a row before close 4102",
+        default: "100",
+    },
+    Setting {
         name: "handshake_timeout",
         value: "SECS",
         help: "deadline for a handshake or HTTP request",
@@ -278,6 +305,22 @@ impl Config {
                 self.hub.presence_announce_limit = count(value, 0).map_err(err)?
             }
             "member_list_limit" => self.hub.member_list_limit = count(value, 0).map_err(err)?,
+            "rate_limit" => {
+                let n: f64 = value
+                    .parse()
+                    .map_err(|_| err(format!("`{value}` is not a number")))?;
+                if !(0.0..=1e9).contains(&n) {
+                    return Err(err(format!("{value} is out of range (0 to 1e9)")));
+                }
+                self.hub.rate_limit = n;
+            }
+            "rate_burst" => {
+                self.hub.rate_burst = count(value, 1).map_err(err)?.min(u32::MAX as usize) as u32
+            }
+            "rate_limit_close_after" => {
+                self.hub.rate_limit_close_after =
+                    count(value, 0).map_err(err)?.min(u32::MAX as usize) as u32
+            }
             "max_request_head" => {
                 self.max_request_head = count(value, 512).map_err(err)?;
                 if self.max_request_head > 65536 {

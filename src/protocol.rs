@@ -283,6 +283,8 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// 4101: the output queue went over its byte cap.
     SlowConsumer,
+    /// 4102: kept sending over the message rate limit.
+    RateLimited,
 }
 
 impl CloseReason {
@@ -296,6 +298,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => 1009,
             CloseReason::HeartbeatTimeout => 4100,
             CloseReason::SlowConsumer => 4101,
+            CloseReason::RateLimited => 4102,
         }
     }
 
@@ -309,6 +312,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "Message too big",
             CloseReason::HeartbeatTimeout => "Heartbeat timeout",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::RateLimited => "rate limit exceeded",
         }
     }
 }

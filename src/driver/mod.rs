@@ -66,6 +66,8 @@ pub struct DriverCounters {
     pub handshakes_refused: u64,
     /// Connections closed as slow consumers (4101).
     pub slow_consumer_closes: u64,
+    /// Failed `accept` calls (out of descriptors or memory).
+    pub accept_errors: u64,
 }
 
 /// The switchboard server: `Server::bind(config)?.run()`.
@@ -134,6 +136,7 @@ impl Server {
             counters: DriverCounters::default(),
             shutdown_at: None,
             accept_paused_until: None,
+            accept_failing: false,
         };
         driver.run()
     }
@@ -162,6 +165,8 @@ struct Driver {
     counters: DriverCounters,
     shutdown_at: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Accepting failed (e.g. out of descriptors) and has not succeeded since.
+    accept_failing: bool,
 }
 
 impl Driver {
@@ -246,12 +251,21 @@ impl Driver {
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOMEM: the backlog stays readable, so
-                    // retrying now would spin. Pause, then try again.
-                    log::warn!("accept failed ({e}); pausing accepts for {ACCEPT_BACKOFF:?}");
+                    // retrying now would spin. Pause, then try again; say so
+                    // once per episode, not once per retry.
+                    if !self.accept_failing {
+                        log::warn!("accept failed ({e}); pausing accepts, retrying every {ACCEPT_BACKOFF:?}");
+                        self.accept_failing = true;
+                    }
+                    self.counters.accept_errors += 1;
                     self.pause_accepting(now);
                     return;
                 }
             };
+            if self.accept_failing {
+                self.accept_failing = false;
+                log::warn!("accepting connections again");
+            }
             if self.conns.len() >= self.config.max_connections + HANDSHAKE_SLACK {
                 log::warn!("refusing {addr}: {} sockets open", self.conns.len());
                 continue;
@@ -852,6 +866,7 @@ impl Driver {
             .collect();
         let hub = self.hub.counters();
         let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
+        let queued_bytes: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
         let handshaking = self
             .conns
             .iter()
@@ -869,11 +884,15 @@ impl Driver {
             "bytes_in": hub.bytes_in,
             "messages_out": self.counters.messages_out,
             "bytes_out": self.counters.bytes_out,
+            "queued_bytes": queued_bytes,
             "errors_sent": hub.errors_sent,
             "connections_opened": hub.connections_opened,
             "heartbeat_timeouts": hub.heartbeat_timeouts,
+            "rate_limited": hub.rate_limited,
+            "rate_limit_closes": hub.rate_limit_closes,
             "slow_consumer_closes": self.counters.slow_consumer_closes,
             "handshakes_refused": self.counters.handshakes_refused,
+            "accept_errors": self.counters.accept_errors,
             "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
         });
         serde_json::to_vec(&stats).expect("stats serialize")

@@ -7,6 +7,7 @@
 //! key, resolved against the registry as it is then.
 
 mod heartbeat;
+mod limits;
 mod messages;
 mod registry;
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 
 pub use self::heartbeat::Heartbeats;
+pub use self::limits::{RateBucket, RateDecision};
 use self::messages as m;
 pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
 use crate::config::HubConfig;
@@ -79,6 +81,10 @@ pub struct HubCounters {
     pub heartbeat_timeouts: u64,
     /// Client messages refused with an `error` reply.
     pub errors_sent: u64,
+    /// Messages refused for the rate limit.
+    pub rate_limited: u64,
+    /// Connections closed for flooding (4102).
+    pub rate_limit_closes: u64,
 }
 
 /// The hub: see the module docs.
@@ -231,6 +237,9 @@ impl Hub {
             self.send(Target::Conn(id), protocol::text_frame(text.as_bytes()));
             return;
         }
+        if !self.within_rate(now, id) {
+            return;
+        }
         log::trace!("{id} text {} bytes", text.len());
         let result = match protocol::decode(text) {
             Ok((msg, reference)) => self.dispatch(id, msg, reference),
@@ -251,6 +260,9 @@ impl Hub {
         self.counters.messages_in += 1;
         self.counters.bytes_in += data.len() as u64;
         let (kind, home) = (session.kind, session.home_room);
+        if kind == Kind::Hub && !self.within_rate(now, id) {
+            return;
+        }
         match (kind, home) {
             (Kind::Echo, _) => self.send(Target::Conn(id), protocol::binary_frame(data)),
             (Kind::Hub, Some(room)) => {
@@ -313,6 +325,36 @@ impl Hub {
     pub fn close(&mut self, id: ConnId, reason: CloseReason) {
         if self.remove(id) {
             self.outputs.push_back(Output::Close { conn: id, reason });
+        }
+    }
+
+    /// Spend a rate-limit token for a message from `id`. Over the limit the
+    /// message is refused with `rate_limited` (never dropped silently); a
+    /// client that keeps flooding is closed with 4102.
+    fn within_rate(&mut self, now: Instant, id: ConnId) -> bool {
+        let c = &self.config;
+        let (rate, burst, close_after) = (
+            c.rate_limit as f32,
+            c.rate_burst as f32,
+            c.rate_limit_close_after,
+        );
+        let Some(session) = self.registry.session_mut(id) else {
+            return false;
+        };
+        match session.rate.take(now, rate, burst, close_after) {
+            RateDecision::Allow => true,
+            RateDecision::Refuse => {
+                self.counters.rate_limited += 1;
+                let message = format!("over {} messages per second", self.config.rate_limit);
+                self.refuse(id, Refusal::new(ErrorCode::RateLimited, message));
+                false
+            }
+            RateDecision::Close => {
+                log::info!("{id} closed: kept sending over the rate limit");
+                self.counters.rate_limit_closes += 1;
+                self.close(id, CloseReason::RateLimited);
+                false
+            }
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Session {
     /// The room named in the connection URL: where binary frames go.
     pub home_room: Option<RoomKey>,
     pub last_seen: Instant,
+    /// The message rate limit's bucket.
+    pub rate: super::RateBucket,
 }
 
 /// A room: members in a dense list (fan-out walks it), and the number of
@@ -195,6 +197,7 @@ impl Registry {
             rooms: Vec::new(),
             home_room: None,
             last_seen: now,
+            rate: super::RateBucket::new(now),
         });
         self.live += 1;
     }

@@ -1776,3 +1776,53 @@ fn announce_limit_is_symmetric_at_the_boundary() {
     t.text(b, r#"{"type":"leave","room":"r"}"#);
     assert_eq!(recipients(&t.drain(), "user_left"), set(&[a]));
 }
+
+#[test]
+fn over_rate_limit_is_refused_then_closed_with_4102() {
+    let mut t = T::with(HubConfig {
+        rate_limit: 10.0,
+        rate_burst: 3,
+        rate_limit_close_after: 2,
+        ..HubConfig::default()
+    });
+    let a = t.open("a");
+    for _ in 0..3 {
+        t.text(a, r#"{"type":"ping"}"#);
+        assert_eq!(t.only(a)["type"], "pong");
+    }
+    for _ in 0..2 {
+        t.text(a, r#"{"type":"ping","ref":1}"#);
+        let e = t.only(a);
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_i64()),
+            (Some("rate_limited"), None)
+        );
+    }
+    t.text(a, r#"{"type":"ping"}"#);
+    t.drain();
+    assert_eq!(t.hub.registry().len(), 0, "closed after persisting");
+    assert_eq!(t.hub.counters().rate_limit_closes, 1);
+}
+
+#[test]
+fn rate_limit_refills_over_time_and_spares_echo() {
+    let mut t = T::with(HubConfig {
+        rate_limit: 10.0,
+        rate_burst: 1,
+        rate_limit_close_after: 1000,
+        ..HubConfig::default()
+    });
+    let a = t.open("a");
+    t.text(a, r#"{"type":"ping"}"#);
+    assert_eq!(t.only(a)["type"], "pong");
+    t.text(a, r#"{"type":"ping"}"#);
+    assert_eq!(t.only(a)["code"], "rate_limited");
+    t.now += std::time::Duration::from_millis(100);
+    t.text(a, r#"{"type":"ping"}"#);
+    assert_eq!(t.only(a)["type"], "pong");
+    let e = t.open_echo();
+    for _ in 0..50 {
+        t.text(e, "x");
+    }
+    assert_eq!(t.drain_frames().len(), 50, "echo is not rate limited");
+}

@@ -27,14 +27,34 @@ pub struct Server {
 impl Server {
     /// Start with extra flags (e.g. `&["--ping-interval", "0.2"]`).
     pub fn start(flags: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+        Self::start_with_fd_limit(flags, None)
+    }
+
+    /// Start with the open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(flags: &[&str], nofile: Option<u64>) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args(["--listen", "127.0.0.1:0", "--log-level", "info"])
             .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn switchboard");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn switchboard");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -151,6 +171,81 @@ pub fn parse_http(raw: &[u8]) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The upgrade request a browser would send, for raw-socket tests.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A raw TCP connection that has completed the upgrade (the 101 head read).
+pub fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(upgrade_request(path).as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("101 response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Read everything until EOF (bounded by the read timeout).
+pub fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+/// A masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The close code in the first close frame of raw server output, if any.
+pub fn close_code_in(bytes: &[u8]) -> Option<u16> {
+    let mut i = 0;
+    while i + 2 <= bytes.len() {
+        let (op, len7) = (bytes[i] & 0x0f, (bytes[i + 1] & 0x7f) as usize);
+        let (hdr, len) = match len7 {
+            126 => (4, u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(bytes[i + 2..i + 10].try_into().ok()?) as usize,
+            ),
+            n => (2, n),
+        };
+        if op == 0x8 {
+            return (len >= 2).then(|| u16::from_be_bytes([bytes[i + hdr], bytes[i + hdr + 1]]));
+        }
+        i += hdr + len;
+    }
+    None
 }
 
 /// A blocking WebSocket client with read timeouts.

@@ -1,0 +1,345 @@
+//! End-to-end: hostile handshakes and frames, floods, dead peers, running out
+//! of descriptors. Each checks the bad client gets its documented answer and
+//! that everyone else is still served.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+/// A client in another room that must keep being served.
+fn bystander(server: &Server) -> Client {
+    server.joined("/ws/elsewhere?user=bystander")
+}
+
+#[test]
+fn raw_garbage_instead_of_http_gets_400() {
+    let server = Server::start(&[]);
+    let mut other = bystander(&server);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0xff, b'\r', b'\n', b'\r', b'\n',
+    ])
+    .unwrap();
+    let (status, _) = parse_http(&read_all(&mut s));
+    assert_eq!(status, 400);
+    other.sync();
+}
+
+#[test]
+fn endless_request_line_gets_431() {
+    let server = Server::start(&[]);
+    let mut other = bystander(&server);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let line = vec![b'A'; 64 * 1024];
+    let _ = s.write_all(&line); // the server may close before taking all of it
+    let (status, _) = parse_http(&read_all(&mut s));
+    assert_eq!(status, 431);
+    other.sync();
+}
+
+#[test]
+fn huge_headers_get_431() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let header = format!(
+        "GET /ws HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(64 * 1024)
+    );
+    let _ = s.write_all(header.as_bytes());
+    assert_eq!(parse_http(&read_all(&mut s)).0, 431);
+}
+
+#[test]
+fn hundred_kilobyte_room_name_never_gets_101() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(upgrade_request(&format!("/ws/{}", "r".repeat(100_000))).as_bytes());
+    let (status, _) = parse_http(&read_all(&mut s));
+    assert!((400..500).contains(&status), "got {status}");
+    // Within the head limit but over the room-name limit: 400.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(upgrade_request(&format!("/ws/{}", "r".repeat(2_000))).as_bytes())
+        .unwrap();
+    assert_eq!(parse_http(&read_all(&mut s)).0, 400);
+    assert_eq!(server.stats()["total_connections"], 0);
+}
+
+#[test]
+fn frame_claiming_2_pow_63_bytes_closes_1009() {
+    let server = Server::start(&[]);
+    let mut other = bystander(&server);
+    let mut s = raw_ws(server.addr, "/ws?user=liar");
+    let mut header = vec![0x82, 0xff];
+    header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&header).unwrap();
+    assert_eq!(close_code_in(&read_all(&mut s)), Some(1009));
+    other.sync();
+    server.wait_stats("liar removed", |s| s["total_connections"] == 1);
+}
+
+#[test]
+fn fragmented_and_interleaved_frames_are_assembled() {
+    let server = Server::start(&[]);
+    let mut listener = server.joined("/ws/f?user=listener");
+    let mut s = raw_ws(server.addr, "/ws/f?user=raw");
+    listener.expect("user_joined");
+    let text = r#"{"type":"message","room":"f","data":"in three parts"}"#;
+    let (a, rest) = text.split_at(10);
+    let (b, c) = rest.split_at(15);
+    let mut first = client_frame(0x1, a.as_bytes());
+    first[0] &= 0x7f; // not final
+    let mut middle = client_frame(0x0, b.as_bytes());
+    middle[0] &= 0x7f;
+    let ping = client_frame(0x9, b"hi"); // control frames may come in between
+    let last = client_frame(0x0, c.as_bytes());
+    // Byte by byte, the worst case for the reader.
+    for byte in [first, ping, middle, last].concat() {
+        s.write_all(&[byte]).unwrap();
+    }
+    assert_eq!(listener.expect("message")["data"], "in three parts");
+}
+
+#[test]
+fn flood_of_10000_messages_is_delivered_in_order_or_closed() {
+    let server = Server::start(&[]);
+    let mut other = bystander(&server);
+    let mut reader = server.joined("/ws/flood?user=reader");
+    let mut flooder = server.joined("/ws/flood?user=flooder");
+    reader.expect("user_joined");
+    let sender = std::thread::spawn(move || {
+        for i in 0..10_000 {
+            let msg = json!({"type":"message","room":"flood","data":i}).to_string();
+            if flooder.ws.write(tungstenite::Message::text(msg)).is_err() {
+                break;
+            }
+        }
+        let _ = flooder.ws.flush();
+        flooder
+    });
+    // Meanwhile a client in another room is served.
+    other.sync();
+    let mut next = 0;
+    let outcome = loop {
+        match reader.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("message") => {
+                        assert_eq!(v["data"], next, "in order, none missing");
+                        next += 1;
+                        if next == 10_000 {
+                            break "all delivered";
+                        }
+                    }
+                    Some("user_left") => break "flooder closed",
+                    other => panic!("unexpected {other:?}: {v}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("reader failed: {e}"),
+        }
+    };
+    let mut flooder = sender.join().unwrap();
+    if outcome == "flooder closed" {
+        let code = flooder.close_code();
+        assert_ne!(code, 1000, "a flooder is closed with a non-1000 code");
+    }
+    other.sync();
+}
+
+#[test]
+fn over_the_rate_limit_errors_then_closes_4102() {
+    let server = Server::start(&[
+        "--rate-limit",
+        "5",
+        "--rate-burst",
+        "5",
+        "--rate-limit-close-after",
+        "20",
+    ]);
+    let mut other = bystander(&server);
+    let mut c = server.joined("/ws?user=fast");
+    for _ in 0..200 {
+        c.ws.write(tungstenite::Message::text(r#"{"type":"ping"}"#))
+            .unwrap();
+    }
+    c.ws.flush().unwrap();
+    let mut pongs = 0;
+    let mut limited = 0;
+    let code = loop {
+        match c.ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                match (v["type"].as_str(), v["code"].as_str()) {
+                    (Some("pong"), _) => pongs += 1,
+                    (Some("error"), Some("rate_limited")) => limited += 1,
+                    _ => panic!("{v}"),
+                }
+            }
+            Ok(tungstenite::Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(code, 4102);
+    assert!((5..=7).contains(&pongs), "burst honoured: {pongs}");
+    assert_eq!(
+        limited, 20,
+        "each refused message is answered, never dropped silently"
+    );
+    other.sync();
+    let s = server.stats();
+    assert_eq!(s["rate_limit_closes"], 1);
+}
+
+#[test]
+fn abandoned_connections_are_cleaned_up() {
+    let server = Server::start(&["--ping-interval", "0.5", "--ping-timeout", "0.5"]);
+    // 2,000 connections: a third end with EOF, a third with RST, a third go silent.
+    let mut silent = Vec::new();
+    for i in 0..2000 {
+        let s = raw_ws(server.addr, &format!("/ws/ghosts?user=g{i}"));
+        match i % 3 {
+            0 => drop(s),
+            1 => {
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: setsockopt on our own open socket.
+                unsafe {
+                    use std::os::fd::AsRawFd;
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as u32,
+                    );
+                }
+                drop(s); // RST
+            }
+            _ => silent.push(s),
+        }
+    }
+    // EOF and RST peers go at once; only the silent ones wait for the heartbeat.
+    let s = server.wait_stats("all ghosts gone", |s| s["total_connections"] == 0);
+    assert_eq!(s["rooms"], json!({}));
+    assert_eq!(s["total_users"], 0);
+    assert_eq!(s["connections_by_user"], json!({}));
+    let timeouts = s["heartbeat_timeouts"].as_u64().unwrap();
+    assert!(
+        (666..=667).contains(&timeouts),
+        "only the silent third timed out: {s}"
+    );
+    let mut other = bystander(&server);
+    other.sync();
+    drop(silent);
+}
+
+#[test]
+fn out_of_descriptors_backs_off_and_recovers() {
+    // A tiny descriptor allowance: accept() soon fails with EMFILE.
+    let server = Server::start_with_fd_limit(&["--handshake-timeout", "30"], Some(40));
+    let mut other = bystander(&server);
+    let mut extra = Vec::new();
+    for _ in 0..60 {
+        // The kernel completes these in the backlog; the server cannot accept them all.
+        if let Ok(s) = TcpStream::connect(server.addr) {
+            extra.push(s);
+        }
+    }
+    server_log_contains(&server, "pausing accepts");
+    other.sync(); // existing clients are still served
+    other.send_json(json!({"type":"message","room":"elsewhere","data":1,"echo":true}));
+    assert_eq!(other.expect("message")["data"], 1);
+    drop(extra); // descriptors free up
+    let mut fresh = server.joined("/ws?user=fresh");
+    fresh.sync();
+    let s = server.stats();
+    assert!(s["accept_errors"].as_u64().unwrap() >= 1);
+    server_log_contains(&server, "accepting connections again");
+}
+
+/// Wait for a line containing `needle` in the server's log.
+fn server_log_contains(server: &Server, needle: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match server.log.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return,
+            Ok(_) => continue,
+            Err(_) => panic!("server never logged {needle:?}"),
+        }
+    }
+}
+
+#[test]
+fn slow_reader_memory_stays_bounded_and_others_are_served() {
+    let server = Server::start(&["--max-output-queue", "131072"]);
+    let mut fast = server.joined("/ws/s?user=fast");
+    let mut slow = raw_ws(server.addr, "/ws/s?user=slow"); // never reads
+    fast.expect("user_joined");
+    let payload = "z".repeat(4000);
+    let mut sent = 0;
+    loop {
+        let stats = server.stats();
+        // The server never holds more than the cap per connection (+ one frame).
+        let queued = stats["queued_bytes"].as_u64().unwrap();
+        assert!(queued <= 2 * (131_072 + 4_100), "queued {queued} bytes");
+        if stats["slow_consumer_closes"] == 1 {
+            break;
+        }
+        for _ in 0..20 {
+            fast.send_json(json!({"type":"message","room":"s","data":payload,"echo":true}));
+            sent += 1;
+        }
+        assert!(sent < 20_000, "slow consumer never closed");
+    }
+    // The fast client got every one of its own messages back.
+    let mut echoed = 0;
+    while echoed < sent {
+        let v = fast.recv_json();
+        if v["type"] == "message" {
+            echoed += 1;
+        }
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = slow.read_to_end(&mut got);
+    assert_eq!(close_code_in_tail(&got), Some(4101));
+}
+
+/// The close code of the last close frame in `bytes` (after data frames).
+fn close_code_in_tail(bytes: &[u8]) -> Option<u16> {
+    let mut i = 0;
+    let mut code = None;
+    while i + 2 <= bytes.len() {
+        let (op, len7) = (bytes[i] & 0x0f, (bytes[i + 1] & 0x7f) as usize);
+        let (hdr, len) = match len7 {
+            126 => (4, u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(bytes[i + 2..i + 10].try_into().ok()?) as usize,
+            ),
+            n => (2, n),
+        };
+        if op == 0x8 && len >= 2 && i + hdr + 2 <= bytes.len() {
+            code = Some(u16::from_be_bytes([bytes[i + hdr], bytes[i + hdr + 1]]));
+        }
+        i += hdr + len;
+    }
+    code
+}
