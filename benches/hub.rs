@@ -35,6 +35,7 @@ fn hub_with_room(n: usize, now: Instant) -> Hub {
             user: Some(&user),
             room: Some("r"),
             kind: Kind::Hub,
+            ..Default::default()
         };
         hub.handle_open(now, id(i), req).unwrap();
         while hub.poll_output().is_some() {}
@@ -76,6 +77,7 @@ fn join_leave_big_room(bencher: Bencher) {
             user: Some(user),
             room: None,
             kind: Kind::Hub,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -99,6 +101,7 @@ fn presence_small_room(bencher: Bencher) {
             user: Some("p"),
             room: None,
             kind: Kind::Hub,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -146,6 +149,7 @@ fn heartbeat_tick_100k_due(bencher: Bencher) {
                     user: None,
                     room: None,
                     kind: Kind::Hub,
+                    ..Default::default()
                 };
                 hub.handle_open(now, id(i), req).unwrap();
             }
@@ -176,6 +180,7 @@ fn heartbeat_tick_100k_idle(bencher: Bencher) {
                 user: None,
                 room: None,
                 kind: Kind::Hub,
+                ..Default::default()
             },
         )
         .unwrap();

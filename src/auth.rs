@@ -1,15 +1,35 @@
-//! Who is connecting. The seam where token auth plugs in: the driver asks
-//! [`identify`] for every WebSocket request before the handshake completes,
-//! and a refusal becomes an HTTP error response (never a 101).
+//! Who is connecting, and what they may do.
+//!
+//! The driver asks [`Authenticator::identify`] for every WebSocket request
+//! before the handshake completes; a refusal becomes an HTTP error response
+//! (never a `101`). With `--auth none` the user comes from `?user=`; with
+//! `--auth jwt` from the `sub` of an HS256 token given as `?token=` or
+//! `Authorization: Bearer`, whose optional `rooms` and `broadcast` claims
+//! become the connection's [`Grants`].
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
 
 use crate::driver::http::{query_param, RequestHead};
-use crate::hub::ANONYMOUS_PREFIX;
+pub use crate::hub::{Grants, ANONYMOUS_PREFIX};
+
+/// Longest token accepted (bytes), checked before any decoding.
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// The identity a connection will have in the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user id; `None` means "give this connection an anonymous id".
     pub user: Option<String>,
+    /// What the token allows; `None` means everything (auth off).
+    pub grants: Option<Arc<Grants>>,
+    /// When the token stops being valid (Unix seconds, leeway included).
+    pub expires_at: Option<u64>,
 }
 
 /// A refused request: HTTP status and a short body.
@@ -19,25 +39,403 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// Identify a WebSocket request. With auth off (the only mode so far) the
-/// user comes from `?user=<id>`, bounded by `max_user_id_len`.
-pub fn identify(head: &RequestHead, max_user_id_len: usize) -> Result<Identity, Rejection> {
-    let bad = |message: String| {
-        Err(Rejection {
-            status: 400,
-            message,
-        })
-    };
-    match query_param(head.query.as_deref(), "user") {
-        None => Ok(Identity { user: None }),
-        Some(None) => bad("user id is not valid percent-encoded UTF-8".into()),
-        Some(Some(user)) if user.is_empty() => bad("user id is empty".into()),
-        Some(Some(user)) if user.len() > max_user_id_len => {
-            bad(format!("user id longer than {max_user_id_len} bytes"))
+fn reject(status: u16, message: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        message: message.into(),
+    }
+}
+
+/// How connections prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `?user=<id>` is believed (local development).
+    None,
+    /// An HS256 JWT is required.
+    Jwt,
+}
+
+/// One HS256 key, optionally named by a `kid` for rotation.
+#[derive(Clone)]
+pub struct JwtKey {
+    pub kid: Option<String>,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "JwtKey {{ kid: {:?}, secret: <{} bytes> }}",
+            self.kid,
+            self.secret.len()
+        )
+    }
+}
+
+/// Verifies identities for the driver.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    pub mode: AuthMode,
+    pub keys: Vec<JwtKey>,
+    /// Allowed clock difference for `exp` and `nbf`, in seconds.
+    pub leeway: u64,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    rooms: Option<Vec<String>>,
+    #[serde(default)]
+    broadcast: bool,
+}
+
+impl Authenticator {
+    /// The authenticator a configuration asks for.
+    pub fn from_config(config: &crate::config::Config) -> Authenticator {
+        Authenticator {
+            mode: config.auth,
+            keys: config.jwt_keys.clone(),
+            leeway: config.jwt_leeway,
         }
-        Some(Some(user)) if user.starts_with(ANONYMOUS_PREFIX) => bad(format!(
-            "user ids starting with `{ANONYMOUS_PREFIX}` are reserved for anonymous connections"
-        )),
-        Some(Some(user)) => Ok(Identity { user: Some(user) }),
+    }
+
+    /// Identify a WebSocket request at Unix time `now`.
+    pub fn identify(
+        &self,
+        head: &RequestHead,
+        max_user_id_len: usize,
+        now: u64,
+    ) -> Result<Identity, Rejection> {
+        match self.mode {
+            AuthMode::None => identify_by_query(head, max_user_id_len),
+            AuthMode::Jwt => {
+                let token = match query_param(head.query.as_deref(), "token") {
+                    Some(Some(t)) => t,
+                    Some(None) => return Err(reject(401, "token is not valid percent-encoding")),
+                    None => match head.bearer() {
+                        Some(t) => t.to_string(),
+                        None => {
+                            return Err(reject(
+                                401,
+                                "a token is required (?token= or Authorization: Bearer)",
+                            ))
+                        }
+                    },
+                };
+                self.verify(&token, max_user_id_len, now)
+            }
+        }
+    }
+
+    /// Verify an HS256 token and turn its claims into an identity.
+    pub fn verify(
+        &self,
+        token: &str,
+        max_user_id_len: usize,
+        now: u64,
+    ) -> Result<Identity, Rejection> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(reject(401, "token too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(reject(401, "malformed token"));
+        };
+        let decode = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| reject(401, "malformed token"))
+        };
+        let header: Header = serde_json::from_slice(&decode(h)?)
+            .map_err(|_| reject(401, "malformed token header"))?;
+        if header.alg != "HS256" {
+            return Err(reject(401, "only HS256 tokens are accepted"));
+        }
+        let signature = decode(s)?;
+        let signed = &token[..h.len() + 1 + c.len()];
+        let candidates: Vec<&JwtKey> = match &header.kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect(),
+            None => self.keys.iter().collect(),
+        };
+        let valid = candidates.iter().any(|key| {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&key.secret).expect("HMAC takes any key length");
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&signature).is_ok()
+        });
+        if !valid {
+            return Err(reject(401, "bad token signature"));
+        }
+        let claims: Claims = serde_json::from_slice(&decode(c)?)
+            .map_err(|_| reject(401, "malformed token claims"))?;
+        let Some(exp) = claims.exp else {
+            return Err(reject(401, "token has no exp"));
+        };
+        let now_f = now as f64;
+        if exp + (self.leeway as f64) < now_f {
+            return Err(reject(401, "token expired"));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_f + self.leeway as f64)
+        {
+            return Err(reject(401, "token not yet valid"));
+        }
+        let user = match claims.sub {
+            Some(sub) if !sub.is_empty() && sub.len() <= max_user_id_len => sub,
+            Some(_) => {
+                return Err(reject(
+                    401,
+                    format!("token sub must be 1 to {max_user_id_len} bytes"),
+                ))
+            }
+            None => return Err(reject(401, "token has no sub")),
+        };
+        if user.starts_with(ANONYMOUS_PREFIX) {
+            return Err(reject(
+                401,
+                format!("user ids starting with `{ANONYMOUS_PREFIX}` are reserved"),
+            ));
+        }
+        let grants = Grants::new(claims.rooms, claims.broadcast);
+        Ok(Identity {
+            user: Some(user),
+            grants: Some(Arc::new(grants)),
+            expires_at: Some((exp.max(0.0) as u64).saturating_add(self.leeway)),
+        })
+    }
+}
+
+/// Identify by `?user=<id>`, bounded by `max_user_id_len` (auth off).
+fn identify_by_query(head: &RequestHead, max_user_id_len: usize) -> Result<Identity, Rejection> {
+    let user = match query_param(head.query.as_deref(), "user") {
+        None => None,
+        Some(None) => return Err(reject(400, "user id is not valid percent-encoded UTF-8")),
+        Some(Some(user)) if user.is_empty() => return Err(reject(400, "user id is empty")),
+        Some(Some(user)) if user.len() > max_user_id_len => {
+            return Err(reject(400, format!("user id longer than {max_user_id_len} bytes")))
+        }
+        Some(Some(user)) if user.starts_with(ANONYMOUS_PREFIX) => {
+            return Err(reject(
+                400,
+                format!("user ids starting with `{ANONYMOUS_PREFIX}` are reserved for anonymous connections"),
+            ))
+        }
+        Some(Some(user)) => Some(user),
+    };
+    Ok(Identity {
+        user,
+        grants: None,
+        expires_at: None,
+    })
+}
+
+/// Browser origins allowed to connect; empty means any (and no `Origin` is
+/// always allowed: non-browser clients do not send one).
+pub fn check_origin(allowed: &[String], origin: Option<&str>) -> Result<(), Rejection> {
+    match origin {
+        Some(origin) if !allowed.is_empty() && !allowed.iter().any(|a| a == "*" || a == origin) => {
+            Err(reject(403, "origin not allowed"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Compare secrets without leaking where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Make an HS256 token (tests, examples and backends written in Rust).
+pub fn sign_hs256(claims: &serde_json::Value, kid: Option<&str>, secret: &[u8]) -> String {
+    let header = match kid {
+        Some(kid) => serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": kid }),
+        None => serde_json::json!({ "alg": "HS256", "typ": "JWT" }),
+    };
+    let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(token.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    token.push('.');
+    token.push_str(&signature);
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn auth() -> Authenticator {
+        Authenticator {
+            mode: AuthMode::Jwt,
+            keys: vec![
+                JwtKey {
+                    kid: Some("old".into()),
+                    secret: b"old-secret".to_vec(),
+                },
+                JwtKey {
+                    kid: Some("new".into()),
+                    secret: b"new-secret".to_vec(),
+                },
+                JwtKey {
+                    kid: None,
+                    secret: b"plain".to_vec(),
+                },
+            ],
+            leeway: 5,
+        }
+    }
+
+    fn status(token: &str) -> u16 {
+        match auth().verify(token, 64, NOW) {
+            Ok(_) => 200,
+            Err(r) => r.status,
+        }
+    }
+
+    #[test]
+    fn valid_tokens_give_user_grants_and_expiry() {
+        let t = sign_hs256(
+            &json!({"sub":"ann","exp":NOW + 60,"rooms":["chat:*","lobby"]}),
+            Some("new"),
+            b"new-secret",
+        );
+        let id = auth().verify(&t, 64, NOW).unwrap();
+        assert_eq!(id.user.as_deref(), Some("ann"));
+        assert_eq!(id.expires_at, Some(NOW + 65));
+        let g = id.grants.unwrap();
+        assert!(g.may_join("chat:42") && g.may_join("lobby") && !g.may_join("lobby2"));
+        assert!(!g.may_broadcast());
+        // Rotation: the old key still works by kid, and an untagged key by trying all.
+        let old = sign_hs256(
+            &json!({"sub":"a","exp":NOW + 1}),
+            Some("old"),
+            b"old-secret",
+        );
+        assert_eq!(status(&old), 200);
+        let untagged = sign_hs256(
+            &json!({"sub":"a","exp":NOW + 1,"broadcast":true}),
+            None,
+            b"plain",
+        );
+        assert!(auth()
+            .verify(&untagged, 64, NOW)
+            .unwrap()
+            .grants
+            .unwrap()
+            .may_broadcast());
+    }
+
+    #[test]
+    fn bad_tokens_are_401() {
+        let exp = NOW + 60;
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"a","exp":exp}),
+                Some("new"),
+                b"wrong"
+            )),
+            401
+        );
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"a","exp":exp}),
+                Some("nokid"),
+                b"new-secret"
+            )),
+            401
+        );
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"a","exp":NOW - 6}),
+                None,
+                b"plain"
+            )),
+            401,
+            "expired"
+        );
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"a","exp":NOW - 4}),
+                None,
+                b"plain"
+            )),
+            200,
+            "leeway"
+        );
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"a","exp":exp,"nbf":NOW + 60}),
+                None,
+                b"plain"
+            )),
+            401
+        );
+        assert_eq!(
+            status(&sign_hs256(&json!({"sub":"a"}), None, b"plain")),
+            401,
+            "no exp"
+        );
+        assert_eq!(
+            status(&sign_hs256(&json!({"exp":exp}), None, b"plain")),
+            401,
+            "no sub"
+        );
+        assert_eq!(
+            status(&sign_hs256(
+                &json!({"sub":"anon-1","exp":exp}),
+                None,
+                b"plain"
+            )),
+            401
+        );
+        assert_eq!(status("a.b"), 401);
+        assert_eq!(status("!!.??.**"), 401);
+        assert_eq!(status(&"x".repeat(MAX_TOKEN_LEN + 1)), 401);
+        // alg confusion: a token claiming "none" is refused even with no signature.
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            URL_SAFE_NO_PAD.encode(json!({"sub":"a","exp":exp}).to_string())
+        );
+        assert_eq!(status(&none), 401);
+    }
+
+    #[test]
+    fn origins_and_secrets() {
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(check_origin(&allowed, Some("https://app.example")).is_ok());
+        assert_eq!(
+            check_origin(&allowed, Some("https://evil.example"))
+                .unwrap_err()
+                .status,
+            403
+        );
+        assert!(check_origin(&allowed, None).is_ok());
+        assert!(check_origin(&[], Some("https://any")).is_ok());
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kex"));
+        assert!(!constant_time_eq(b"key", b"keys"));
     }
 }

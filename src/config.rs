@@ -38,6 +38,8 @@ pub struct HubConfig {
     pub rate_burst: u32,
     /// Refused messages in a row before the connection is closed (4102).
     pub rate_limit_close_after: u32,
+    /// Close code sent when a connection's token expires.
+    pub token_expired_code: u16,
 }
 
 impl Default for HubConfig {
@@ -55,6 +57,7 @@ impl Default for HubConfig {
             rate_limit: 1000.0,
             rate_burst: 2000,
             rate_limit_close_after: 100,
+            token_expired_code: 4001,
         }
     }
 }
@@ -82,6 +85,20 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log level: off, error, warn, info, debug, trace.
     pub log_level: log::LevelFilter,
+    /// Largest HTTP request body (server API), in bytes (413 beyond).
+    pub max_request_body: usize,
+    /// Key for `/api/*` and `/stats` (`Authorization: Bearer KEY`); none: open.
+    pub api_key: Option<String>,
+    /// Put `/metrics` behind the API key too.
+    pub metrics_require_key: bool,
+    /// Browser origins allowed to open WebSockets (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// `none` (trust `?user=`) or `jwt` (HS256 token required).
+    pub auth: crate::auth::AuthMode,
+    /// HS256 keys: an untagged secret and/or `kid:secret` entries.
+    pub jwt_keys: Vec<crate::auth::JwtKey>,
+    /// Clock leeway for `exp`/`nbf`, in seconds.
+    pub jwt_leeway: u64,
 }
 
 impl Default for Config {
@@ -97,6 +114,13 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(5),
             log_level: log::LevelFilter::Info,
+            max_request_body: 1024 * 1024,
+            api_key: None,
+            metrics_require_key: false,
+            allowed_origins: Vec::new(),
+            auth: crate::auth::AuthMode::None,
+            jwt_keys: Vec::new(),
+            jwt_leeway: 5,
         }
     }
 }
@@ -249,6 +273,60 @@ pub const SETTINGS: &[Setting] = &[
         default: "5",
     },
     Setting {
+        name: "max_request_body",
+        value: "BYTES",
+        help: "largest server-API request body (413 beyond)",
+        default: "1048576",
+    },
+    Setting {
+        name: "api_key",
+        value: "KEY",
+        help: "key for /api/* and /stats (Authorization: Bearer KEY)",
+        default: "none: open",
+    },
+    Setting {
+        name: "metrics_require_key",
+        value: "BOOL",
+        help: "put /metrics behind the API key too",
+        default: "false",
+    },
+    Setting {
+        name: "allowed_origins",
+        value: "LIST",
+        help: "comma-separated browser origins allowed (403 otherwise)",
+        default: "any",
+    },
+    Setting {
+        name: "auth",
+        value: "MODE",
+        help: "none (trust ?user=) or jwt (HS256 token required)",
+        default: "none",
+    },
+    Setting {
+        name: "jwt_secret",
+        value: "SECRET",
+        help: "HS256 key for tokens without a kid",
+        default: "none",
+    },
+    Setting {
+        name: "jwt_keys",
+        value: "LIST",
+        help: "more HS256 keys for rotation: kid:secret,kid:secret",
+        default: "none",
+    },
+    Setting {
+        name: "jwt_leeway",
+        value: "SECS",
+        help: "clock leeway for exp and nbf",
+        default: "5",
+    },
+    Setting {
+        name: "token_expired_code",
+        value: "CODE",
+        help: "close code when a token expires while connected",
+        default: "4001",
+    },
+    Setting {
         name: "log_level",
         value: "LEVEL",
         help: "off, error, warn, info, debug, trace",
@@ -327,6 +405,70 @@ impl Config {
                     return Err(err("at most 65536".into()));
                 }
             }
+            "max_request_body" => self.max_request_body = count(value, 0).map_err(err)?,
+            "api_key" => {
+                if value.len() < 16 {
+                    return Err(err("must be at least 16 characters".into()));
+                }
+                self.api_key = Some(value.to_string());
+            }
+            "metrics_require_key" => {
+                self.metrics_require_key = match value {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(err(format!("`{value}` is not true or false"))),
+                }
+            }
+            "allowed_origins" => {
+                self.allowed_origins = value
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            }
+            "auth" => {
+                self.auth = match value {
+                    "none" => crate::auth::AuthMode::None,
+                    "jwt" => crate::auth::AuthMode::Jwt,
+                    _ => return Err(err(format!("`{value}` is not none or jwt"))),
+                }
+            }
+            "jwt_secret" => {
+                if value.len() < 16 {
+                    return Err(err("must be at least 16 bytes".into()));
+                }
+                self.jwt_keys.retain(|k| k.kid.is_some());
+                self.jwt_keys.push(crate::auth::JwtKey {
+                    kid: None,
+                    secret: value.as_bytes().to_vec(),
+                });
+            }
+            "jwt_keys" => {
+                self.jwt_keys.retain(|k| k.kid.is_none());
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let Some((kid, secret)) = entry.split_once(':') else {
+                        return Err(err("entries are kid:secret".into()));
+                    };
+                    if kid.is_empty() || secret.len() < 16 {
+                        return Err(err(format!(
+                            "key `{kid}`: kid must be set and the secret at least 16 bytes"
+                        )));
+                    }
+                    let key = crate::auth::JwtKey {
+                        kid: Some(kid.to_string()),
+                        secret: secret.as_bytes().to_vec(),
+                    };
+                    self.jwt_keys.push(key);
+                }
+            }
+            "jwt_leeway" => self.jwt_leeway = count(value, 0).map_err(err)? as u64,
+            "token_expired_code" => {
+                let code = count(value, 1000).map_err(err)?;
+                if !(4000..5000).contains(&code) {
+                    return Err(err("must be in 4000-4999".into()));
+                }
+                self.hub.token_expired_code = code as u16;
+            }
             "log_level" => {
                 self.log_level = value.parse().map_err(|_| {
                     err(format!(
@@ -386,6 +528,12 @@ impl Config {
 
     /// Cross-setting checks, run once every source has been applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth == crate::auth::AuthMode::Jwt && self.jwt_keys.is_empty() {
+            return Err(ConfigError {
+                setting: "jwt_secret".into(),
+                message: "--auth jwt needs --jwt-secret or --jwt-keys".into(),
+            });
+        }
         if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {
             return Err(ConfigError {
                 setting: "max_output_queue".into(),
@@ -528,7 +676,8 @@ mod tests {
         assert_eq!(c.hub.max_connections_per_user, 5);
         assert_eq!(c.hub.max_message_size, 65536);
         assert_eq!(c.max_output_queue, 1 << 20);
-        for s in SETTINGS {
+        let descriptive = ["api_key", "allowed_origins", "jwt_secret", "jwt_keys"];
+        for s in SETTINGS.iter().filter(|s| !descriptive.contains(&s.name)) {
             let mut probe = Config::default();
             probe.set(s.name, s.default).unwrap();
         }

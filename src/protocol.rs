@@ -139,7 +139,7 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// One pass over the text, outside strings: nesting within [`MAX_JSON_DEPTH`]
 /// and every number finite as an f64. `data` is passed on as raw text, so this
 /// is what keeps recipients' parsers safe from stack-deep or infinite values.
-fn check_json_limits(text: &str) -> Result<(), Refusal<'static>> {
+pub fn check_json_limits(text: &str) -> Result<(), Refusal<'static>> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
@@ -285,6 +285,10 @@ pub enum CloseReason {
     SlowConsumer,
     /// 4102: kept sending over the message rate limit.
     RateLimited,
+    /// 4001: the token expired while connected.
+    TokenExpired,
+    /// A code chosen by the server's operator (API or embedding; 4000 by default).
+    Server(u16),
 }
 
 impl CloseReason {
@@ -299,6 +303,8 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4100,
             CloseReason::SlowConsumer => 4101,
             CloseReason::RateLimited => 4102,
+            CloseReason::TokenExpired => 4001,
+            CloseReason::Server(code) => code,
         }
     }
 
@@ -313,6 +319,8 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "Heartbeat timeout",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limit exceeded",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::Server(_) => "disconnected by the server",
         }
     }
 }

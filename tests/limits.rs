@@ -251,7 +251,7 @@ fn http_routes() {
     assert_eq!(server.get("/echo").0, 426);
     assert_eq!(
         server
-            .http("POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .http("POST /healthz HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .0,
         405
     );

@@ -4,6 +4,7 @@
 
 use std::io::{self, Read};
 use std::net::Shutdown;
+use std::time::Instant;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
@@ -49,10 +50,12 @@ pub struct Conn {
     pub in_hub: bool,
     /// Largest message this connection may send (route-dependent).
     pub max_message: usize,
+    /// While in `Http`: the next request must be complete by then.
+    pub http_deadline: Instant,
 }
 
 impl Conn {
-    pub fn new(tcp: TcpStream, id: ConnId) -> Conn {
+    pub fn new(tcp: TcpStream, id: ConnId, http_deadline: Instant) -> Conn {
         Conn {
             tcp,
             id,
@@ -62,6 +65,7 @@ impl Conn {
             dirty: false,
             in_hub: false,
             max_message: 0,
+            http_deadline,
         }
     }
 

@@ -19,6 +19,27 @@ pub struct RequestHead {
     pub wants_websocket: bool,
     /// Length of the head in the buffer (request line, headers, blank line).
     pub len: usize,
+    /// `Content-Length` (0 when absent).
+    pub content_length: usize,
+    /// `Transfer-Encoding: chunked` (not supported: answered with 411).
+    pub chunked: bool,
+    /// The connection stays open after the response (HTTP/1.1 default).
+    pub keep_alive: bool,
+    /// `Authorization` header value.
+    pub authorization: Option<String>,
+    /// `Origin` header value.
+    pub origin: Option<String>,
+    /// `Content-Type` header value.
+    pub content_type: Option<String>,
+}
+
+impl RequestHead {
+    /// The bearer token of an `Authorization: Bearer …` header.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.authorization.as_deref()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
 }
 
 /// Outcome of parsing what has arrived so far.
@@ -44,17 +65,52 @@ pub fn parse_head(buf: &[u8]) -> Parse {
                 Some((p, q)) => (p.to_string(), Some(q.to_string())),
                 None => (target.to_string(), None),
             };
-            let wants_websocket = req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("upgrade")
-                    && std::str::from_utf8(h.value)
-                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-            });
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(|v| v.trim().to_string())
+            };
+            let wants_websocket =
+                header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            let lengths: Vec<&[u8]> = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| h.value)
+                .collect();
+            let content_length = match lengths.as_slice() {
+                [] => 0,
+                [one] => match std::str::from_utf8(one)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    Some(n) => n,
+                    None => return Parse::Bad(400, "invalid Content-Length"),
+                },
+                _ => return Parse::Bad(400, "more than one Content-Length"),
+            };
+            let chunked = header("transfer-encoding").is_some_and(|v| !v.is_empty());
+            let connection = header("connection")
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let keep_alive = match req.version {
+                Some(1) => !connection.split(',').any(|t| t.trim() == "close"),
+                _ => connection.split(',').any(|t| t.trim() == "keep-alive"),
+            };
             Parse::Complete(RequestHead {
                 method: req.method.unwrap_or("").to_string(),
                 path,
                 query,
                 wants_websocket,
                 len,
+                content_length,
+                chunked,
+                keep_alive,
+                authorization: header("authorization"),
+                origin: header("origin"),
+                content_type: header("content-type"),
             })
         }
         Err(httparse::Error::TooManyHeaders) => Parse::Bad(431, "too many headers"),
@@ -73,6 +129,9 @@ pub enum Route {
     Echo,
     Healthz,
     Stats,
+    Metrics,
+    /// Anything under `/api/` (the server API for backends).
+    Api,
     NotFound,
     /// A room segment that is not valid percent-encoded UTF-8.
     BadPath,
@@ -85,6 +144,8 @@ pub fn route(path: &str) -> Route {
         "/echo" => Route::Echo,
         "/healthz" => Route::Healthz,
         "/stats" => Route::Stats,
+        "/metrics" => Route::Metrics,
+        _ if path.starts_with("/api/") => Route::Api,
         _ => match path.strip_prefix("/ws/") {
             Some(room) if !room.contains('/') => match percent_decode(room) {
                 Some(room) => Route::Hub {
@@ -129,10 +190,17 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(out).ok().map(Cow::Owned)
 }
 
-/// A complete response with `Connection: close`.
-pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &[u8]) -> Bytes {
+/// A complete response; `keep_alive` decides the `Connection` header.
+pub fn response(
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Bytes {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n{extra_headers}\r\n",
         reason_phrase(status),
         body.len()
     )
@@ -141,23 +209,36 @@ pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &[u8
     Bytes::from(out)
 }
 
-/// A plain-text response: `body` plus a newline.
+/// A plain-text response that closes the connection: `body` plus a newline.
 pub fn text_response(status: u16, body: &str) -> Bytes {
+    let body = format!("{body}\n");
     response(
         status,
         "text/plain; charset=utf-8",
         "",
-        format!("{body}\n").as_bytes(),
+        body.as_bytes(),
+        false,
     )
+}
+
+/// A JSON error body: `{"error": code, "message": message}`.
+pub fn json_error(code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": code, "message": message }))
+        .expect("error bodies serialize")
 }
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -2,13 +2,18 @@
 //! tungstenite handshake, reads frames into the hub, and writes what the hub
 //! decided — each dirty connection flushed once per loop iteration.
 
+pub mod api;
 mod conn;
+mod handle;
 pub mod http;
 mod outq;
-mod rx;
+mod request;
+pub mod rx;
+mod stats;
 mod sys;
+mod ws;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,19 +22,21 @@ use bytes::Bytes;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use tungstenite::handshake::server::{NoCallback, ServerHandshake};
-use tungstenite::handshake::HandshakeError;
-use tungstenite::Error as WsError;
 
-use self::conn::{close_frame, close_reply, control_frame, Conn, State};
+use self::conn::{close_frame, Conn, State};
+use self::handle::{Command, Commands};
+pub use self::handle::{Handle, HandleError};
 pub use self::outq::OutQueue;
-use self::rx::{Event, Partial, Step, Violation};
+use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::{ConnId, Hub, Kind, OpenRequest, Output};
+use crate::hub::{ConnId, Handler, Hub, Output};
 use crate::protocol::CloseReason;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+/// Commands a [`Handle`] may queue before its callers wait.
+const COMMAND_QUEUE: usize = 65_536;
 
 /// Messages read from one connection per readiness event before the loop
 /// moves on to others (fairness); the rest is read on the next iteration.
@@ -56,18 +63,27 @@ enum Flow {
 }
 
 /// Counters kept by the driver (the hub keeps its own).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct DriverCounters {
     /// Frames queued to clients (one per recipient).
     pub messages_out: u64,
     /// Bytes written to sockets.
     pub bytes_out: u64,
-    /// Handshakes refused with an HTTP error.
-    pub handshakes_refused: u64,
+    /// WebSocket handshakes refused, by HTTP status.
+    pub refused_by_status: BTreeMap<u16, u64>,
+    /// Close frames sent by the server, by close code.
+    pub closes_by_code: BTreeMap<u16, u64>,
+    /// Close frames received from clients.
+    pub client_closes: u64,
     /// Connections closed as slow consumers (4101).
     pub slow_consumer_closes: u64,
     /// Failed `accept` calls (out of descriptors or memory).
     pub accept_errors: u64,
+    /// Server API requests answered.
+    pub api_requests: u64,
+    /// Loop iterations, and time spent working in them (not waiting in poll),
+    /// bucketed for the `/metrics` histogram.
+    pub loop_time: stats::Histogram,
 }
 
 /// The switchboard server: `Server::bind(config)?.run()`.
@@ -77,6 +93,9 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     handle_signals: bool,
+    handle: Handle,
+    commands: Commands,
+    handler: Option<Box<dyn Handler>>,
 }
 
 impl Server {
@@ -87,13 +106,30 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let (tx, commands) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
         Ok(Server {
             config,
             poll,
             listener,
             local_addr,
             handle_signals: false,
+            handle: Handle { tx, waker },
+            commands,
+            handler: None,
         })
+    }
+
+    /// A [`Handle`] for other threads: publish, send, disconnect, shut down.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Install the host program's [`Handler`] (join authorization, custom
+    /// message types).
+    pub fn handler(mut self, handler: impl Handler + 'static) -> Self {
+        self.handler = Some(Box::new(handler));
+        self
     }
 
     /// The address actually bound.
@@ -107,7 +143,8 @@ impl Server {
         self
     }
 
-    /// Run until a shutdown signal; returns once every client got its close.
+    /// Run until a shutdown signal or [`Handle::shutdown`]; returns once
+    /// every client got its close.
     pub fn run(self) -> io::Result<()> {
         let now = Instant::now();
         let mut signals = None;
@@ -119,8 +156,16 @@ impl Server {
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
             signals = Some(s);
         }
+        let mut hub = Hub::new(self.config.hub.clone(), now);
+        if let Some(handler) = self.handler {
+            hub.set_handler(handler);
+        }
         let mut driver = Driver {
-            hub: Hub::new(self.config.hub.clone(), now),
+            hub,
+            auth: Authenticator::from_config(&self.config),
+            commands: self.commands,
+            _handle: self.handle,
+            clock: (now, std::time::SystemTime::now()),
             scratch: vec![0; SCRATCH],
             config: self.config,
             poll: self.poll,
@@ -148,6 +193,14 @@ struct Driver {
     listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     hub: Hub,
+    auth: Authenticator,
+    commands: Commands,
+    /// Keeps the channel open while the server runs, so `Handle`s never see
+    /// a closed channel before `run` returns.
+    _handle: Handle,
+    /// A monotonic and a wall-clock reading taken together (token times are
+    /// Unix seconds; deadlines are `Instant`s).
+    clock: (Instant, std::time::SystemTime),
     /// The one read buffer all sockets share (see `rx`).
     scratch: Vec<u8>,
     conns: Slab<Conn>,
@@ -199,6 +252,7 @@ impl Driver {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
+                    WAKER => self.on_commands(now),
                     Token(key) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -208,6 +262,7 @@ impl Driver {
             }
             self.on_deadlines(now);
             self.flush_dirty();
+            self.counters.loop_time.observe(now.elapsed());
             if let Some(at) = self.shutdown_at {
                 if self.conns.is_empty() || now >= at {
                     log::info!("shutdown complete ({} connections left)", self.conns.len());
@@ -286,9 +341,9 @@ impl Driver {
                 continue;
             }
             log::trace!("{id} accepted from {addr}");
-            entry.insert(Conn::new(tcp, id));
-            self.handshakes
-                .push_back((now + self.config.handshake_timeout, id));
+            let deadline = now + self.config.handshake_timeout;
+            entry.insert(Conn::new(tcp, id, deadline));
+            self.handshakes.push_back((deadline, id));
         }
     }
 
@@ -304,13 +359,57 @@ impl Driver {
             return;
         };
         let got: Vec<i32> = signals.pending().collect();
-        if got.is_empty() || self.shutdown_at.is_some() {
+        if !got.is_empty() {
+            log::info!("signal {got:?}");
+            self.begin_shutdown(now);
+        }
+    }
+
+    /// Carry out everything the `Handle`s queued.
+    fn on_commands(&mut self, now: Instant) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Publish { room, data } => {
+                    self.hub.publish(&room, &data);
+                }
+                Command::PublishBinary { room, data } => {
+                    self.hub.publish_binary(&room, &data);
+                }
+                Command::Send { user, data } => {
+                    self.hub.send_to_user(&user, &data);
+                }
+                Command::Broadcast { data } => {
+                    self.hub.broadcast(&data);
+                }
+                Command::Disconnect { user, code, reason } => {
+                    self.hub.disconnect_user(&user, code, reason.as_deref());
+                }
+                Command::Shutdown => self.begin_shutdown(now),
+            }
+            self.drain_hub();
+        }
+    }
+
+    /// Unix seconds now (token expiry is in wall-clock time).
+    fn wall_clock(&self) -> u64 {
+        let (at, wall) = self.clock;
+        let now = wall + Instant::now().saturating_duration_since(at);
+        now.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// The `Instant` of Unix time `unix` (clamped to the next few centuries).
+    fn instant_at(&self, now: Instant, unix: u64) -> Instant {
+        let wall_now = self.wall_clock();
+        let ahead = unix.saturating_sub(wall_now).min(100 * 365 * 86_400);
+        now + Duration::from_secs(ahead)
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown_at.is_some() {
             return;
         }
-        log::info!(
-            "signal {got:?}: shutting down, closing {} connections",
-            self.conns.len()
-        );
+        log::info!("shutting down, closing {} connections", self.conns.len());
         self.shutdown_at = Some(now + self.config.shutdown_timeout);
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
@@ -344,7 +443,7 @@ impl Driver {
             return;
         }
         match phase {
-            0 => self.read_head(key, now),
+            0 => self.read_request(key, now),
             1 => self.read_frames(key, now),
             _ => {
                 if self.conns[key].drain_input() {
@@ -363,314 +462,6 @@ impl Driver {
         }
     }
 
-    /// Read a request head until it is complete, malformed or too large.
-    fn read_head(&mut self, key: usize, now: Instant) {
-        let max = self.config.max_request_head;
-        loop {
-            let conn = &mut self.conns[key];
-            let State::Http { buf } = &mut conn.state else {
-                return;
-            };
-            let len = buf.len();
-            if len >= max {
-                self.respond(key, http::text_response(431, "request head too large"));
-                return;
-            }
-            let want = (len * 2).clamp(1024, max);
-            buf.resize(want, 0);
-            let read = io::Read::read(&mut conn.tcp, &mut buf[len..]);
-            buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => return self.drop_conn(key),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.drop_conn(key),
-            }
-            match http::parse_head(buf) {
-                http::Parse::Partial => continue,
-                http::Parse::Bad(status, why) => {
-                    return self.respond(key, http::text_response(status, why))
-                }
-                http::Parse::Complete(head) => {
-                    let State::Http { buf } =
-                        std::mem::replace(&mut conn.state, State::Closing { write_shut: false })
-                    else {
-                        unreachable!()
-                    };
-                    return self.on_request(key, head, buf, now);
-                }
-            }
-        }
-    }
-
-    /// Queue an HTTP response and close after it.
-    fn respond(&mut self, key: usize, response: Bytes) {
-        let conn = &mut self.conns[key];
-        conn.start_closing(response);
-        let deadline = Instant::now() + self.config.close_timeout;
-        self.closings.push_back((deadline, conn.id));
-    }
-
-    fn refuse(&mut self, key: usize, status: u16, why: &str) {
-        self.counters.handshakes_refused += 1;
-        log::debug!("{} refused with {status}: {why}", self.conns[key].id);
-        self.respond(key, http::text_response(status, why));
-    }
-
-    fn on_request(&mut self, key: usize, head: http::RequestHead, buf: Vec<u8>, now: Instant) {
-        let route = http::route(&head.path);
-        if head.method != "GET" {
-            let status = if route == http::Route::NotFound {
-                404
-            } else {
-                405
-            };
-            return self.respond(key, http::text_response(status, "only GET is served here"));
-        }
-        let (kind, room) = match route {
-            http::Route::Healthz => return self.respond(key, http::text_response(200, "ok")),
-            http::Route::Stats => {
-                let body = self.stats_json(now);
-                return self.respond(key, http::response(200, "application/json", "", &body));
-            }
-            http::Route::NotFound => {
-                return self.respond(key, http::text_response(404, "not found"))
-            }
-            http::Route::BadPath => {
-                return self.refuse(key, 400, "room name is not valid percent-encoded UTF-8")
-            }
-            http::Route::Echo => (Kind::Echo, None),
-            http::Route::Hub { room } => (Kind::Hub, room),
-        };
-        if !head.wants_websocket {
-            self.counters.handshakes_refused += 1;
-            return self.respond(
-                key,
-                http::response(
-                    426,
-                    "text/plain; charset=utf-8",
-                    "Upgrade: websocket\r\n",
-                    b"this is a WebSocket endpoint: connect with a WebSocket client\n",
-                ),
-            );
-        }
-        if let Some(room) = &room {
-            if room.len() > self.config.hub.max_room_name_len {
-                return self.refuse(key, 400, "room name too long");
-            }
-        }
-        let identity = match crate::auth::identify(&head, self.config.hub.max_user_id_len) {
-            Ok(identity) => identity,
-            Err(r) => return self.refuse(key, r.status, &r.message),
-        };
-        if self.hub.registry().len() >= self.config.max_connections {
-            return self.refuse(key, 503, "server at its connection limit, try again later");
-        }
-        let max_message = if kind == Kind::Echo {
-            self.config.echo_max_message_size
-        } else {
-            self.config.hub.max_message_size
-        };
-        let accept = match run_handshake(&buf[..head.len]) {
-            Ok(response) => response,
-            Err((status, extra, why)) => {
-                self.counters.handshakes_refused += 1;
-                let body = format!("{why}\n");
-                return self.respond(
-                    key,
-                    http::response(status, "text/plain; charset=utf-8", extra, body.as_bytes()),
-                );
-            }
-        };
-        let tail = buf[head.len..].to_vec();
-        drop(buf);
-        let conn = &mut self.conns[key];
-        conn.out.push(accept);
-        conn.max_message = max_message;
-        let rx = (!tail.is_empty()).then(|| Box::new(Partial::carrying(tail)));
-        conn.set_state(State::Open { rx });
-        let id = conn.id;
-        let req = OpenRequest {
-            user: identity.user.as_deref(),
-            room: room.as_deref(),
-            kind,
-        };
-        match self.hub.handle_open(now, id, req) {
-            Ok(()) => {
-                conn.in_hub = true;
-                log::info!(
-                    "{id} open {} user={} room={}",
-                    head.path,
-                    identity.user.as_deref().unwrap_or("(anonymous)"),
-                    room.as_deref().unwrap_or("-")
-                );
-                self.drain_hub();
-                // Frames that arrived with the head are already buffered.
-                if !self.again.contains(&key) {
-                    self.again.push(key);
-                }
-            }
-            Err(reason) => {
-                log::info!("{id} refused after handshake: {reason}");
-                self.close_socket(key, reason);
-            }
-        }
-    }
-
-    /// Read from the socket into the shared scratch buffer and handle every
-    /// complete frame there, up to the read budget.
-    fn read_frames(&mut self, key: usize, now: Instant) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for _ in 0..READ_BUDGET {
-            match self.read_once(key, now, &mut scratch) {
-                Flow::More => continue,
-                Flow::Drained | Flow::Stop => {
-                    self.scratch = scratch;
-                    return;
-                }
-            }
-        }
-        self.scratch = scratch;
-        self.again.push(key);
-    }
-
-    /// One read syscall and the frames it completed.
-    fn read_once(&mut self, key: usize, now: Instant, scratch: &mut [u8]) -> Flow {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return Flow::Stop;
-        };
-        let State::Open { rx } = &mut conn.state else {
-            return Flow::Stop;
-        };
-        let mut partial = rx.take().map(|b| *b).unwrap_or_default();
-        let flow = if partial.need > 0 {
-            // A frame bigger than what was read so far: read straight into it.
-            let missing = partial.need - partial.frame.len();
-            let have = partial.frame.len();
-            partial.frame.resize(partial.need, 0);
-            let read = io::Read::read(&mut conn.tcp, &mut partial.frame[have..]);
-            partial.frame.truncate(have + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => return self.peer_gone(key, "EOF"),
-                Ok(n) if partial.frame.len() == partial.need => {
-                    let mut frame = std::mem::take(&mut partial.frame);
-                    partial.need = 0;
-                    match self.handle_frames(key, now, &mut frame, &mut partial) {
-                        Flow::Stop => Flow::Stop,
-                        _ if n < missing => Flow::Drained,
-                        _ => Flow::More,
-                    }
-                }
-                Ok(n) if n < missing => Flow::Drained,
-                Ok(_) => Flow::More,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flow::Drained,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Flow::More,
-                Err(e) => return self.peer_gone(key, &e.to_string()),
-            }
-        } else {
-            // Carried bytes (a partial header, or data that came with the
-            // handshake) go first, then what the socket has.
-            let carried = partial.frame.len();
-            scratch[..carried].copy_from_slice(&partial.frame);
-            partial.frame = Vec::new();
-            let (n, flow) = match io::Read::read(&mut conn.tcp, &mut scratch[carried..]) {
-                Ok(0) => return self.peer_gone(key, "EOF"),
-                // A short read emptied the socket: the next data raises a new edge.
-                Ok(n) if carried + n < scratch.len() => (n, Flow::Drained),
-                Ok(n) => (n, Flow::More),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Flow::Drained),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Flow::More),
-                Err(e) => return self.peer_gone(key, &e.to_string()),
-            };
-            match self.handle_frames(key, now, &mut scratch[..carried + n], &mut partial) {
-                Flow::Stop => Flow::Stop,
-                _ => flow,
-            }
-        };
-        if flow != Flow::Stop && !partial.is_empty() {
-            if let Some(State::Open { rx }) = self.conns.get_mut(key).map(|c| &mut c.state) {
-                *rx = Some(Box::new(partial));
-            }
-        }
-        flow
-    }
-
-    /// Handle every complete frame in `data`; keep an incomplete tail in `partial`.
-    fn handle_frames(
-        &mut self,
-        key: usize,
-        now: Instant,
-        data: &mut [u8],
-        partial: &mut Partial,
-    ) -> Flow {
-        let id = self.conns[key].id;
-        let max = self.conns[key].max_message;
-        let mut pos = 0;
-        loop {
-            let step = match rx::step(data, &mut pos, partial, max) {
-                Ok(step) => step,
-                Err(v) => {
-                    self.on_violation(key, v);
-                    return Flow::Stop;
-                }
-            };
-            match step {
-                Step::End => return Flow::More,
-                Step::Consumed => {}
-                Step::Incomplete { total } => {
-                    partial.frame = Vec::with_capacity(total.unwrap_or(rx::MAX_HEADER));
-                    partial.frame.extend_from_slice(&data[pos..]);
-                    partial.need = total.unwrap_or(0);
-                    return Flow::More;
-                }
-                Step::Event(Event::Text(text)) => self.hub.handle_text(now, id, text),
-                Step::Event(Event::Binary(bytes)) => self.hub.handle_binary(now, id, bytes),
-                Step::Event(Event::Ping(payload)) => {
-                    self.conns[key].out.push(control_frame(0xA, payload));
-                    self.hub.handle_activity(now, id);
-                }
-                Step::Event(Event::Pong) => self.hub.handle_activity(now, id),
-                Step::Event(Event::Close(code)) => {
-                    log::info!("{id} closed by client ({code:?})");
-                    let conn = &mut self.conns[key];
-                    conn.in_hub = false;
-                    conn.start_closing(close_reply(code));
-                    self.closings
-                        .push_back((now + self.config.close_timeout, id));
-                    self.hub.handle_closed(id);
-                    self.drain_hub();
-                    return Flow::Stop;
-                }
-            }
-            self.drain_hub();
-            if !matches!(
-                self.conns.get(key).map(|c| &c.state),
-                Some(State::Open { .. })
-            ) {
-                return Flow::Stop;
-            }
-        }
-    }
-
-    fn peer_gone(&mut self, key: usize, why: &str) -> Flow {
-        log::debug!("{} gone: {why}", self.conns[key].id);
-        self.drop_conn(key);
-        Flow::Stop
-    }
-
-    fn on_violation(&mut self, key: usize, v: Violation) {
-        let id = self.conns[key].id;
-        let reason = match v {
-            Violation::Protocol(_) => CloseReason::ProtocolError,
-            Violation::TooBig => CloseReason::MessageTooBig,
-            Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
-        };
-        log::info!("{id} closing: {v:?} ({reason})");
-        self.hub.close(id, reason);
-        self.drain_hub();
-    }
-
     /// Carry out every pending hub output.
     fn drain_hub(&mut self) {
         loop {
@@ -683,11 +474,11 @@ impl Driver {
                             self.mark_dirty(key);
                         }
                     }
-                    Output::Close { conn, reason } => {
+                    Output::Close { conn, reason, text } => {
                         if let Some(key) = self.open_key(conn) {
                             log::info!("{conn} closed by server: {reason}");
                             self.conns[key].in_hub = false;
-                            self.close_socket(key, reason);
+                            self.close_socket(key, reason, text.as_deref());
                         }
                     }
                 }
@@ -749,12 +540,17 @@ impl Driver {
     }
 
     /// Send a close frame with `reason` and move to `Closing`.
-    fn close_socket(&mut self, key: usize, reason: CloseReason) {
+    fn close_socket(&mut self, key: usize, reason: CloseReason, text: Option<&str>) {
         let conn = &mut self.conns[key];
         if reason == CloseReason::SlowConsumer {
             conn.out.discard_unstarted();
         }
-        conn.start_closing(close_frame(reason.code(), reason.text()));
+        conn.start_closing(close_frame(reason.code(), text.unwrap_or(reason.text())));
+        *self
+            .counters
+            .closes_by_code
+            .entry(reason.code())
+            .or_default() += 1;
         let id = conn.id;
         self.mark_dirty(key);
         self.closings
@@ -780,8 +576,10 @@ impl Driver {
             }
             self.handshakes.pop_front();
             if let Some(key) = self.open_key(id) {
-                if matches!(self.conns[key].state, State::Http { .. }) {
-                    log::debug!("{id} handshake timeout");
+                let conn = &self.conns[key];
+                // A keep-alive connection has a later deadline of its own.
+                if matches!(conn.state, State::Http { .. }) && conn.http_deadline <= now {
+                    log::debug!("{id} request timeout");
                     self.drop_conn(key);
                 }
             }
@@ -851,98 +649,5 @@ impl Driver {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
-    }
-
-    fn stats_json(&self, now: Instant) -> Vec<u8> {
-        use serde_json::{json, Map, Value};
-        let reg = self.hub.registry();
-        let by_user: Map<String, Value> = reg
-            .users()
-            .map(|u| (u.name.to_string(), json!(u.conns.len())))
-            .collect();
-        let rooms: Map<String, Value> = reg
-            .rooms()
-            .map(|r| (r.name.to_string(), json!(r.users.len())))
-            .collect();
-        let hub = self.hub.counters();
-        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
-        let queued_bytes: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
-        let handshaking = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
-            .count();
-        let stats = json!({
-            "total_connections": reg.len(),
-            "echo_connections": echo,
-            "handshaking": handshaking,
-            "total_users": reg.user_count(),
-            "total_rooms": reg.room_count(),
-            "connections_by_user": by_user,
-            "rooms": rooms,
-            "messages_in": hub.messages_in,
-            "bytes_in": hub.bytes_in,
-            "messages_out": self.counters.messages_out,
-            "bytes_out": self.counters.bytes_out,
-            "queued_bytes": queued_bytes,
-            "errors_sent": hub.errors_sent,
-            "connections_opened": hub.connections_opened,
-            "heartbeat_timeouts": hub.heartbeat_timeouts,
-            "rate_limited": hub.rate_limited,
-            "rate_limit_closes": hub.rate_limit_closes,
-            "slow_consumer_closes": self.counters.slow_consumer_closes,
-            "handshakes_refused": self.counters.handshakes_refused,
-            "accept_errors": self.counters.accept_errors,
-            "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
-        });
-        serde_json::to_vec(&stats).expect("stats serialize")
-    }
-}
-
-/// Run tungstenite's server handshake over a complete request head held in
-/// memory. Returns the `101` response bytes, or the HTTP error to send.
-fn run_handshake(head: &[u8]) -> Result<Bytes, (u16, &'static str, String)> {
-    let stream = MemStream {
-        input: io::Cursor::new(head),
-        output: Vec::with_capacity(160),
-    };
-    match ServerHandshake::start(stream, NoCallback, None).handshake() {
-        Ok(ws) => Ok(Bytes::from(ws.into_inner().output)),
-        Err(HandshakeError::Failure(WsError::Protocol(e))) => {
-            use tungstenite::error::ProtocolError as P;
-            match e {
-                P::MissingSecWebSocketVersionHeader => Err((
-                    426,
-                    "Sec-WebSocket-Version: 13\r\n",
-                    format!("{e}: only version 13 is supported"),
-                )),
-                _ => Err((400, "", e.to_string())),
-            }
-        }
-        Err(HandshakeError::Failure(e)) => Err((400, "", e.to_string())),
-        Err(HandshakeError::Interrupted(_)) => Err((400, "", "incomplete request".into())),
-    }
-}
-
-/// The whole request head in, the response out: the handshake never waits on
-/// the socket (the head was gathered without blocking; the response is queued).
-struct MemStream<'a> {
-    input: io::Cursor<&'a [u8]>,
-    output: Vec<u8>,
-}
-
-impl io::Read for MemStream<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.input.read(buf)
-    }
-}
-
-impl io::Write for MemStream<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

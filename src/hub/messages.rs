@@ -40,7 +40,7 @@ pub struct RoomMessage<'a> {
 pub struct Private<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub from: &'a str,
+    pub from: Option<&'a str>,
     pub data: &'a RawValue,
 }
 
@@ -48,7 +48,7 @@ pub struct Private<'a> {
 pub struct Broadcast<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub from: &'a str,
+    pub from: Option<&'a str>,
     pub data: &'a RawValue,
 }
 

@@ -6,6 +6,8 @@
 //! every output before the next `handle_*` call: targets name rooms and users by
 //! key, resolved against the registry as it is then.
 
+mod grants;
+mod handler;
 mod heartbeat;
 mod limits;
 mod messages;
@@ -15,10 +17,13 @@ mod registry;
 mod tests;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+pub use self::grants::Grants;
+pub use self::handler::{Context, Handler};
 pub use self::heartbeat::Heartbeats;
 pub use self::limits::{RateBucket, RateDecision};
 use self::messages as m;
@@ -53,12 +58,17 @@ pub enum Output {
     Send { to: Target, frame: SharedFrame },
     /// Send a protocol Ping to this connection.
     Ping(ConnId),
-    /// Close this connection with this reason. The hub has already removed it.
-    Close { conn: ConnId, reason: CloseReason },
+    /// Close this connection with this reason (and, if given, this text
+    /// instead of the reason's own). The hub has already removed it.
+    Close {
+        conn: ConnId,
+        reason: CloseReason,
+        text: Option<Arc<str>>,
+    },
 }
 
 /// How a connection asks to join the hub.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenRequest<'a> {
     /// The verified or claimed user id; `None` gives an anonymous id.
     pub user: Option<&'a str>,
@@ -66,6 +76,10 @@ pub struct OpenRequest<'a> {
     pub room: Option<&'a str>,
     /// Hub client or `/echo`.
     pub kind: Kind,
+    /// What the token allows (`None`: everything, auth off).
+    pub grants: Option<Arc<Grants>>,
+    /// When the token expires: the connection is closed then.
+    pub expires_at: Option<Instant>,
 }
 
 /// Counters kept by the hub.
@@ -92,6 +106,9 @@ pub struct Hub {
     config: HubConfig,
     registry: Registry,
     heartbeats: Heartbeats,
+    /// Token expiry deadlines (connections with a token only).
+    expiries: Heartbeats,
+    handler: Option<Box<dyn Handler>>,
     outputs: VecDeque<Output>,
     counters: HubCounters,
     next_anonymous: u64,
@@ -105,6 +122,8 @@ impl Hub {
             config,
             registry: Registry::default(),
             heartbeats: Heartbeats::default(),
+            expiries: Heartbeats::default(),
+            handler: None,
             outputs: VecDeque::new(),
             counters: HubCounters::default(),
             next_anonymous: 0,
@@ -136,7 +155,25 @@ impl Hub {
 
     /// When [`Hub::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.heartbeats.next_deadline()
+        match (
+            self.heartbeats.next_deadline(),
+            self.expiries.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Install the host program's [`Handler`] (embedding).
+    pub fn set_handler(&mut self, handler: Box<dyn Handler>) {
+        self.handler = Some(handler);
+    }
+
+    /// Send any JSON object to one connection (handlers' replies).
+    pub fn reply(&mut self, conn: ConnId, message: &serde_json::Value) {
+        if self.registry.session(conn).is_some() {
+            self.send(Target::Conn(conn), protocol::json_frame(message));
+        }
     }
 
     /// Call `f` for every connection `target` names, as the registry is now.
@@ -198,6 +235,12 @@ impl Hub {
         self.registry.insert(id, Kind::Hub, Some(user), now);
         self.heartbeats
             .schedule(now + self.config.ping_interval, id);
+        if let Some(at) = req.expires_at {
+            self.expiries.schedule(at, id);
+        }
+        if let Some(session) = self.registry.session_mut(id) {
+            session.grants = req.grants.clone();
+        }
         self.counters.connections_opened += 1;
         let welcome = m::Welcome {
             kind: "welcome",
@@ -246,6 +289,9 @@ impl Hub {
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = result {
+            if refusal.code == ErrorCode::UnknownType && self.offer_to_handler(id, text) {
+                return;
+            }
             self.refuse(id, refusal);
         }
     }
@@ -311,6 +357,17 @@ impl Hub {
                 self.heartbeats.schedule(session.last_seen + interval, id);
             }
         }
+        while let Some(id) = self.expiries.pop_due(now) {
+            if self.registry.session(id).is_some() {
+                log::info!("{id} token expired");
+                let code = self.config.token_expired_code;
+                self.close_with(
+                    id,
+                    CloseReason::Server(code),
+                    Some(Arc::from("token expired")),
+                );
+            }
+        }
     }
 
     /// Close every connection with `reason` (shutdown). Emits one `Close` each.
@@ -323,9 +380,101 @@ impl Hub {
 
     /// Close one connection with `reason`: removed now, `Output::Close` emitted.
     pub fn close(&mut self, id: ConnId, reason: CloseReason) {
+        self.close_with(id, reason, None);
+    }
+
+    fn close_with(&mut self, id: ConnId, reason: CloseReason, text: Option<Arc<str>>) {
         if self.remove(id) {
-            self.outputs.push_back(Output::Close { conn: id, reason });
+            self.outputs.push_back(Output::Close {
+                conn: id,
+                reason,
+                text,
+            });
         }
+    }
+
+    /// Server-side publish (HTTP API, embedding): `{"type":"message","room",
+    /// "from":null,"data"}` to every member. Returns the number of recipients.
+    pub fn publish(&mut self, room: &str, data: &RawValue) -> usize {
+        let Some(key) = self.registry.room_key(room) else {
+            return 0;
+        };
+        let frame = protocol::json_frame(&m::RoomMessage {
+            kind: "message",
+            room,
+            from: None,
+            data,
+        });
+        self.send(
+            Target::Room {
+                room: key,
+                except: None,
+            },
+            frame,
+        );
+        self.registry.room(key).map_or(0, |r| r.members.len())
+    }
+
+    /// Server-side publish of a binary frame to every member of `room`.
+    pub fn publish_binary(&mut self, room: &str, data: &[u8]) -> usize {
+        let Some(key) = self.registry.room_key(room) else {
+            return 0;
+        };
+        self.send(
+            Target::Room {
+                room: key,
+                except: None,
+            },
+            protocol::binary_frame(data),
+        );
+        self.registry.room(key).map_or(0, |r| r.members.len())
+    }
+
+    /// Server-side private message: `{"type":"private","from":null,"data"}` to
+    /// every connection of `user`. Returns the number of connections.
+    pub fn send_to_user(&mut self, user: &str, data: &RawValue) -> usize {
+        let Some(key) = self.registry.user_key(user) else {
+            return 0;
+        };
+        let frame = protocol::json_frame(&m::Private {
+            kind: "private",
+            from: None,
+            data,
+        });
+        self.send(Target::User(key), frame);
+        self.registry.user(key).map_or(0, |u| u.conns.len())
+    }
+
+    /// Server-side broadcast to every hub connection (`"from":null`).
+    pub fn broadcast(&mut self, data: &RawValue) -> usize {
+        let frame = protocol::json_frame(&m::Broadcast {
+            kind: "broadcast",
+            from: None,
+            data,
+        });
+        self.send(Target::All { except: None }, frame);
+        self.registry
+            .sessions()
+            .filter(|s| s.kind == Kind::Hub)
+            .count()
+    }
+
+    /// Close every connection of `user` with `code` (4000 by default) and
+    /// `text`. Returns how many were closed.
+    pub fn disconnect_user(&mut self, user: &str, code: u16, text: Option<&str>) -> usize {
+        let Some(key) = self.registry.user_key(user) else {
+            return 0;
+        };
+        let conns = self
+            .registry
+            .user(key)
+            .map(|u| u.conns.clone())
+            .unwrap_or_default();
+        let text: Option<Arc<str>> = text.map(Arc::from);
+        for &id in &conns {
+            self.close_with(id, CloseReason::Server(code), text.clone());
+        }
+        conns.len()
     }
 
     /// Spend a rate-limit token for a message from `id`. Over the limit the
@@ -418,17 +567,28 @@ impl Hub {
                 let from = self.user_name_of(id);
                 let frame = protocol::json_frame(&m::Private {
                     kind: "private",
-                    from,
+                    from: Some(from),
                     data,
                 });
                 self.send(Target::User(user), frame);
                 Ok(())
             }
             ClientMsg::Broadcast { data, echo } => {
+                let allowed = self
+                    .registry
+                    .session(id)
+                    .and_then(|s| s.grants.as_ref())
+                    .is_none_or(|g| g.may_broadcast());
+                if !allowed {
+                    return Err(with_ref(Refusal::new(
+                        ErrorCode::Forbidden,
+                        "this token may not broadcast",
+                    )));
+                }
                 let from = self.user_name_of(id);
                 let frame = protocol::json_frame(&m::Broadcast {
                     kind: "broadcast",
-                    from,
+                    from: Some(from),
                     data,
                 });
                 let except = if echo { None } else { Some(id) };
@@ -454,6 +614,7 @@ impl Hub {
             }
             ClientMsg::Presence { room } => {
                 self.check_room_name(&room).map_err(with_ref)?;
+                self.check_may_join(id, &room).map_err(with_ref)?;
                 let frame = self.member_list("presence", &room, reference);
                 self.send(Target::Conn(id), frame);
                 Ok(())
@@ -495,6 +656,54 @@ impl Hub {
         Ok(())
     }
 
+    /// Token grants, then the host's handler, may refuse a room (`forbidden`).
+    fn check_may_join(&mut self, id: ConnId, room: &str) -> Result<(), Refusal<'static>> {
+        let forbidden = || Refusal::new(ErrorCode::Forbidden, "not allowed to join that room");
+        let session = self.registry.session(id).expect("open session");
+        if session.grants.as_ref().is_some_and(|g| !g.may_join(room)) {
+            return Err(forbidden());
+        }
+        if let Some(handler) = self.handler.as_mut() {
+            let user = session
+                .user
+                .and_then(|u| self.registry.user(u))
+                .map_or("", |u| &*u.name);
+            if !handler.authorize_join(user, room) {
+                return Err(forbidden());
+            }
+        }
+        Ok(())
+    }
+
+    /// Offer a message of unknown `type` to the host's handler.
+    fn offer_to_handler(&mut self, id: ConnId, text: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct TypeOnly<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let Some(mut handler) = self.handler.take() else {
+            return false;
+        };
+        let handled = match (
+            serde_json::from_str::<TypeOnly>(text),
+            serde_json::from_str::<&RawValue>(text),
+        ) {
+            (Ok(t), Ok(raw)) => {
+                let user = self.user_name_of(id).to_string();
+                let mut ctx = Context {
+                    hub: self,
+                    conn: id,
+                    user,
+                };
+                handler.on_message(&mut ctx, &t.kind, raw)
+            }
+            _ => false,
+        };
+        self.handler = Some(handler);
+        handled
+    }
+
     /// The key of `room` if `id` is a member, else `not_in_room`.
     fn member_room(&self, id: ConnId, room: &str) -> Result<RoomKey, Refusal<'static>> {
         self.check_room_name(room)?;
@@ -515,6 +724,7 @@ impl Hub {
         reference: Option<&'a RawValue>,
     ) -> Result<(), Refusal<'a>> {
         self.check_room_name(room)?;
+        self.check_may_join(id, room)?;
         let (joined, key) = self
             .registry
             .join(id, room, self.config.max_rooms_per_connection);

@@ -31,9 +31,10 @@ pub type RoomKey = usize;
 pub type UserKey = usize;
 
 /// What a connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
     /// A hub client: rooms, users, presence.
+    #[default]
     Hub,
     /// `/echo`: every message comes back unchanged; in no room and no user set.
     Echo,
@@ -53,6 +54,8 @@ pub struct Session {
     pub last_seen: Instant,
     /// The message rate limit's bucket.
     pub rate: super::RateBucket,
+    /// What the token allows (`None`: everything).
+    pub grants: Option<std::sync::Arc<super::Grants>>,
 }
 
 /// A room: members in a dense list (fan-out walks it), and the number of
@@ -198,6 +201,7 @@ impl Registry {
             home_room: None,
             last_seen: now,
             rate: super::RateBucket::new(now),
+            grants: None,
         });
         self.live += 1;
     }

@@ -114,7 +114,7 @@ impl T {
                     }
                 }
                 Output::Ping(id) => self.pings.push(id),
-                Output::Close { conn, reason } => {
+                Output::Close { conn, reason, .. } => {
                     assert!(
                         self.hub.registry().session(conn).is_none(),
                         "closed {conn} still open"
@@ -148,6 +148,7 @@ impl T {
                 user,
                 room,
                 kind: Kind::Hub,
+                ..Default::default()
             },
         );
         self.step();
@@ -183,6 +184,7 @@ impl T {
                     user: None,
                     room: None,
                     kind: Kind::Echo,
+                    ..Default::default()
                 },
             )
             .expect("echo open");

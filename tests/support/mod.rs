@@ -113,7 +113,9 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.http(&format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"))
+        self.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        ))
     }
 
     pub fn stats(&self) -> Value {

@@ -1,0 +1,410 @@
+//! The HTTP side of a connection: gather one request (head, then body)
+//! without blocking, answer plain routes (keep-alive), or hand a WebSocket
+//! route to tungstenite's handshake and open the connection in the hub.
+
+use std::io;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tungstenite::handshake::server::{NoCallback, ServerHandshake};
+use tungstenite::handshake::HandshakeError;
+use tungstenite::Error as WsError;
+
+use super::conn::State;
+use super::http::{self, Parse, RequestHead, Route};
+use super::rx::Partial;
+use super::{api, Driver};
+use crate::hub::{Kind, OpenRequest};
+
+const JSON: &str = "application/json";
+
+impl Driver {
+    /// Read until a whole request (head and body) is buffered, then serve it.
+    pub(super) fn read_request(&mut self, key: usize, now: Instant) {
+        let max_head = self.config.max_request_head;
+        let max_body = self.config.max_request_body;
+        loop {
+            let conn = &mut self.conns[key];
+            let State::Http { buf } = &mut conn.state else {
+                return;
+            };
+            // Is a whole request already here? If not, how far may we read?
+            let limit = match http::parse_head(buf) {
+                Parse::Bad(status, why) => {
+                    return self.respond(key, http::text_response(status, why))
+                }
+                Parse::Partial if buf.len() >= max_head => {
+                    return self.respond(key, http::text_response(431, "request head too large"))
+                }
+                Parse::Partial => max_head,
+                Parse::Complete(head) if head.chunked => {
+                    let body = http::json_error("length_required", "send a Content-Length body");
+                    return self.respond(key, http::response(411, JSON, "", &body, false));
+                }
+                Parse::Complete(head) if head.content_length > max_body => {
+                    // Refused without reading the rest of the body.
+                    let body = http::json_error(
+                        "body_too_large",
+                        &format!("request bodies are limited to {max_body} bytes"),
+                    );
+                    return self.respond(key, http::response(413, JSON, "", &body, false));
+                }
+                Parse::Complete(head) => {
+                    let total = head.len + head.content_length;
+                    if buf.len() >= total {
+                        let State::Http { mut buf } = std::mem::replace(
+                            &mut conn.state,
+                            State::Closing { write_shut: false },
+                        ) else {
+                            unreachable!("matched above")
+                        };
+                        let rest = buf.split_off(total);
+                        return self.on_request(key, head, buf, rest, now);
+                    }
+                    total
+                }
+            };
+            let len = buf.len();
+            buf.resize((len * 2).clamp(1024, limit), 0);
+            let read = io::Read::read(&mut conn.tcp, &mut buf[len..]);
+            buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return self.drop_conn(key),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.drop_conn(key),
+            }
+        }
+    }
+
+    /// Queue an HTTP response and close after it.
+    pub(super) fn respond(&mut self, key: usize, response: Bytes) {
+        let conn = &mut self.conns[key];
+        conn.start_closing(response);
+        let deadline = Instant::now() + self.config.close_timeout;
+        self.closings.push_back((deadline, conn.id));
+        self.mark_dirty(key);
+    }
+
+    /// Queue a response; keep the connection for the next request if asked.
+    fn reply(
+        &mut self,
+        key: usize,
+        head: &RequestHead,
+        response: Bytes,
+        rest: Vec<u8>,
+        now: Instant,
+    ) {
+        if !head.keep_alive {
+            return self.respond(key, response);
+        }
+        let conn = &mut self.conns[key];
+        conn.out.push(response);
+        conn.set_state(State::Http { buf: rest });
+        conn.http_deadline = now + self.config.handshake_timeout;
+        self.handshakes.push_back((conn.http_deadline, conn.id));
+        self.mark_dirty(key);
+        // A pipelined request may already be complete in `rest`.
+        if !self.again.contains(&key) {
+            self.again.push(key);
+        }
+    }
+
+    /// Refuse a WebSocket handshake with an HTTP error (never a 101).
+    fn refuse(&mut self, key: usize, status: u16, why: &str) {
+        *self.counters.refused_by_status.entry(status).or_default() += 1;
+        log::debug!("{} refused with {status}: {why}", self.conns[key].id);
+        self.respond(key, http::text_response(status, why));
+    }
+
+    fn json_reply(
+        &mut self,
+        key: usize,
+        head: &RequestHead,
+        status: u16,
+        body: &[u8],
+        rest: Vec<u8>,
+        now: Instant,
+    ) {
+        let response = http::response(status, JSON, "", body, head.keep_alive);
+        self.reply(key, head, response, rest, now);
+    }
+
+    /// The API key guards `/stats`, `/api/*` (and `/metrics` if configured).
+    fn authorized(&self, head: &RequestHead) -> bool {
+        match &self.config.api_key {
+            None => true,
+            Some(key) => head.bearer().is_some_and(|given| {
+                crate::auth::constant_time_eq(given.as_bytes(), key.as_bytes())
+            }),
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        key: usize,
+        head: RequestHead,
+        request: Vec<u8>,
+        rest: Vec<u8>,
+        now: Instant,
+    ) {
+        let route = http::route(&head.path);
+        let needs_key = matches!(route, Route::Stats | Route::Api)
+            || (route == Route::Metrics && self.config.metrics_require_key);
+        if needs_key && !self.authorized(&head) {
+            let body = http::json_error(
+                "unauthorized",
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            );
+            let response = http::response(
+                401,
+                JSON,
+                "WWW-Authenticate: Bearer\r\n",
+                &body,
+                head.keep_alive,
+            );
+            return self.reply(key, &head, response, rest, now);
+        }
+        match route {
+            Route::Api => {
+                let req = api::ApiRequest {
+                    method: &head.method,
+                    path: &head.path,
+                    query: head.query.as_deref(),
+                    content_type: head.content_type.as_deref(),
+                    body: &request[head.len..],
+                };
+                let response = api::handle(&mut self.hub, &req);
+                self.counters.api_requests += 1;
+                self.drain_hub();
+                let body = serde_json::to_vec(&response.body).expect("API bodies serialize");
+                self.json_reply(key, &head, response.status, &body, rest, now);
+            }
+            _ if head.method != "GET" => {
+                let status = if route == Route::NotFound { 404 } else { 405 };
+                let response = http::response(
+                    status,
+                    "text/plain; charset=utf-8",
+                    "Allow: GET\r\n",
+                    b"only GET is served here\n",
+                    head.keep_alive,
+                );
+                self.reply(key, &head, response, rest, now);
+            }
+            Route::Healthz => {
+                let response = http::response(
+                    200,
+                    "text/plain; charset=utf-8",
+                    "",
+                    b"ok\n",
+                    head.keep_alive,
+                );
+                self.reply(key, &head, response, rest, now);
+            }
+            Route::Stats => {
+                let body = self.stats_json(now);
+                self.json_reply(key, &head, 200, &body, rest, now);
+            }
+            Route::Metrics => {
+                let body = self.metrics_text(now);
+                let response = http::response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    "",
+                    body.as_bytes(),
+                    head.keep_alive,
+                );
+                self.reply(key, &head, response, rest, now);
+            }
+            Route::NotFound => {
+                let response = http::response(
+                    404,
+                    "text/plain; charset=utf-8",
+                    "",
+                    b"not found\n",
+                    head.keep_alive,
+                );
+                self.reply(key, &head, response, rest, now);
+            }
+            Route::BadPath => self.refuse(key, 400, "room name is not valid percent-encoded UTF-8"),
+            Route::Echo => self.upgrade(key, head, request, rest, Kind::Echo, None, now),
+            Route::Hub { room } => self.upgrade(key, head, request, rest, Kind::Hub, room, now),
+        }
+    }
+
+    /// A WebSocket route: checks, tungstenite's handshake, then the hub.
+    #[allow(clippy::too_many_arguments)]
+    fn upgrade(
+        &mut self,
+        key: usize,
+        head: RequestHead,
+        request: Vec<u8>,
+        rest: Vec<u8>,
+        kind: Kind,
+        room: Option<String>,
+        now: Instant,
+    ) {
+        if !head.wants_websocket {
+            *self.counters.refused_by_status.entry(426).or_default() += 1;
+            return self.respond(
+                key,
+                http::response(
+                    426,
+                    "text/plain; charset=utf-8",
+                    "Upgrade: websocket\r\n",
+                    b"this is a WebSocket endpoint: connect with a WebSocket client\n",
+                    false,
+                ),
+            );
+        }
+        if let Some(room) = &room {
+            if room.is_empty() || room.len() > self.config.hub.max_room_name_len {
+                return self.refuse(key, 400, "room name empty or too long");
+            }
+        }
+        if let Err(r) =
+            crate::auth::check_origin(&self.config.allowed_origins, head.origin.as_deref())
+        {
+            return self.refuse(key, r.status, &r.message);
+        }
+        let identity =
+            match self
+                .auth
+                .identify(&head, self.config.hub.max_user_id_len, self.wall_clock())
+            {
+                Ok(identity) => identity,
+                Err(r) => {
+                    let extra = if r.status == 401 {
+                        "WWW-Authenticate: Bearer\r\n"
+                    } else {
+                        ""
+                    };
+                    *self.counters.refused_by_status.entry(r.status).or_default() += 1;
+                    let body = format!("{}\n", r.message);
+                    return self.respond(
+                        key,
+                        http::response(
+                            r.status,
+                            "text/plain; charset=utf-8",
+                            extra,
+                            body.as_bytes(),
+                            false,
+                        ),
+                    );
+                }
+            };
+        if self.hub.registry().len() >= self.config.max_connections {
+            return self.refuse(key, 503, "server at its connection limit, try again later");
+        }
+        let accept = match run_handshake(&request[..head.len]) {
+            Ok(response) => response,
+            Err((status, extra, why)) => {
+                *self.counters.refused_by_status.entry(status).or_default() += 1;
+                let body = format!("{why}\n");
+                return self.respond(
+                    key,
+                    http::response(
+                        status,
+                        "text/plain; charset=utf-8",
+                        extra,
+                        body.as_bytes(),
+                        false,
+                    ),
+                );
+            }
+        };
+        // Anything after the request (a client that did not wait for the
+        // 101) is the start of its first frames.
+        let mut tail = request;
+        tail.drain(..head.len);
+        tail.extend_from_slice(&rest);
+        let max_message = if kind == Kind::Echo {
+            self.config.echo_max_message_size
+        } else {
+            self.config.hub.max_message_size
+        };
+        let conn = &mut self.conns[key];
+        conn.out.push(accept);
+        conn.max_message = max_message;
+        let rx = (!tail.is_empty()).then(|| Box::new(Partial::carrying(tail)));
+        conn.set_state(State::Open { rx });
+        let id = conn.id;
+        self.mark_dirty(key);
+        let req = OpenRequest {
+            user: identity.user.as_deref(),
+            room: room.as_deref(),
+            kind,
+            grants: identity.grants.clone(),
+            expires_at: identity.expires_at.map(|at| self.instant_at(now, at)),
+        };
+        match self.hub.handle_open(now, id, req) {
+            Ok(()) => {
+                self.conns[key].in_hub = true;
+                log::info!(
+                    "{id} open {} user={} room={}",
+                    head.path,
+                    identity.user.as_deref().unwrap_or("(anonymous)"),
+                    room.as_deref().unwrap_or("-")
+                );
+                self.drain_hub();
+                // Frames that arrived with the request are already buffered.
+                if !self.again.contains(&key) {
+                    self.again.push(key);
+                }
+            }
+            Err(reason) => {
+                log::info!("{id} refused after handshake: {reason}");
+                self.close_socket(key, reason, None);
+            }
+        }
+    }
+}
+
+/// Run tungstenite's server handshake over a complete request head held in
+/// memory. Returns the `101` response bytes, or the HTTP error to send.
+fn run_handshake(head: &[u8]) -> Result<Bytes, (u16, &'static str, String)> {
+    let stream = MemStream {
+        input: io::Cursor::new(head),
+        output: Vec::with_capacity(160),
+    };
+    match ServerHandshake::start(stream, NoCallback, None).handshake() {
+        Ok(ws) => Ok(Bytes::from(ws.into_inner().output)),
+        Err(HandshakeError::Failure(WsError::Protocol(e))) => {
+            use tungstenite::error::ProtocolError as P;
+            match e {
+                P::MissingSecWebSocketVersionHeader => Err((
+                    426,
+                    "Sec-WebSocket-Version: 13\r\n",
+                    format!("{e}: only version 13 is supported"),
+                )),
+                _ => Err((400, "", e.to_string())),
+            }
+        }
+        Err(HandshakeError::Failure(e)) => Err((400, "", e.to_string())),
+        Err(HandshakeError::Interrupted(_)) => Err((400, "", "incomplete request".into())),
+    }
+}
+
+/// The whole request head in, the response out: the handshake never waits on
+/// the socket (the head was gathered without blocking; the response is queued).
+struct MemStream<'a> {
+    input: io::Cursor<&'a [u8]>,
+    output: Vec<u8>,
+}
+
+impl io::Read for MemStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.input.read(buf)
+    }
+}
+
+impl io::Write for MemStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,262 @@
+//! `/stats` (JSON, lists users: behind the API key when one is set) and
+//! `/metrics` (Prometheus text exposition format 0.0.4, no user ids).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use super::conn::State;
+use super::Driver;
+use crate::hub::Kind;
+
+/// Upper bounds (seconds) of the loop-iteration histogram buckets.
+const LOOP_BUCKETS: [f64; 8] = [1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2];
+
+/// A fixed-bucket histogram of durations (cumulative counts are computed
+/// when rendered).
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    counts: [u64; LOOP_BUCKETS.len() + 1],
+    sum: f64,
+}
+
+impl Histogram {
+    /// Record one observation. O(buckets), no allocation.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LOOP_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LOOP_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum += secs;
+    }
+}
+
+impl Driver {
+    pub(super) fn stats_json(&self, now: Instant) -> Vec<u8> {
+        use serde_json::{json, Map, Value};
+        let reg = self.hub.registry();
+        let by_user: Map<String, Value> = reg
+            .users()
+            .map(|u| (u.name.to_string(), json!(u.conns.len())))
+            .collect();
+        let rooms: Map<String, Value> = reg
+            .rooms()
+            .map(|r| (r.name.to_string(), json!(r.users.len())))
+            .collect();
+        let hub = self.hub.counters();
+        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
+        let queued_bytes: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
+        let handshaking = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
+            .count();
+        let stats = json!({
+            "total_connections": reg.len(),
+            "echo_connections": echo,
+            "handshaking": handshaking,
+            "total_users": reg.user_count(),
+            "total_rooms": reg.room_count(),
+            "connections_by_user": by_user,
+            "rooms": rooms,
+            "messages_in": hub.messages_in,
+            "bytes_in": hub.bytes_in,
+            "messages_out": self.counters.messages_out,
+            "bytes_out": self.counters.bytes_out,
+            "queued_bytes": queued_bytes,
+            "errors_sent": hub.errors_sent,
+            "connections_opened": hub.connections_opened,
+            "heartbeat_timeouts": hub.heartbeat_timeouts,
+            "rate_limited": hub.rate_limited,
+            "rate_limit_closes": hub.rate_limit_closes,
+            "slow_consumer_closes": self.counters.slow_consumer_closes,
+            "handshakes_refused": self.counters.refused_by_status.values().sum::<u64>(),
+            "accept_errors": self.counters.accept_errors,
+            "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
+        });
+        serde_json::to_vec(&stats).expect("stats serialize")
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub(super) fn metrics_text(&self, now: Instant) -> String {
+        let reg = self.hub.registry();
+        let hub = self.hub.counters();
+        let c = &self.counters;
+        let queued: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP switchboard_{name} {help}");
+            let _ = writeln!(out, "# TYPE switchboard_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "switchboard_{name}{labels} {value}");
+            }
+        };
+        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
+        metric(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            &[
+                ("{route=\"hub\"}", (reg.len() - echo) as f64),
+                ("{route=\"echo\"}", echo as f64),
+            ],
+        );
+        let handshaking = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
+            .count();
+        metric(
+            "http_connections",
+            "gauge",
+            "Connections still in HTTP (handshake or keep-alive API).",
+            &[("", handshaking as f64)],
+        );
+        metric(
+            "users",
+            "gauge",
+            "Users with at least one connection.",
+            &[("", reg.user_count() as f64)],
+        );
+        metric(
+            "rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            &[("", reg.room_count() as f64)],
+        );
+        metric(
+            "messages_in_total",
+            "counter",
+            "Data messages received from clients.",
+            &[("", hub.messages_in as f64)],
+        );
+        metric(
+            "bytes_in_total",
+            "counter",
+            "Bytes of data messages received from clients.",
+            &[("", hub.bytes_in as f64)],
+        );
+        metric(
+            "messages_out_total",
+            "counter",
+            "Frames queued to clients (one per recipient).",
+            &[("", c.messages_out as f64)],
+        );
+        metric(
+            "bytes_out_total",
+            "counter",
+            "Bytes written to client sockets.",
+            &[("", c.bytes_out as f64)],
+        );
+        metric(
+            "output_queue_bytes",
+            "gauge",
+            "Bytes queued to clients and not yet written.",
+            &[("", queued as f64)],
+        );
+        metric(
+            "connections_opened_total",
+            "counter",
+            "WebSocket connections opened.",
+            &[("", hub.connections_opened as f64)],
+        );
+        let refused: Vec<(String, f64)> = c
+            .refused_by_status
+            .iter()
+            .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
+            .collect();
+        let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "handshakes_refused_total",
+            "counter",
+            "WebSocket handshakes refused, by HTTP status.",
+            &refused,
+        );
+        let closes: Vec<(String, f64)> = c
+            .closes_by_code
+            .iter()
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n as f64))
+            .collect();
+        let closes: Vec<(&str, f64)> = closes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "server_closes_total",
+            "counter",
+            "Close frames sent by the server, by close code.",
+            &closes,
+        );
+        metric(
+            "client_closes_total",
+            "counter",
+            "Close frames received from clients.",
+            &[("", c.client_closes as f64)],
+        );
+        metric(
+            "heartbeat_timeouts_total",
+            "counter",
+            "Connections closed for silence (4100).",
+            &[("", hub.heartbeat_timeouts as f64)],
+        );
+        metric(
+            "slow_consumer_closes_total",
+            "counter",
+            "Connections closed as slow consumers (4101).",
+            &[("", c.slow_consumer_closes as f64)],
+        );
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Client messages refused by the rate limit.",
+            &[("", hub.rate_limited as f64)],
+        );
+        metric(
+            "rate_limit_closes_total",
+            "counter",
+            "Connections closed for flooding (4102).",
+            &[("", hub.rate_limit_closes as f64)],
+        );
+        metric(
+            "errors_sent_total",
+            "counter",
+            "Error replies sent to clients.",
+            &[("", hub.errors_sent as f64)],
+        );
+        metric(
+            "accept_errors_total",
+            "counter",
+            "Failed accept calls (descriptors or memory exhausted).",
+            &[("", c.accept_errors as f64)],
+        );
+        metric(
+            "api_requests_total",
+            "counter",
+            "Server API requests answered.",
+            &[("", c.api_requests as f64)],
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            &[("", self.hub.uptime(now).as_secs_f64())],
+        );
+        let h = &c.loop_time;
+        let _ = writeln!(out, "# HELP switchboard_loop_iteration_seconds Time spent working per event-loop iteration (not waiting).");
+        let _ = writeln!(out, "# TYPE switchboard_loop_iteration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LOOP_BUCKETS.iter().enumerate() {
+            cumulative += h.counts[i];
+            let _ = writeln!(
+                out,
+                "switchboard_loop_iteration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += h.counts[LOOP_BUCKETS.len()];
+        let _ = writeln!(
+            out,
+            "switchboard_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(out, "switchboard_loop_iteration_seconds_sum {}", h.sum);
+        let _ = writeln!(out, "switchboard_loop_iteration_seconds_count {cumulative}");
+        out
+    }
+}
