@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import websockets' 2>/dev/null; then
+if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import websockets, prometheus_client' 2>/dev/null; then
   python3 -m venv .tools/venv
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'websockets>=12,<16'
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'websockets>=12,<16' 'prometheus-client>=0.20,<1'
 fi
 if [ ! -d tests/interop/node_modules/ws ]; then
   (cd tests/interop && npm ci --silent --no-audit --no-fund)

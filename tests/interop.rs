@@ -40,6 +40,33 @@ fn python_websockets_client() {
 }
 
 #[test]
+fn metrics_parse_with_the_prometheus_parser() {
+    let python = repo(".tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/test.sh (it installs the Python tools)"
+    );
+    let server = Server::start(&[]);
+    let mut a = server.joined("/ws/m?user=a");
+    let _b = server.joined("/ws/m?user=b");
+    a.expect("user_joined");
+    a.send_json(serde_json::json!({"type":"message","room":"m","data":1}));
+    a.sync();
+    assert_eq!(server.get("/ws").0, 426);
+    let out = Command::new(&python)
+        .arg(repo("tests/interop/metrics.py"))
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn node_ws_client() {
     run_client(
         Path::new("node"),

@@ -119,9 +119,39 @@ impl Server {
     }
 
     pub fn stats(&self) -> Value {
-        let (status, body) = self.get("/stats");
-        assert_eq!(status, 200);
+        self.stats_with_key(None)
+    }
+
+    /// `/stats`, with `Authorization: Bearer KEY` when a key is given.
+    pub fn stats_with_key(&self, key: Option<&str>) -> Value {
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let (status, body) = self.http(&format!(
+            "GET /stats HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+        ));
+        assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn wait_stats_with_key(
+        &self,
+        key: Option<&str>,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats_with_key(key);
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Poll /stats until `pred` holds (the server's view catches up with the test).
