@@ -54,8 +54,10 @@ impl Handler for Uploads {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = std::env::args().skip_while(|a| a != "--serve").nth(1);
-    let mut config = Config::default();
-    config.listen = serve.as_deref().unwrap_or("127.0.0.1:0").parse()?;
+    let config = Config {
+        listen: serve.as_deref().unwrap_or("127.0.0.1:0").parse()?,
+        ..Config::default()
+    };
     let (jobs, queue) = mpsc::channel::<String>();
     let server = Server::bind(config)?
         .handler(Uploads { jobs })
@@ -92,14 +94,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The demo client: watch upload 42 until it is done.
     let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws/upload:42?user=demo"))?;
-    let mut next =
-        |ws: &mut tungstenite::WebSocket<_>| -> Result<Value, Box<dyn std::error::Error>> {
-            loop {
-                if let tungstenite::Message::Text(t) = ws.read()? {
-                    return Ok(serde_json::from_str(t.as_str())?);
-                }
+    let next = |ws: &mut tungstenite::WebSocket<_>| -> Result<Value, Box<dyn std::error::Error>> {
+        loop {
+            if let tungstenite::Message::Text(t) = ws.read()? {
+                return Ok(serde_json::from_str(t.as_str())?);
             }
-        };
+        }
+    };
     assert_eq!(next(&mut ws)?["type"], "welcome");
     assert_eq!(next(&mut ws)?["type"], "joined");
     ws.send(tungstenite::Message::text(

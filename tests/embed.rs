@@ -12,9 +12,10 @@ use switchboard::hub::{Context, Handler};
 use switchboard::{Config, Server};
 
 fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
 }
 
 #[test]
