@@ -36,7 +36,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 /// Commands a [`Handle`] may queue before its callers wait.
-const COMMAND_QUEUE: usize = 65_536;
+const COMMAND_QUEUE: usize = 4096;
 
 /// Messages read from one connection per readiness event before the loop
 /// moves on to others (fairness); the rest is read on the next iteration.
@@ -182,6 +182,7 @@ impl Server {
             shutdown_at: None,
             accept_paused_until: None,
             accept_failing: false,
+            peak_conns: 0,
         };
         driver.run()
     }
@@ -220,6 +221,9 @@ struct Driver {
     accept_paused_until: Option<Instant>,
     /// Accepting failed (e.g. out of descriptors) and has not succeeded since.
     accept_failing: bool,
+    /// Most sockets open since memory was last handed back (see
+    /// `release_memory_after_load`).
+    peak_conns: usize,
 }
 
 impl Driver {
@@ -566,6 +570,33 @@ impl Driver {
             log::info!("{} disconnected", conn.id);
             self.hub.handle_closed(conn.id);
             self.drain_hub();
+        }
+        drop(conn);
+        self.release_memory_after_load();
+    }
+
+    /// After a crowd leaves (connections down to a quarter of their peak, and
+    /// the peak was big), give malloc's freed pages back to the system, so
+    /// memory returns after load. O(1) unless it fires; it fires rarely.
+    fn release_memory_after_load(&mut self) {
+        let open = self.conns.len();
+        if open > self.peak_conns {
+            self.peak_conns = open;
+        } else if (self.peak_conns >= 256 && open <= self.peak_conns / 4)
+            || (open == 0 && self.peak_conns > 0)
+        {
+            self.peak_conns = open;
+            self.conns.shrink_to_fit();
+            self.dirty.shrink_to_fit();
+            self.again.shrink_to_fit();
+            self.handshakes.shrink_to_fit();
+            self.closings.shrink_to_fit();
+            self.hub.shrink_to_fit();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory; no pointers change.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 

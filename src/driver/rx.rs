@@ -53,6 +53,9 @@ pub struct Partial {
     message: Vec<u8>,
     /// Opcode of the open fragmented message (1 text, 2 binary), 0 if none.
     message_op: u8,
+    /// How much of a fragmented text message is known to be valid UTF-8, so
+    /// invalid text fails at the fragment that carries it, not at the end.
+    utf8_valid: usize,
     /// The previous event handed out `message`: clear it before going on.
     message_done: bool,
 }
@@ -72,10 +75,25 @@ impl Partial {
         self.frame.is_empty() && (self.message_op == 0 || self.message_done)
     }
 
+    /// Validate the new part of an open text message; a sequence cut at the
+    /// fragment's end may still complete in the next one.
+    fn check_text_so_far(&mut self) -> Result<(), Violation> {
+        if self.message_op != 1 {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.message[self.utf8_valid..]) {
+            Ok(_) => self.utf8_valid = self.message.len(),
+            Err(e) if e.error_len().is_none() => self.utf8_valid += e.valid_up_to(),
+            Err(_) => return Err(Violation::InvalidUtf8),
+        }
+        Ok(())
+    }
+
     fn finish_message(&mut self) {
         if self.message_done {
             self.message_done = false;
             self.message_op = 0;
+            self.utf8_valid = 0;
             self.message = Vec::new();
         }
     }
@@ -157,6 +175,7 @@ pub fn step<'a>(
             }
             partial.message.extend_from_slice(payload);
             if !header.is_final {
+                partial.check_text_so_far()?;
                 return Ok(Step::Consumed);
             }
             partial.message_done = true;
@@ -176,6 +195,7 @@ pub fn step<'a>(
             }
             partial.message_op = op;
             partial.message.extend_from_slice(payload);
+            partial.check_text_so_far()?;
             Ok(Step::Consumed)
         }
     }
@@ -363,6 +383,27 @@ mod tests {
         assert_eq!(
             v(frame(true, 8, &[0x03, 0xe8, 0xff])),
             Violation::InvalidUtf8
+        );
+    }
+
+    #[test]
+    fn invalid_text_fails_at_its_fragment() {
+        let mut p = Partial::default();
+        // "é" split across fragments is fine...
+        let mut ok = frame(false, 1, &[b'a', 0xc3]);
+        ok.extend(frame(true, 0, &[0xa9]));
+        assert_eq!(events(&ok, ok.len(), 100).unwrap(), [r#"Text("aé")"#]);
+        // ...but bytes that can never be UTF-8 fail before the message ends.
+        let mut bad = frame(false, 1, b"ok");
+        bad.extend(frame(false, 0, &[0xf4, 0x90, 0x80, 0x80]));
+        let mut pos = 0;
+        assert_eq!(
+            step(&mut bad, &mut pos, &mut p, 100).unwrap(),
+            Step::Consumed
+        );
+        assert_eq!(
+            step(&mut bad, &mut pos, &mut p, 100),
+            Err(Violation::InvalidUtf8)
         );
     }
 

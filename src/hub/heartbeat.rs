@@ -35,6 +35,12 @@ impl Heartbeats {
         }
     }
 
+    /// Keep only entries for which `live` holds, and release spare capacity.
+    pub fn retain(&mut self, mut live: impl FnMut(ConnId) -> bool) {
+        self.heap.retain(|Reverse((_, id))| live(*id));
+        self.heap.shrink_to_fit();
+    }
+
     /// Entries held (live and stale).
     pub fn len(&self) -> usize {
         self.heap.len()

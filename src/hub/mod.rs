@@ -164,6 +164,15 @@ impl Hub {
         }
     }
 
+    /// Give back memory that tables grew for a crowd that has left.
+    pub fn shrink_to_fit(&mut self) {
+        let registry = &self.registry;
+        self.heartbeats.retain(|id| registry.session(id).is_some());
+        self.expiries.retain(|id| registry.session(id).is_some());
+        self.registry.shrink_to_fit();
+        self.outputs.shrink_to_fit();
+    }
+
     /// Install the host program's [`Handler`] (embedding).
     pub fn set_handler(&mut self, handler: Box<dyn Handler>) {
         self.handler = Some(handler);

@@ -311,6 +311,18 @@ impl Registry {
         true
     }
 
+    /// Release capacity the tables grew for connections that have gone.
+    pub fn shrink_to_fit(&mut self) {
+        while matches!(self.sessions.last(), Some(None)) {
+            self.sessions.pop();
+        }
+        self.sessions.shrink_to_fit();
+        self.rooms.shrink_to_fit();
+        self.room_index.shrink_to_fit();
+        self.users.shrink_to_fit();
+        self.user_index.shrink_to_fit();
+    }
+
     /// Check every cross-link; panics with a description on the first broken one.
     /// Used by tests and fuzzing after each step.
     pub fn check_invariants(&self) {
