@@ -319,27 +319,5 @@ fn slow_reader_memory_stays_bounded_and_others_are_served() {
         .unwrap();
     let mut got = Vec::new();
     let _ = slow.read_to_end(&mut got);
-    assert_eq!(close_code_in_tail(&got), Some(4101));
-}
-
-/// The close code of the last close frame in `bytes` (after data frames).
-fn close_code_in_tail(bytes: &[u8]) -> Option<u16> {
-    let mut i = 0;
-    let mut code = None;
-    while i + 2 <= bytes.len() {
-        let (op, len7) = (bytes[i] & 0x0f, (bytes[i + 1] & 0x7f) as usize);
-        let (hdr, len) = match len7 {
-            126 => (4, u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize),
-            127 => (
-                10,
-                u64::from_be_bytes(bytes[i + 2..i + 10].try_into().ok()?) as usize,
-            ),
-            n => (2, n),
-        };
-        if op == 0x8 && len >= 2 && i + hdr + 2 <= bytes.len() {
-            code = Some(u16::from_be_bytes([bytes[i + hdr], bytes[i + hdr + 1]]));
-        }
-        i += hdr + len;
-    }
-    code
+    assert_eq!(close_code_in(&got), Some(4101));
 }

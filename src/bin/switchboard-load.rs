@@ -7,10 +7,10 @@
 //! xorshift key, and server Pings are answered with Pongs.
 //!
 //! ```text
-//! switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo
+//! switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|soak
 //!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K]
 //!     [--messages M] [--rate PER_SEC] [--hold SECS] [--duration SECS]
-//!     [--connect-window C] [--sources S]
+//!     [--rooms R] [--seed S] [--connect-window C] [--sources S]
 //! ```
 //!
 //! Modes:
@@ -34,6 +34,27 @@
 //! - `echo`: N connections to `/echo`, each keeping one text message of
 //!   `--payload` bytes in flight for `--duration` seconds; reports round trips
 //!   per second.
+//! - `soak`: churn for `--duration` seconds (default 120) with about N clients
+//!   (default 5000). Client `i` connects as `s<i>` (to `/ws` or, half of the
+//!   time, `/ws/soak-<k>`), and then, on a random schedule, does one of: join
+//!   a random room of `soak-0 ..= soak-<R-1>` (`--rooms`, default 50; at
+//!   most 4 joined at once), leave one, send a small `message` or `typing` to
+//!   a joined room, ask `presence`, send a `private` to another connected
+//!   client's user, send an application `ping`, or disconnect — half of the
+//!   disconnects with a clean close handshake (1000), half by resetting the
+//!   socket (`SO_LINGER` 0) — and reconnect after 20–500 ms as the same user
+//!   or a new one. Operations across all clients are held to `--rate` per
+//!   second (default 2000) by a token bucket; each client's mean interval is
+//!   `N / rate` (at least 2 ms, well under the server's per-connection limit).
+//!   The random choices come from an xorshift generator seeded by `--seed`
+//!   (default 1). Every operation carries `"ref":<op number>`, so an `error`
+//!   reply names the operation it refuses; replies due (`joined`, `left`,
+//!   `presence`, `pong`) are counted per connection and must all arrive before
+//!   the server's answer to a clean close. At the end the clients stop, wait
+//!   (up to 5 s) for their replies, then all close cleanly. Reports operations
+//!   by kind, frames received by type, `error` replies by code (and by
+//!   `code/operation`), server-initiated closes by code, connections lost
+//!   without a close, handshake failures, and reconnects.
 //!
 //! Connections are opened at most `--connect-window` (default 500) at a time
 //! so the server's accept backlog is not overrun, from source addresses
@@ -52,7 +73,8 @@
 //!     done
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::ffi::c_void;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -70,16 +92,20 @@ use serde_json::{json, Value};
 const HELP: &str = "\
 switchboard-load: load generator for a switchboard server on loopback
 
-usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo [options]
+usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|soak [options]
 
-  --conns N            connections (idle, echo) or subscribers (fanout, latency) [100]
+  --conns N            connections (idle, echo, soak) or subscribers (fanout, latency)
+                       [100; soak: 5000]
   --room NAME          room for fanout and latency [bench]
   --payload BYTES      approximate size of each message sent [64]
   --in-flight K        fanout: messages outstanding at once [1]
   --messages M         fanout: messages to publish [20000]
-  --rate PER_SEC       latency: messages published per second [100]
+  --rate PER_SEC       latency: messages published per second [100];
+                       soak: operations per second over all clients [2000]
   --hold SECS          idle: how long to hold the connections [10]
-  --duration SECS      latency, echo: how long to send [10]
+  --duration SECS      latency, echo, soak: how long to send [10; soak: 120]
+  --rooms R            soak: rooms soak-0 ..= soak-<R-1> [50]
+  --seed S             soak: seed of the random schedule [1]
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.0.0.1 ..= 127.0.0.S [8]
   -h, --help           print this help
@@ -122,6 +148,7 @@ enum Mode {
     Fanout,
     Latency,
     Echo,
+    Soak,
 }
 
 impl Mode {
@@ -131,6 +158,7 @@ impl Mode {
             Mode::Fanout => "fanout",
             Mode::Latency => "latency",
             Mode::Echo => "echo",
+            Mode::Soak => "soak",
         }
     }
 
@@ -154,6 +182,8 @@ struct Opts {
     duration: Duration,
     connect_window: usize,
     sources: u8,
+    rooms: u32,
+    seed: u64,
 }
 
 fn main() -> ExitCode {
@@ -213,7 +243,10 @@ fn parse_args() -> Result<Option<Opts>, String> {
         duration: Duration::from_secs(10),
         connect_window: 500,
         sources: 8,
+        rooms: 50,
+        seed: 1,
     };
+    let (mut conns, mut rate, mut duration) = (None, None, None);
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -225,21 +258,24 @@ fn parse_args() -> Result<Option<Opts>, String> {
                     "fanout" => Mode::Fanout,
                     "latency" => Mode::Latency,
                     "echo" => Mode::Echo,
+                    "soak" => Mode::Soak,
                     other => {
                         return Err(format!(
-                            "--mode {other:?}: expected idle, fanout, latency or echo"
+                            "--mode {other:?}: expected idle, fanout, latency, echo or soak"
                         ))
                     }
                 })
             }
-            Long("conns") => opts.conns = number(&mut parser, "conns", 1)?,
+            Long("conns") => conns = Some(number(&mut parser, "conns", 1)?),
             Long("room") => opts.room = string(&mut parser, "room")?,
             Long("payload") => opts.payload = number(&mut parser, "payload", 1)?,
             Long("in-flight") => opts.in_flight = number(&mut parser, "in-flight", 1)?,
             Long("messages") => opts.messages = number(&mut parser, "messages", 1)?,
-            Long("rate") => opts.rate = number(&mut parser, "rate", 0.001)?,
+            Long("rate") => rate = Some(number(&mut parser, "rate", 0.001)?),
             Long("hold") => opts.hold = seconds(&mut parser, "hold")?,
-            Long("duration") => opts.duration = seconds(&mut parser, "duration")?,
+            Long("duration") => duration = Some(seconds(&mut parser, "duration")?),
+            Long("rooms") => opts.rooms = number(&mut parser, "rooms", 1)?,
+            Long("seed") => opts.seed = number(&mut parser, "seed", 0)?,
             Long("connect-window") => {
                 opts.connect_window = number(&mut parser, "connect-window", 1)?
             }
@@ -248,7 +284,11 @@ fn parse_args() -> Result<Option<Opts>, String> {
         }
     }
     opts.server = server.ok_or("--server IP:PORT is required")?;
-    opts.mode = mode.ok_or("--mode is required (idle, fanout, latency or echo)")?;
+    opts.mode = mode.ok_or("--mode is required (idle, fanout, latency, echo or soak)")?;
+    let soak = opts.mode == Mode::Soak;
+    opts.conns = conns.unwrap_or(if soak { 5000 } else { 100 });
+    opts.rate = rate.unwrap_or(if soak { 2000.0 } else { 100.0 });
+    opts.duration = duration.unwrap_or(Duration::from_secs(if soak { 120 } else { 10 }));
     let room_ok = !opts.room.is_empty()
         && opts.room.len() <= 128
         && opts
@@ -337,6 +377,8 @@ enum Role {
     Subscriber,
     Publisher,
     Echo,
+    /// Soak mode: a churning client.
+    Soak,
 }
 
 /// Bytes read and not yet consumed: `buf[start..end]`.
@@ -392,6 +434,21 @@ struct Peer {
     waiting: bool,
     /// Was ready, then lost.
     dropped: bool,
+    /// Which connection attempt of this slot this is (bumped at each start),
+    /// so timers left from an earlier one are ignored.
+    gen: u32,
+    /// Soak: the user number (the id is `s<user>`).
+    user: u64,
+    /// Soak: the room named in the current URL (`/ws/soak-<k>`), if any.
+    url_room: Option<u32>,
+    /// Soak: rooms joined, as the server sees them once it has read what was
+    /// sent.
+    joined: Vec<u32>,
+    /// Soak: replies still due (`joined`, `left`, `presence`, `pong`, or an
+    /// `error` in their place).
+    awaiting: u32,
+    /// Soak: our close frame is sent; waiting for the server's.
+    closing: bool,
 }
 
 struct Conn {
@@ -416,6 +473,12 @@ impl Conn {
                 sent_at: 0,
                 waiting: false,
                 dropped: false,
+                gen: 0,
+                user: 0,
+                url_room: None,
+                joined: Vec::new(),
+                awaiting: 0,
+                closing: false,
             },
         }
     }
@@ -439,6 +502,10 @@ impl Conn {
                 Role::Subscriber => format!("/ws/{}?user=u{idx}", s.opts.room),
                 Role::Publisher => format!("/ws/{}?user=publisher", s.opts.room),
                 Role::Echo => "/echo".to_string(),
+                Role::Soak => match self.peer.url_room {
+                    Some(k) => format!("/ws/soak-{k}?user=s{}", self.peer.user),
+                    None => format!("/ws?user=s{}", self.peer.user),
+                },
             };
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -568,8 +635,10 @@ fn process_frames(
                     [hi, lo, ..] => (u16::from_be_bytes([*hi, *lo]), &payload[..2]),
                     _ => (1005, &payload[..0]),
                 };
-                let mask = s.mask();
-                push_frame(&mut tx.buf, OP_CLOSE, reply, mask);
+                if !peer.closing {
+                    let mask = s.mask();
+                    push_frame(&mut tx.buf, OP_CLOSE, reply, mask);
+                }
                 rx.start += total;
                 return Err(Why::Closed(code));
             }
@@ -582,6 +651,10 @@ fn process_frames(
 fn on_text(peer: &mut Peer, tx: &mut TxBuf, s: &mut Shared, text: &[u8], now_ns: u64) {
     if peer.role == Role::Echo {
         s.on_echo(peer, tx, text, now_ns);
+        return;
+    }
+    if peer.role == Role::Soak {
+        s.on_soak_text(peer, text);
         return;
     }
     if is_type(text, b"error") {
@@ -686,6 +759,15 @@ fn is_type(text: &[u8], name: &[u8]) -> bool {
     rest.starts_with(name) && rest.get(name.len()) == Some(&b'"')
 }
 
+/// The string value right after `key` (which ends with the opening quote) in
+/// the first `within` bytes of `text`.
+fn string_after<'a>(text: &'a [u8], key: &[u8], within: usize) -> Option<&'a [u8]> {
+    let at = find(&text[..text.len().min(within)], key)? + key.len();
+    let rest = &text[at..];
+    let len = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..len])
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -743,6 +825,9 @@ enum Phase {
     Drain(Instant),
     /// Idle: holding the connections.
     Hold(Instant),
+    /// Soak: every client was asked to close; waiting for the server's
+    /// answers until then.
+    Closing(Instant),
     Done,
 }
 
@@ -799,6 +884,8 @@ struct Shared {
     hist: Histogram,
     next_progress: Instant,
     error: Option<String>,
+
+    soak: Soak,
 }
 
 impl Shared {
@@ -818,6 +905,14 @@ impl Shared {
 
     fn on_ready(&mut self, role: Role) {
         self.connecting -= 1;
+        if role == Role::Soak {
+            self.soak.live += 1;
+            self.soak.peak_live = self.soak.peak_live.max(self.soak.live);
+            if self.phase != Phase::Connect {
+                self.soak.reconnects += 1;
+                return;
+            }
+        }
         if role != Role::Publisher {
             self.connected += 1;
         }
@@ -932,8 +1027,9 @@ struct Load {
     main: usize,
     next_open: usize,
     open_limit: usize,
-    /// Handshake deadlines in start order (one fixed timeout, so a FIFO).
-    deadlines: VecDeque<(Instant, usize)>,
+    /// Handshake deadlines in start order (one fixed timeout, so a FIFO),
+    /// with the attempt (`Peer::gen`) each is for.
+    deadlines: VecDeque<(Instant, usize, u32)>,
     sources: Vec<Option<IpAddr>>,
 }
 
@@ -943,6 +1039,7 @@ impl Load {
             Mode::Idle => Role::Holder,
             Mode::Fanout | Mode::Latency => Role::Subscriber,
             Mode::Echo => Role::Echo,
+            Mode::Soak => Role::Soak,
         };
         let main = opts.conns;
         let mut conns: Vec<Conn> = (0..main).map(|_| Conn::new(role)).collect();
@@ -957,6 +1054,12 @@ impl Load {
         };
         let now = Instant::now();
         let echo_msg = vec![b'x'; opts.payload];
+        if opts.mode == Mode::Soak {
+            for (i, conn) in conns.iter_mut().enumerate() {
+                conn.peer.user = i as u64;
+            }
+        }
+        let soak = Soak::new(&opts, now);
         let s = Shared {
             epoch: now,
             phase: Phase::Connect,
@@ -998,6 +1101,7 @@ impl Load {
             hist: Histogram::new(),
             next_progress: now + PROGRESS_EVERY,
             error: None,
+            soak,
             opts,
         };
         Ok(Load {
@@ -1035,10 +1139,18 @@ impl Load {
             }
             self.tick(Instant::now());
         }
-        self.s.open_at_end = self.conns[..self.main]
-            .iter()
-            .filter(|c| c.is_live())
-            .count();
+        self.s.open_at_end = if self.s.opts.mode == Mode::Soak {
+            // Soak: anything not closed by now did not close cleanly.
+            self.conns
+                .iter()
+                .filter(|c| matches!(c.state, State::Connecting | State::Upgrading | State::Open))
+                .count()
+        } else {
+            self.conns[..self.main]
+                .iter()
+                .filter(|c| c.is_live())
+                .count()
+        };
         self.close_all();
     }
 
@@ -1046,8 +1158,18 @@ impl Load {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        if let Err(why) = conn.on_event(idx, &mut self.s) {
-            self.fail(idx, why);
+        let was_ready = conn.peer.ready;
+        let result = conn.on_event(idx, &mut self.s);
+        let became_ready = !was_ready && conn.peer.ready;
+        let (role, gen) = (conn.peer.role, conn.peer.gen);
+        match result {
+            Err(why) => self.fail(idx, why),
+            Ok(()) if became_ready && role == Role::Soak => match self.s.phase {
+                Phase::Run => self.s.soak.schedule_op(idx, gen, Instant::now()),
+                Phase::Closing(_) => self.soak_close(idx, Instant::now()),
+                _ => {}
+            },
+            Ok(()) => {}
         }
     }
 
@@ -1056,28 +1178,39 @@ impl Load {
         while self.s.connecting < self.s.opts.connect_window && self.next_open < self.open_limit {
             let idx = self.next_open;
             self.next_open += 1;
-            self.s.connecting += 1;
-            let source = self.sources[idx % self.sources.len()];
-            let conn = &mut self.conns[idx];
-            conn.state = State::Connecting;
-            let started = connect_from(source, self.s.opts.server).and_then(|std| {
-                let mut stream = TcpStream::from_std(std);
-                stream.set_nodelay(true)?;
-                self.poll.registry().register(
-                    &mut stream,
-                    Token(idx),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(stream)
-            });
-            match started {
-                Ok(stream) => {
-                    conn.stream = Some(stream);
-                    conn.rx.buf = vec![0; RX_INITIAL];
-                    self.deadlines.push_back((now + HANDSHAKE_TIMEOUT, idx));
-                }
-                Err(e) => self.fail(idx, Why::Connect(e)),
+            self.start_conn(idx, now);
+        }
+    }
+
+    /// Start connection attempt number `gen + 1` of slot `idx`.
+    fn start_conn(&mut self, idx: usize, now: Instant) {
+        self.s.connecting += 1;
+        let conn = &mut self.conns[idx];
+        conn.peer.gen = conn.peer.gen.wrapping_add(1);
+        if conn.peer.role == Role::Soak {
+            self.s.soak.prepare(&mut conn.peer, self.s.opts.rooms);
+        }
+        let gen = conn.peer.gen;
+        let source = self.sources[(idx + gen as usize - 1) % self.sources.len()];
+        conn.state = State::Connecting;
+        let started = connect_from(source, self.s.opts.server).and_then(|std| {
+            let mut stream = TcpStream::from_std(std);
+            stream.set_nodelay(true)?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        match started {
+            Ok(stream) => {
+                conn.stream = Some(stream);
+                conn.rx.buf = vec![0; RX_INITIAL];
+                self.deadlines
+                    .push_back((now + HANDSHAKE_TIMEOUT, idx, gen));
             }
+            Err(e) => self.fail(idx, Why::Connect(e)),
         }
     }
 
@@ -1095,6 +1228,10 @@ impl Load {
         conn.state = State::Closed;
         conn.rx = RxBuf::default();
         conn.tx = TxBuf::default();
+        if conn.peer.role == Role::Soak {
+            self.soak_lost(idx, why);
+            return;
+        }
         let s = &mut self.s;
         let reason = why.to_string();
         if let Why::Closed(code) = why {
@@ -1126,12 +1263,14 @@ impl Load {
 
     /// Timers, phase changes, publishing and progress, after each poll.
     fn tick(&mut self, now: Instant) {
-        while let Some(&(deadline, idx)) = self.deadlines.front() {
+        while let Some(&(deadline, idx, gen)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            if !self.conns[idx].peer.ready {
+            let conn = &self.conns[idx];
+            let handshaking = matches!(conn.state, State::Connecting | State::Upgrading);
+            if conn.peer.gen == gen && handshaking && !conn.peer.ready {
                 self.fail(idx, Why::Timeout);
             }
         }
@@ -1139,6 +1278,9 @@ impl Load {
         match self.s.phase {
             Phase::Connect if self.next_open == self.open_limit && self.s.connecting == 0 => {
                 self.connected(now)
+            }
+            Phase::Run | Phase::Drain(_) | Phase::Closing(_) if self.s.opts.mode == Mode::Soak => {
+                self.soak_tick(now)
             }
             Phase::Publisher if self.conns[self.main].is_live() => {
                 self.s.phase = Phase::Settle(now + SETTLE);
@@ -1178,7 +1320,7 @@ impl Load {
         eprintln!("READY");
         match s.opts.mode {
             Mode::Idle => s.phase = Phase::Hold(now + s.opts.hold),
-            Mode::Echo => self.start_run(now),
+            Mode::Echo | Mode::Soak => self.start_run(now),
             Mode::Fanout | Mode::Latency => {
                 s.phase = Phase::Publisher;
                 self.open_limit += 1;
@@ -1214,6 +1356,25 @@ impl Load {
                     self.s.echo_send(&mut conn.peer, &mut conn.tx, now_ns);
                     if let Err(why) = conn.flush() {
                         self.fail(idx, why);
+                    }
+                }
+            }
+            Mode::Soak => {
+                let s = &mut self.s;
+                s.soak.refilled = now;
+                eprintln!(
+                    "soak: {} clients, {} rooms, {} operations/s, one per client every {:.1} ms on average",
+                    s.connected,
+                    s.opts.rooms,
+                    s.opts.rate,
+                    s.soak.interval.as_secs_f64() * 1000.0
+                );
+                for (idx, conn) in self.conns.iter().enumerate() {
+                    if conn.is_live() {
+                        s.soak.schedule_op(idx, conn.peer.gen, now);
+                    } else if conn.state == State::Closed {
+                        // Could not connect at first: try again during the run.
+                        s.soak.schedule_reconnect(idx, conn.peer.gen, now);
                     }
                 }
             }
@@ -1256,7 +1417,7 @@ impl Load {
                     s.phase = Phase::Done;
                 }
             }
-            Mode::Idle => {}
+            Mode::Idle | Mode::Soak => {}
         }
     }
 
@@ -1289,7 +1450,7 @@ impl Load {
                         + Duration::from_secs_f64(s.sent as f64 / s.opts.rate);
                 }
             }
-            Mode::Idle | Mode::Echo => {}
+            Mode::Idle | Mode::Echo | Mode::Soak => {}
         }
         if let Err(why) = conn.flush() {
             self.fail(idx, why);
@@ -1298,18 +1459,25 @@ impl Load {
 
     fn timeout(&self, now: Instant) -> Duration {
         let mut next = self.s.next_progress;
-        if let Some(&(deadline, _)) = self.deadlines.front() {
+        if let Some(&(deadline, _, _)) = self.deadlines.front() {
             next = next.min(deadline);
         }
+        if self.s.opts.mode == Mode::Soak {
+            if let Some(at) = self.s.soak.next_timer(self.s.opts.rate) {
+                next = next.min(at);
+            }
+        }
         match self.s.phase {
-            Phase::Settle(at) | Phase::Drain(at) | Phase::Hold(at) => next = next.min(at),
+            Phase::Settle(at) | Phase::Drain(at) | Phase::Hold(at) | Phase::Closing(at) => {
+                next = next.min(at)
+            }
             Phase::Run => {
                 let start = self.s.run_start.unwrap_or(now);
                 match self.s.opts.mode {
                     Mode::Latency => {
                         next = next.min(self.next_send()).min(start + self.s.opts.duration)
                     }
-                    Mode::Echo => next = next.min(start + self.s.opts.duration),
+                    Mode::Echo | Mode::Soak => next = next.min(start + self.s.opts.duration),
                     Mode::Fanout | Mode::Idle => {}
                 }
             }
@@ -1329,8 +1497,27 @@ impl Load {
                 s.connecting,
                 self.open_limit - self.next_open
             ),
-            Phase::Run | Phase::Drain(_) => match s.opts.mode {
+            Phase::Run | Phase::Drain(_) | Phase::Closing(_) => match s.opts.mode {
                 Mode::Echo => eprintln!("[{at:.1}s] echo: {} round trips", s.round_trips),
+                Mode::Soak => {
+                    let k = &s.soak;
+                    let ops: u64 = k.ops.iter().sum();
+                    let received: u64 = k.received.iter().sum();
+                    let errors: u64 = k.errors.values().sum();
+                    let unexpected: u64 = k.unexpected_closes.values().sum::<u64>()
+                        + k.unexpected_drops.values().sum::<u64>();
+                    let phase = match s.phase {
+                        Phase::Run => "run",
+                        Phase::Drain(_) => "drain",
+                        _ => "closing",
+                    };
+                    eprintln!(
+                        "[{at:.1}s] soak {phase}: {} live, {} in handshake, {ops} ops, \
+                         {received} received, {} reconnects, {errors} error replies, \
+                         {unexpected} unexpected closes",
+                        k.live, s.connecting, k.reconnects
+                    );
+                }
                 _ => eprintln!(
                     "[{at:.1}s] {}: {} sent, {} complete, {} deliveries, {} lost",
                     s.opts.mode.name(),
@@ -1434,20 +1621,662 @@ impl Load {
                 r.add_object("rtt_us", s.hist.summary());
                 r.add("bad_echo", s.bad_echo);
             }
+            Mode::Soak => self.soak_report(&mut r, elapsed),
         }
-        r.add("dropped", s.dropped);
+        if o.mode != Mode::Soak {
+            r.add("dropped", s.dropped);
+        }
         r.add("pings_answered", s.pings);
         r.add("error_frames", s.error_frames);
         if s.other_frames > 0 {
             r.add("other_frames", s.other_frames);
         }
-        r.add("close_codes", &s.close_codes);
-        r.add("fail_reasons", &s.fail_reasons);
-        r.add("drop_reasons", &s.drop_reasons);
+        if o.mode != Mode::Soak {
+            r.add("close_codes", &s.close_codes);
+            r.add("fail_reasons", &s.fail_reasons);
+            r.add("drop_reasons", &s.drop_reasons);
+        }
         if let Some(e) = &s.error {
             r.add("error", e);
         }
         (r.finish(), s.error.is_none())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Soak
+
+/// Most rooms a soak client is in at once, so room fan-out stays bounded.
+const SOAK_MAX_JOINED: usize = 4;
+/// Shortest mean interval between one soak client's operations: 500/s, half
+/// the server's default per-connection rate limit.
+const SOAK_MIN_INTERVAL: Duration = Duration::from_millis(2);
+/// Reconnect delay after a disconnect: at least this, plus up to the jitter.
+const SOAK_RECONNECT_MIN_MS: u64 = 20;
+const SOAK_RECONNECT_JITTER_MS: u64 = 480;
+/// How long a clean close waits for the server's close frame.
+const SOAK_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// After the run: how long to wait for replies due and handshakes under way.
+const SOAK_DRAIN: Duration = Duration::from_secs(5);
+/// Then: how long to wait for the server to answer every final close.
+const SOAK_CLOSING: Duration = Duration::from_secs(5);
+/// Server frame types counted by name; anything else counts as `other`.
+const SOAK_RX_TYPES: [&str; 12] = [
+    "welcome",
+    "joined",
+    "left",
+    "message",
+    "private",
+    "broadcast",
+    "user_joined",
+    "user_left",
+    "typing",
+    "presence",
+    "pong",
+    "error",
+];
+
+/// What a soak client does next.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Join,
+    Leave,
+    Message,
+    Typing,
+    Presence,
+    Private,
+    Ping,
+    /// Clean close handshake (1000), then reconnect.
+    Close,
+    /// Drop the socket with an RST (`SO_LINGER` 0), then reconnect.
+    Reset,
+}
+
+impl Op {
+    /// In the order of `WEIGHTS`; an operation's `ref` is its index here.
+    const ALL: [Op; 9] = [
+        Op::Join,
+        Op::Leave,
+        Op::Message,
+        Op::Typing,
+        Op::Presence,
+        Op::Private,
+        Op::Ping,
+        Op::Close,
+        Op::Reset,
+    ];
+    /// Percent chance of each operation.
+    const WEIGHTS: [u64; 9] = [16, 12, 18, 10, 10, 12, 16, 3, 3];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Join => "join",
+            Op::Leave => "leave",
+            Op::Message => "message",
+            Op::Typing => "typing",
+            Op::Presence => "presence",
+            Op::Private => "private",
+            Op::Ping => "ping",
+            Op::Close => "close",
+            Op::Reset => "reset",
+        }
+    }
+
+    /// Does the server answer it (with its reply, or an `error` instead)?
+    fn replied(self) -> bool {
+        matches!(self, Op::Join | Op::Leave | Op::Presence | Op::Ping)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    /// The client's next operation.
+    Op,
+    /// Reconnect after a disconnect.
+    Reconnect,
+    /// The server did not answer our close in time.
+    CloseTimeout,
+}
+
+/// Soak mode's schedule and counters.
+struct Soak {
+    /// xorshift64* state, from `--seed`.
+    rng: u64,
+    /// When each client's next step is due, with the attempt (`Peer::gen`)
+    /// it is for; entries for an earlier attempt are skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize, u32, Timer)>>,
+    /// Mean interval between one client's operations.
+    interval: Duration,
+    /// Token bucket holding all clients to `--rate` operations per second.
+    tokens: f64,
+    burst: f64,
+    refilled: Instant,
+    /// The next new user number (`s<n>`) for a reconnect as a new user.
+    next_user: u64,
+    /// Counter put in each `message` / `private` payload.
+    sent: u64,
+    live: usize,
+    peak_live: usize,
+    ops: [u64; Op::ALL.len()],
+    received: [u64; SOAK_RX_TYPES.len() + 1],
+    errors: BTreeMap<String, u64>,
+    errors_by_op: BTreeMap<String, u64>,
+    reconnect_attempts: u64,
+    reconnects: u64,
+    handshake_failures: BTreeMap<String, u64>,
+    /// Close frames the server sent on its own, by code.
+    unexpected_closes: BTreeMap<u16, u64>,
+    /// Connections lost without a close frame, not by our doing.
+    unexpected_drops: BTreeMap<String, u64>,
+    /// The server's answers to our close frames, by code.
+    close_replies: BTreeMap<u16, u64>,
+    /// Our close got no close frame back, but the connection ended.
+    closes_without_reply: BTreeMap<String, u64>,
+    close_timeouts: u64,
+    /// Clean closes completed in the final closing phase.
+    final_closes: u64,
+    /// Replies still due when the server answered a clean close.
+    replies_missing: u64,
+    /// Replies still due on connections we reset (or lost): not an anomaly.
+    replies_abandoned: u64,
+    /// `joined`/`left`/`presence`/`pong` with no request of ours waiting.
+    unsolicited_replies: u64,
+    frames_before_welcome: u64,
+}
+
+impl Soak {
+    fn new(opts: &Opts, now: Instant) -> Soak {
+        // splitmix64 of the seed, so that small seeds give unrelated streams.
+        let mut z = opts.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let interval = Duration::try_from_secs_f64(opts.conns as f64 / opts.rate)
+            .unwrap_or(Duration::MAX)
+            .max(SOAK_MIN_INTERVAL);
+        Soak {
+            rng: z.max(1),
+            timers: BinaryHeap::new(),
+            interval,
+            tokens: 0.0,
+            burst: (opts.rate / 10.0).max(1.0),
+            refilled: now,
+            next_user: opts.conns as u64,
+            sent: 0,
+            live: 0,
+            peak_live: 0,
+            ops: [0; Op::ALL.len()],
+            received: [0; SOAK_RX_TYPES.len() + 1],
+            errors: BTreeMap::new(),
+            errors_by_op: BTreeMap::new(),
+            reconnect_attempts: 0,
+            reconnects: 0,
+            handshake_failures: BTreeMap::new(),
+            unexpected_closes: BTreeMap::new(),
+            unexpected_drops: BTreeMap::new(),
+            close_replies: BTreeMap::new(),
+            closes_without_reply: BTreeMap::new(),
+            close_timeouts: 0,
+            final_closes: 0,
+            replies_missing: 0,
+            replies_abandoned: 0,
+            unsolicited_replies: 0,
+            frames_before_welcome: 0,
+        }
+    }
+
+    /// xorshift64*.
+    fn next(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (near enough: `n` is small).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick_op(&mut self) -> Op {
+        let mut roll = self.below(Op::WEIGHTS.iter().sum());
+        for (op, weight) in Op::ALL.into_iter().zip(Op::WEIGHTS) {
+            if roll < weight {
+                return op;
+            }
+            roll -= weight;
+        }
+        Op::Ping
+    }
+
+    /// The next operation of a client: uniform in `0 .. 2 * interval` from now.
+    fn schedule_op(&mut self, idx: usize, gen: u32, now: Instant) {
+        let fraction = self.below(1 << 20) as f64 / f64::from(1 << 20);
+        let at = now + self.interval.mul_f64(2.0 * fraction);
+        self.timers.push(Reverse((at, idx, gen, Timer::Op)));
+    }
+
+    fn schedule_reconnect(&mut self, idx: usize, gen: u32, now: Instant) {
+        let ms = SOAK_RECONNECT_MIN_MS + self.below(SOAK_RECONNECT_JITTER_MS);
+        let at = now + Duration::from_millis(ms);
+        self.timers.push(Reverse((at, idx, gen, Timer::Reconnect)));
+    }
+
+    /// Take one operation's token if the bucket has one.
+    fn take_token(&mut self, now: Instant, rate: f64) -> bool {
+        let refill = now.saturating_duration_since(self.refilled).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the first timer is due (an operation also waits for a token).
+    fn next_timer(&self, rate: f64) -> Option<Instant> {
+        let &Reverse((at, _, _, timer)) = self.timers.peek()?;
+        if timer == Timer::Op && self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
+            return Some(at.max(self.refilled + wait));
+        }
+        Some(at)
+    }
+
+    /// Fresh per-connection state for a new attempt: maybe a new user, maybe
+    /// a room in the URL (its `joined` is then due).
+    fn prepare(&mut self, peer: &mut Peer, rooms: u32) {
+        peer.ready = false;
+        peer.closing = false;
+        peer.awaiting = 0;
+        peer.joined.clear();
+        peer.url_room = None;
+        if peer.gen > 1 && self.below(2) == 0 {
+            peer.user = self.next_user;
+            self.next_user += 1;
+        }
+        if self.below(2) == 0 {
+            let room = self.below(u64::from(rooms)) as u32;
+            peer.url_room = Some(room);
+            peer.joined.push(room);
+            peer.awaiting = 1;
+        }
+    }
+
+    /// A reply to one of our requests arrived.
+    fn reply(&mut self, peer: &mut Peer) {
+        if peer.awaiting > 0 {
+            peer.awaiting -= 1;
+        } else {
+            self.unsolicited_replies += 1;
+        }
+    }
+}
+
+impl Shared {
+    fn on_soak_text(&mut self, peer: &mut Peer, text: &[u8]) {
+        let kind = string_after(text, b"\"type\":\"", 32);
+        let slot = kind
+            .and_then(|t| SOAK_RX_TYPES.iter().position(|n| n.as_bytes() == t))
+            .unwrap_or(SOAK_RX_TYPES.len());
+        self.soak.received[slot] += 1;
+        if !peer.ready {
+            if kind == Some(b"welcome") {
+                peer.ready = true;
+                self.on_ready(Role::Soak);
+            } else {
+                self.soak.frames_before_welcome += 1;
+            }
+            return;
+        }
+        match kind.unwrap_or_default() {
+            b"joined" | b"left" | b"presence" | b"pong" => self.soak.reply(peer),
+            b"error" => {
+                self.error_frames += 1;
+                let code = string_after(text, b"\"code\":\"", text.len()).unwrap_or(b"?");
+                let code = String::from_utf8_lossy(code);
+                let op = number_after(text, 0, b"\"ref\":")
+                    .and_then(|(n, _)| Op::ALL.get(usize::try_from(n).ok()?).copied());
+                if op.is_some_and(Op::replied) {
+                    self.soak.reply(peer);
+                }
+                let op_name = op.map_or("?", Op::name);
+                *self
+                    .soak
+                    .errors_by_op
+                    .entry(format!("{code}/{op_name}"))
+                    .or_default() += 1;
+                *self.soak.errors.entry(code.into_owned()).or_default() += 1;
+                if self.logged < MAX_LOGGED {
+                    self.logged += 1;
+                    eprintln!(
+                        "s{}: server error: {}",
+                        peer.user,
+                        String::from_utf8_lossy(text)
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Load {
+    /// Soak timers, operations and phase changes.
+    fn soak_tick(&mut self, now: Instant) {
+        let run = self.s.phase == Phase::Run;
+        while let Some(&Reverse((at, idx, gen, timer))) = self.s.soak.timers.peek() {
+            if at > now {
+                break;
+            }
+            let conn = &self.conns[idx];
+            let current = conn.peer.gen == gen;
+            let valid = match timer {
+                Timer::Op => run && current && conn.is_live() && !conn.peer.closing,
+                Timer::Reconnect => run && current && conn.state == State::Closed,
+                Timer::CloseTimeout => current && conn.state == State::Open && conn.peer.closing,
+            };
+            if valid && timer == Timer::Op && !self.s.soak.take_token(now, self.s.opts.rate) {
+                break;
+            }
+            self.s.soak.timers.pop();
+            if !valid {
+                continue;
+            }
+            match timer {
+                Timer::Op => self.soak_op(idx, now),
+                Timer::Reconnect => {
+                    self.s.soak.reconnect_attempts += 1;
+                    self.start_conn(idx, now);
+                }
+                Timer::CloseTimeout => self.fail(idx, Why::Timeout),
+            }
+        }
+        match self.s.phase {
+            Phase::Run => {
+                let start = self.s.run_start.unwrap_or(now);
+                if now >= start + self.s.opts.duration {
+                    self.s.end_at = Some(now);
+                    self.s.phase = Phase::Drain(now + SOAK_DRAIN);
+                    eprintln!("soak: run over; waiting for replies due and handshakes");
+                }
+            }
+            Phase::Drain(at) => {
+                let busy = self.s.connecting > 0
+                    || self
+                        .conns
+                        .iter()
+                        .any(|c| c.state == State::Open && (c.peer.awaiting > 0 || c.peer.closing));
+                if !busy || now >= at {
+                    if busy {
+                        eprintln!(
+                            "soak: still busy after {}s; closing anyway",
+                            SOAK_DRAIN.as_secs()
+                        );
+                    }
+                    eprintln!("soak: closing every client");
+                    self.s.phase = Phase::Closing(now + SOAK_CLOSING);
+                    for idx in 0..self.conns.len() {
+                        let conn = &self.conns[idx];
+                        if conn.is_live() && !conn.peer.closing {
+                            self.soak_close(idx, now);
+                        }
+                    }
+                }
+            }
+            Phase::Closing(at) => {
+                let open = self
+                    .conns
+                    .iter()
+                    .any(|c| matches!(c.state, State::Connecting | State::Upgrading | State::Open));
+                if !open || now >= at {
+                    self.s.phase = Phase::Done;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Do one random operation on client `idx`, and schedule its next one.
+    fn soak_op(&mut self, idx: usize, now: Instant) {
+        let Load { conns, s, .. } = self;
+        let rooms = s.opts.rooms;
+        let max_joined = SOAK_MAX_JOINED.min(rooms as usize);
+        let k = &mut s.soak;
+        let joined = conns[idx].peer.joined.len();
+        let mut op = match k.pick_op() {
+            Op::Join if joined >= max_joined => Op::Leave,
+            Op::Leave | Op::Message | Op::Typing if joined == 0 => Op::Join,
+            op => op,
+        };
+        let mut to = None;
+        if op == Op::Private {
+            for _ in 0..4 {
+                let j = k.below(conns.len() as u64) as usize;
+                let other = &conns[j].peer;
+                if j != idx && conns[j].is_live() && !other.closing {
+                    to = Some(other.user);
+                    break;
+                }
+            }
+            if to.is_none() {
+                op = Op::Ping;
+            }
+        }
+        k.ops[op as usize] += 1;
+        match op {
+            Op::Close => return self.soak_close(idx, now),
+            Op::Reset => return self.soak_reset(idx, now),
+            _ => {}
+        }
+        let peer = &mut conns[idx].peer;
+        let (user, r) = (peer.user, op as usize);
+        k.sent += 1;
+        let n = k.sent;
+        let w = &mut s.scratch;
+        w.clear();
+        let written = match op {
+            Op::Join => {
+                let room = k.below(u64::from(rooms)) as u32;
+                if !peer.joined.contains(&room) {
+                    peer.joined.push(room);
+                }
+                peer.awaiting += 1;
+                write!(w, r#"{{"type":"join","room":"soak-{room}","ref":{r}}}"#)
+            }
+            Op::Leave => {
+                let at = k.below(joined as u64) as usize;
+                let room = peer.joined.swap_remove(at);
+                peer.awaiting += 1;
+                write!(w, r#"{{"type":"leave","room":"soak-{room}","ref":{r}}}"#)
+            }
+            Op::Message => {
+                let room = peer.joined[k.below(joined as u64) as usize];
+                write!(
+                    w,
+                    r#"{{"type":"message","room":"soak-{room}","data":{{"from":{user},"n":{n}}},"ref":{r}}}"#
+                )
+            }
+            Op::Typing => {
+                let room = peer.joined[k.below(joined as u64) as usize];
+                write!(w, r#"{{"type":"typing","room":"soak-{room}","ref":{r}}}"#)
+            }
+            Op::Presence => {
+                let room = k.below(u64::from(rooms));
+                peer.awaiting += 1;
+                write!(w, r#"{{"type":"presence","room":"soak-{room}","ref":{r}}}"#)
+            }
+            Op::Private => {
+                let to = to.unwrap_or_default();
+                write!(
+                    w,
+                    r#"{{"type":"private","to":"s{to}","data":{{"from":{user},"n":{n}}},"ref":{r}}}"#
+                )
+            }
+            Op::Ping | Op::Close | Op::Reset => {
+                peer.awaiting += 1;
+                write!(w, r#"{{"type":"ping","ref":{r}}}"#)
+            }
+        };
+        written.expect("writing to a Vec");
+        let mask = s.mask();
+        let conn = &mut conns[idx];
+        push_frame(&mut conn.tx.buf, OP_TEXT, &s.scratch, mask);
+        let gen = conn.peer.gen;
+        match conn.flush() {
+            Ok(()) => s.soak.schedule_op(idx, gen, now),
+            Err(why) => self.fail(idx, why),
+        }
+    }
+
+    /// Start a clean close (1000); the server's close frame ends it.
+    fn soak_close(&mut self, idx: usize, now: Instant) {
+        let mask = self.s.mask();
+        let conn = &mut self.conns[idx];
+        push_frame(&mut conn.tx.buf, OP_CLOSE, &1000u16.to_be_bytes(), mask);
+        conn.peer.closing = true;
+        let at = now + SOAK_CLOSE_TIMEOUT;
+        let entry = (at, idx, conn.peer.gen, Timer::CloseTimeout);
+        self.s.soak.timers.push(Reverse(entry));
+        if let Err(why) = conn.flush() {
+            self.fail(idx, why);
+        }
+    }
+
+    /// Drop the socket with an RST, without a close frame, and reconnect later.
+    fn soak_reset(&mut self, idx: usize, now: Instant) {
+        let conn = &mut self.conns[idx];
+        if let Some(stream) = conn.stream.take() {
+            set_linger_zero(&stream);
+        }
+        conn.state = State::Closed;
+        conn.rx = RxBuf::default();
+        conn.tx = TxBuf::default();
+        let peer = &mut conn.peer;
+        let k = &mut self.s.soak;
+        k.live -= 1;
+        k.replies_abandoned += u64::from(peer.awaiting);
+        peer.ready = false;
+        peer.awaiting = 0;
+        peer.joined.clear();
+        k.schedule_reconnect(idx, peer.gen, now);
+    }
+
+    /// A soak connection ended (its socket is already dropped): account for
+    /// it, and reconnect later if the run is still on.
+    fn soak_lost(&mut self, idx: usize, why: Why) {
+        let s = &mut self.s;
+        let k = &mut s.soak;
+        let peer = &mut self.conns[idx].peer;
+        let reason = why.to_string();
+        let mut unexpected = true;
+        if let (Why::Closed(code), false) = (&why, peer.closing) {
+            *k.unexpected_closes.entry(*code).or_default() += 1;
+        }
+        if !peer.ready {
+            s.connecting -= 1;
+            if s.phase == Phase::Connect {
+                s.failed += 1;
+            }
+            *k.handshake_failures.entry(reason.clone()).or_default() += 1;
+        } else {
+            k.live -= 1;
+            if peer.closing {
+                match why {
+                    Why::Closed(code) => {
+                        *k.close_replies.entry(code).or_default() += 1;
+                        if matches!(s.phase, Phase::Closing(_)) {
+                            k.final_closes += 1;
+                        }
+                        unexpected = code != 1000;
+                    }
+                    Why::Timeout => k.close_timeouts += 1,
+                    _ => *k.closes_without_reply.entry(reason.clone()).or_default() += 1,
+                }
+                k.replies_missing += u64::from(peer.awaiting);
+                unexpected |= peer.awaiting > 0;
+            } else {
+                if !matches!(why, Why::Closed(_)) {
+                    *k.unexpected_drops.entry(reason.clone()).or_default() += 1;
+                }
+                k.replies_abandoned += u64::from(peer.awaiting);
+            }
+        }
+        if unexpected && s.logged < MAX_LOGGED {
+            s.logged += 1;
+            eprintln!(
+                "connection {idx} (s{}, {} replies due, closing: {}): {reason}",
+                peer.user, peer.awaiting, peer.closing
+            );
+        }
+        peer.ready = false;
+        peer.closing = false;
+        peer.awaiting = 0;
+        peer.joined.clear();
+        if s.phase == Phase::Run {
+            k.schedule_reconnect(idx, peer.gen, Instant::now());
+        }
+    }
+
+    fn soak_report(&self, r: &mut Report, elapsed: f64) {
+        let s = &self.s;
+        let o = &s.opts;
+        let k = &s.soak;
+        let per_sec = |n: u64| {
+            if elapsed > 0.0 {
+                round(n as f64 / elapsed, 1)
+            } else {
+                0.0
+            }
+        };
+        r.add("rooms", o.rooms);
+        r.add("rate", o.rate);
+        r.add("seed", o.seed);
+        r.add("duration_s", round(o.duration.as_secs_f64(), 3));
+        r.add("elapsed_s", round(elapsed, 3));
+        r.add(
+            "op_interval_ms",
+            round(k.interval.as_secs_f64() * 1000.0, 3),
+        );
+        let ops: u64 = k.ops.iter().sum();
+        r.add("operations", ops);
+        r.add("operations_per_sec", per_sec(ops));
+        let mut by_kind = Report::default();
+        for (op, n) in Op::ALL.into_iter().zip(k.ops) {
+            by_kind.add(op.name(), n);
+        }
+        r.add_object("operations_by_kind", by_kind);
+        let received: u64 = k.received.iter().sum();
+        r.add("received", received);
+        r.add("received_per_sec", per_sec(received));
+        let mut by_type = Report::default();
+        for (name, n) in SOAK_RX_TYPES.into_iter().zip(k.received) {
+            by_type.add(name, n);
+        }
+        by_type.add("other", k.received[SOAK_RX_TYPES.len()]);
+        r.add_object("received_by_type", by_type);
+        r.add("error_replies", &k.errors);
+        r.add("error_replies_by_op", &k.errors_by_op);
+        r.add("reconnect_attempts", k.reconnect_attempts);
+        r.add("reconnects", k.reconnects);
+        r.add("users", k.next_user);
+        r.add("peak_live", k.peak_live);
+        r.add("handshake_failures", &k.handshake_failures);
+        r.add("unexpected_close_codes", &k.unexpected_closes);
+        r.add("unexpected_drops", &k.unexpected_drops);
+        r.add("close_replies", &k.close_replies);
+        r.add("closes_without_reply", &k.closes_without_reply);
+        r.add("close_timeouts", k.close_timeouts);
+        r.add("final_clean_closes", k.final_closes);
+        r.add("unclosed_at_end", s.open_at_end);
+        r.add("replies_missing", k.replies_missing);
+        r.add("replies_abandoned", k.replies_abandoned);
+        r.add("unsolicited_replies", k.unsolicited_replies);
+        r.add("frames_before_welcome", k.frames_before_welcome);
     }
 }
 
@@ -1680,6 +2509,24 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// Make closing `stream` reset the connection (RST) instead of a FIN.
+fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the option value is a live `linger` of the given size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const c_void,
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Has a non-blocking connect finished? `Err` if it failed.

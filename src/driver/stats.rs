@@ -32,6 +32,14 @@ impl Histogram {
     }
 }
 
+/// `{label="key"}` samples from a count map.
+fn labelled(label: &str, counts: &std::collections::BTreeMap<u16, u64>) -> Vec<(String, f64)> {
+    counts
+        .iter()
+        .map(|(k, n)| (format!("{{{label}=\"{k}\"}}"), *n as f64))
+        .collect()
+}
+
 impl Driver {
     pub(super) fn stats_json(&self, now: Instant) -> Vec<u8> {
         use serde_json::{json, Map, Value};
@@ -161,11 +169,7 @@ impl Driver {
             "WebSocket connections opened.",
             &[("", hub.connections_opened as f64)],
         );
-        let refused: Vec<(String, f64)> = c
-            .refused_by_status
-            .iter()
-            .map(|(status, n)| (format!("{{status=\"{status}\"}}"), *n as f64))
-            .collect();
+        let refused = labelled("status", &c.refused_by_status);
         let refused: Vec<(&str, f64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "handshakes_refused_total",
@@ -173,11 +177,7 @@ impl Driver {
             "WebSocket handshakes refused, by HTTP status.",
             &refused,
         );
-        let closes: Vec<(String, f64)> = c
-            .closes_by_code
-            .iter()
-            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n as f64))
-            .collect();
+        let closes = labelled("code", &c.closes_by_code);
         let closes: Vec<(&str, f64)> = closes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "server_closes_total",

@@ -156,18 +156,7 @@ impl Server {
 
     /// Poll /stats until `pred` holds (the server's view catches up with the test).
     pub fn wait_stats(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let s = self.stats();
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_stats_with_key(None, what, pred)
     }
 
     /// Send a signal and wait for the exit status (bounded).
@@ -273,7 +262,8 @@ pub fn close_code_in(bytes: &[u8]) -> Option<u16> {
             n => (2, n),
         };
         if op == 0x8 {
-            return (len >= 2).then(|| u16::from_be_bytes([bytes[i + hdr], bytes[i + hdr + 1]]));
+            let code = bytes.get(i + hdr..i + hdr + 2)?;
+            return (len >= 2).then(|| u16::from_be_bytes([code[0], code[1]]));
         }
         i += hdr + len;
     }
