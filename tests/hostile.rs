@@ -75,6 +75,39 @@ fn hundred_kilobyte_room_name_never_gets_101() {
 }
 
 #[test]
+fn frames_sent_with_the_handshake_may_exceed_the_read_buffer() {
+    // A client that does not wait for the 101, with more frames (here as a
+    // request body) than the driver's 64 KiB scratch buffer holds.
+    let server = Server::start(&[]);
+    let mut listener = server.joined("/ws/early?user=listener");
+    let big = format!(
+        r#"{{"type":"message","room":"early","data":"{}"}}"#,
+        "x".repeat(40_000)
+    );
+    let mut frames = client_frame(0x1, big.as_bytes());
+    frames.extend(client_frame(0x1, big.as_bytes()));
+    frames.extend(client_frame(
+        0x1,
+        br#"{"type":"message","room":"early","data":"last"}"#,
+    ));
+    assert!(frames.len() > 64 * 1024);
+    let request = upgrade_request("/ws/early?user=eager").replace(
+        "\r\n\r\n",
+        &format!("\r\nContent-Length: {}\r\n\r\n", frames.len()),
+    );
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(&frames).unwrap();
+    listener.expect("user_joined");
+    for _ in 0..2 {
+        let m = listener.expect("message");
+        assert_eq!(m["data"].as_str().map(str::len), Some(40_000));
+    }
+    assert_eq!(listener.expect("message")["data"], "last");
+    listener.sync();
+}
+
+#[test]
 fn frame_claiming_2_pow_63_bytes_closes_1009() {
     let server = Server::start(&[]);
     let mut other = bystander(&server);

@@ -60,6 +60,14 @@ impl Driver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => Flow::More,
                 Err(e) => return self.peer_gone(key, &e.to_string()),
             }
+        } else if partial.frame.len() >= scratch.len() {
+            // More came with the handshake (a request body, pipelined data)
+            // than the scratch buffer holds: parse it where it is.
+            let mut carried = std::mem::take(&mut partial.frame);
+            match self.handle_frames(key, now, &mut carried, &mut partial) {
+                Flow::Stop => Flow::Stop,
+                _ => Flow::More,
+            }
         } else {
             // Carried bytes (a partial header, or data that came with the
             // handshake) go first, then what the socket has.
