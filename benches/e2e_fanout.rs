@@ -23,6 +23,9 @@ fn main() {
             "warn",
             "--max-connections-per-user",
             "100000",
+            // The publisher outruns the default per-connection rate limit.
+            "--rate-limit",
+            "0",
         ])
         .stdin(Stdio::null())
         .spawn()

@@ -15,15 +15,16 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release --quiet --bin switchboard --bin switchboard-load
 SERVER=target/release/switchboard
 LOAD=target/release/switchboard-load
-PORT=${PORT:-18080}
 if [ "$(nproc)" -ge 2 ]; then PIN_S="taskset -c 0"; PIN_L="taskset -c 1"; else PIN_S=""; PIN_L=""; fi
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_server() {
+  # A free loopback port for each run, so runs never meet each other's servers.
+  PORT=${PORT_OVERRIDE:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
   # shellcheck disable=SC2086
   $PIN_S "$SERVER" --listen "127.0.0.1:$PORT" --log-level warn --max-connections 19500 \
-    --max-connections-per-user 100000 ${SERVER_FLAGS:-} &
+    --max-connections-per-user 100000 --rate-limit 0 ${SERVER_FLAGS:-} &
   SERVER_PID=$!
   for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi

@@ -348,6 +348,18 @@ impl Hub {
 
     /// Heartbeats: ping the silent, close the dead (4100). O(due entries).
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Expired tokens first: a connection closed now needs no ping.
+        while let Some(id) = self.expiries.pop_due(now) {
+            if self.registry.session(id).is_some() {
+                log::info!("{id} token expired");
+                let code = self.config.token_expired_code;
+                self.close_with(
+                    id,
+                    CloseReason::Server(code),
+                    Some(Arc::from("token expired")),
+                );
+            }
+        }
         let interval = self.config.ping_interval;
         let dead_after = interval + self.config.ping_timeout;
         while let Some(id) = self.heartbeats.pop_due(now) {
@@ -364,17 +376,6 @@ impl Hub {
                 self.heartbeats.schedule(session.last_seen + dead_after, id);
             } else {
                 self.heartbeats.schedule(session.last_seen + interval, id);
-            }
-        }
-        while let Some(id) = self.expiries.pop_due(now) {
-            if self.registry.session(id).is_some() {
-                log::info!("{id} token expired");
-                let code = self.config.token_expired_code;
-                self.close_with(
-                    id,
-                    CloseReason::Server(code),
-                    Some(Arc::from("token expired")),
-                );
             }
         }
     }
