@@ -105,10 +105,10 @@ impl Driver {
         conn.http_deadline = now + self.config.handshake_timeout;
         self.handshakes.push_back((conn.http_deadline, conn.id));
         self.mark_dirty(key);
-        // A pipelined request may already be complete in `rest`.
-        if !self.again.contains(&key) {
-            self.again.push(key);
-        }
+        // A pipelined request may be complete in `rest`, or still in the
+        // socket (reading stopped at the end of this request, so no new edge
+        // will announce it): look again next iteration.
+        self.again.push(key);
     }
 
     /// Refuse a WebSocket handshake with an HTTP error (never a 101).
@@ -348,10 +348,10 @@ impl Driver {
                     room.as_deref().unwrap_or("-")
                 );
                 self.drain_hub();
-                // Frames that arrived with the request are already buffered.
-                if !self.again.contains(&key) {
-                    self.again.push(key);
-                }
+                // Frames may have come with the request (buffered in `rx`)
+                // or be waiting in the socket with no new edge to announce
+                // them: read next iteration. A duplicate entry costs one read.
+                self.again.push(key);
             }
             Err(reason) => {
                 log::info!("{id} refused after handshake: {reason}");
