@@ -26,19 +26,23 @@ fn id(i: usize) -> ConnId {
     }
 }
 
+/// Open one hub connection (and drop the welcome and joined replies).
+fn open(hub: &mut Hub, now: Instant, index: usize, user: Option<&str>, room: Option<&str>) {
+    let req = OpenRequest {
+        user,
+        room,
+        kind: Kind::Hub,
+        ..Default::default()
+    };
+    hub.handle_open(now, id(index), req).unwrap();
+    while hub.poll_output().is_some() {}
+}
+
 /// A hub with `n` connections (users u0..un), all in room "r".
 fn hub_with_room(n: usize, now: Instant) -> Hub {
     let mut hub = Hub::new(config(), now);
     for i in 0..n {
-        let user = format!("u{i}");
-        let req = OpenRequest {
-            user: Some(&user),
-            room: Some("r"),
-            kind: Kind::Hub,
-            ..Default::default()
-        };
-        hub.handle_open(now, id(i), req).unwrap();
-        while hub.poll_output().is_some() {}
+        open(&mut hub, now, i, Some(&format!("u{i}")), Some("r"));
     }
     hub
 }
@@ -70,17 +74,7 @@ fn join_leave_big_room(bencher: Bencher) {
     let now = Instant::now();
     let mut hub = hub_with_room(1_000, now);
     let user = "churn";
-    hub.handle_open(
-        now,
-        id(5_000),
-        OpenRequest {
-            user: Some(user),
-            room: None,
-            kind: Kind::Hub,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    open(&mut hub, now, 5_000, Some(user), None);
     while hub.poll_output().is_some() {}
     bencher.bench_local(|| {
         hub.handle_text(now, id(5_000), r#"{"type":"join","room":"r"}"#);
@@ -94,17 +88,7 @@ fn join_leave_big_room(bencher: Bencher) {
 fn presence_small_room(bencher: Bencher) {
     let now = Instant::now();
     let mut hub = hub_with_room(20, now);
-    hub.handle_open(
-        now,
-        id(100),
-        OpenRequest {
-            user: Some("p"),
-            room: None,
-            kind: Kind::Hub,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    open(&mut hub, now, 100, Some("p"), None);
     while hub.poll_output().is_some() {}
     bencher.bench_local(|| {
         hub.handle_text(now, id(100), r#"{"type":"join","room":"r"}"#);
@@ -145,15 +129,8 @@ fn heartbeat_tick_100k_due(bencher: Bencher) {
         .with_inputs(|| {
             let mut hub = Hub::new(config(), now);
             for i in 0..100_000 {
-                let req = OpenRequest {
-                    user: None,
-                    room: None,
-                    kind: Kind::Hub,
-                    ..Default::default()
-                };
-                hub.handle_open(now, id(i), req).unwrap();
+                open(&mut hub, now, i, None, None);
             }
-            while hub.poll_output().is_some() {}
             hub
         })
         .bench_local_values(|mut hub| {
@@ -173,17 +150,7 @@ fn heartbeat_tick_100k_idle(bencher: Bencher) {
     let now = Instant::now();
     let mut hub = Hub::new(config(), now);
     for i in 0..100_000 {
-        hub.handle_open(
-            now,
-            id(i),
-            OpenRequest {
-                user: None,
-                room: None,
-                kind: Kind::Hub,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        open(&mut hub, now, i, None, None);
     }
     while hub.poll_output().is_some() {}
     bencher.bench_local(|| hub.handle_timeout(now + Duration::from_secs(1)));

@@ -285,8 +285,6 @@ pub enum CloseReason {
     SlowConsumer,
     /// 4102: kept sending over the message rate limit.
     RateLimited,
-    /// 4001: the token expired while connected.
-    TokenExpired,
     /// A code chosen by the server's operator (API or embedding; 4000 by default).
     Server(u16),
 }
@@ -303,7 +301,6 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4100,
             CloseReason::SlowConsumer => 4101,
             CloseReason::RateLimited => 4102,
-            CloseReason::TokenExpired => 4001,
             CloseReason::Server(code) => code,
         }
     }
@@ -319,7 +316,6 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "Heartbeat timeout",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limit exceeded",
-            CloseReason::TokenExpired => "token expired",
             CloseReason::Server(_) => "disconnected by the server",
         }
     }

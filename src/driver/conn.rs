@@ -80,12 +80,11 @@ impl Conn {
         self.set_state(State::Closing { write_shut: false });
     }
 
-    /// Write what is queued. `Ok(true)` when the queue is empty. A closing
+    /// Write what is queued; returns the bytes written. A closing
     /// connection half-closes once everything is out.
-    pub fn flush(&mut self) -> io::Result<(bool, usize)> {
+    pub fn flush(&mut self) -> io::Result<usize> {
         let written = self.out.write_to(&mut SocketWriter(&self.tcp))?;
-        let done = self.out.is_empty();
-        if done {
+        if self.out.is_empty() {
             if let State::Closing { write_shut } = &mut self.state {
                 if !*write_shut {
                     *write_shut = true;
@@ -95,7 +94,7 @@ impl Conn {
                 }
             }
         }
-        Ok((done, written))
+        Ok(written)
     }
 
     /// While closing: read and discard. `true` when the peer has closed (EOF or error).
@@ -130,12 +129,16 @@ pub fn control_frame(opcode: u8, payload: &[u8]) -> Bytes {
     w.finish_with_opcode(opcode)
 }
 
-/// A close frame: code and reason.
+/// A close frame: code and reason (cut to the 123 bytes a control frame allows).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(reason.as_bytes());
-    control_frame(0x8, &payload)
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut w = crate::protocol::FrameWriter::text(2 + end);
+    w.payload().extend_from_slice(&code.to_be_bytes());
+    w.payload().extend_from_slice(&reason.as_bytes()[..end]);
+    w.finish_with_opcode(0x8)
 }
 
 /// The reply to a client's close: the same code, or an empty close.
@@ -143,5 +146,31 @@ pub fn close_reply(code: Option<u16>) -> Bytes {
     match code {
         Some(code) => close_frame(code, ""),
         None => control_frame(0x8, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_a_valid_control_frame() {
+        // 60 four-byte characters (what a `Handle::disconnect` may pass) is
+        // 240 bytes: over the 125-byte control-frame payload limit.
+        let reason = "🦀".repeat(60);
+        let frame = close_frame(4000, &reason);
+        assert_eq!(frame[0], 0x88);
+        let len = frame[1] as usize;
+        assert!(len <= 125, "control payload {len} bytes");
+        assert_eq!(&frame[2..4], &4000u16.to_be_bytes());
+        assert!(
+            std::str::from_utf8(&frame[4..]).is_ok(),
+            "cut on a character boundary"
+        );
+        assert_eq!(
+            close_frame(1000, "bye")[..],
+            [0x88, 5, 0x03, 0xe8, b'b', b'y', b'e']
+        );
+        assert_eq!(close_reply(None)[..], [0x88, 0]);
     }
 }

@@ -518,7 +518,7 @@ impl Driver {
             }
             if conn.out.len() + frame.len() > cap {
                 // Before calling it slow, give the socket what it will take now.
-                if let Ok((_, written)) = conn.flush() {
+                if let Ok(written) = conn.flush() {
                     counters.bytes_out += written as u64;
                 }
                 if conn.out.len() + frame.len() > cap {
@@ -654,7 +654,7 @@ impl Driver {
             };
             conn.dirty = false;
             match conn.flush() {
-                Ok((_, written)) => self.counters.bytes_out += written as u64,
+                Ok(written) => self.counters.bytes_out += written as u64,
                 Err(e) => {
                     log::debug!("{} write failed: {e}", conn.id);
                     self.drop_conn(key);

@@ -40,7 +40,34 @@ fn labelled(label: &str, counts: &std::collections::BTreeMap<u16, u64>) -> Vec<(
         .collect()
 }
 
+/// Counts derived by walking the connection tables (O(connections), only
+/// when `/stats` or `/metrics` is asked for).
+struct Gauges {
+    echo: usize,
+    handshaking: usize,
+    queued_bytes: usize,
+}
+
 impl Driver {
+    fn gauges(&self) -> Gauges {
+        let echo = self
+            .hub
+            .registry()
+            .sessions()
+            .filter(|s| s.kind == Kind::Echo)
+            .count();
+        let (mut handshaking, mut queued_bytes) = (0, 0);
+        for (_, c) in &self.conns {
+            handshaking += usize::from(matches!(c.state, State::Http { .. }));
+            queued_bytes += c.out.len();
+        }
+        Gauges {
+            echo,
+            handshaking,
+            queued_bytes,
+        }
+    }
+
     pub(super) fn stats_json(&self, now: Instant) -> Vec<u8> {
         use serde_json::{json, Map, Value};
         let reg = self.hub.registry();
@@ -53,13 +80,11 @@ impl Driver {
             .map(|r| (r.name.to_string(), json!(r.users.len())))
             .collect();
         let hub = self.hub.counters();
-        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
-        let queued_bytes: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
-        let handshaking = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
-            .count();
+        let Gauges {
+            echo,
+            handshaking,
+            queued_bytes,
+        } = self.gauges();
         let stats = json!({
             "total_connections": reg.len(),
             "echo_connections": echo,
@@ -91,7 +116,11 @@ impl Driver {
         let reg = self.hub.registry();
         let hub = self.hub.counters();
         let c = &self.counters;
-        let queued: usize = self.conns.iter().map(|(_, c)| c.out.len()).sum();
+        let Gauges {
+            echo,
+            handshaking,
+            queued_bytes: queued,
+        } = self.gauges();
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
             let _ = writeln!(out, "# HELP switchboard_{name} {help}");
@@ -100,7 +129,6 @@ impl Driver {
                 let _ = writeln!(out, "switchboard_{name}{labels} {value}");
             }
         };
-        let echo = reg.sessions().filter(|s| s.kind == Kind::Echo).count();
         metric(
             "connections",
             "gauge",
@@ -110,11 +138,6 @@ impl Driver {
                 ("{route=\"echo\"}", echo as f64),
             ],
         );
-        let handshaking = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
-            .count();
         metric(
             "http_connections",
             "gauge",

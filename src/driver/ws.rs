@@ -35,7 +35,10 @@ impl Driver {
         let State::Open { rx } = &mut conn.state else {
             return Flow::Stop;
         };
-        let mut partial = rx.take().map(|b| *b).unwrap_or_default();
+        // Work on a plain value; keep the box (if any) to put it back in,
+        // so a frame arriving over many reads is not re-boxed every read.
+        let mut boxed = rx.take();
+        let mut partial = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
         let flow = if partial.need > 0 {
             // A frame bigger than what was read so far: read straight into it.
             let missing = partial.need - partial.frame.len();
@@ -90,7 +93,13 @@ impl Driver {
         };
         if flow != Flow::Stop && !partial.is_empty() {
             if let Some(State::Open { rx }) = self.conns.get_mut(key).map(|c| &mut c.state) {
-                *rx = Some(Box::new(partial));
+                *rx = Some(match boxed {
+                    Some(mut b) => {
+                        *b = partial;
+                        b
+                    }
+                    None => Box::new(partial),
+                });
             }
         }
         flow

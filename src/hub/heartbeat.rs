@@ -40,13 +40,4 @@ impl Heartbeats {
         self.heap.retain(|Reverse((_, id))| live(*id));
         self.heap.shrink_to_fit();
     }
-
-    /// Entries held (live and stale).
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
 }

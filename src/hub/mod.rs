@@ -267,10 +267,13 @@ impl Hub {
         };
         self.send(Target::Conn(id), protocol::json_frame(&welcome));
         if let Some(room) = req.room {
-            if let Err(e) = self.join(id, room, None) {
-                self.refuse(id, e);
-            } else if let Some(s) = self.registry.session_mut(id) {
-                s.home_room = s.rooms.last().map(|&(r, _)| r);
+            match self.join(id, room, None) {
+                Ok(key) => {
+                    if let Some(s) = self.registry.session_mut(id) {
+                        s.home_room = Some(key);
+                    }
+                }
+                Err(e) => self.refuse(id, e),
             }
         }
         Ok(())
@@ -548,7 +551,7 @@ impl Hub {
             r
         };
         match msg {
-            ClientMsg::Join { room } => self.join(id, &room, reference).map_err(with_ref),
+            ClientMsg::Join { room } => self.join(id, &room, reference).map(drop).map_err(with_ref),
             ClientMsg::Leave { room } => {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
                 self.leave(id, key, reference);
@@ -727,18 +730,19 @@ impl Hub {
         }
     }
 
+    /// Join `room` and answer `joined`; returns the room's key.
     fn join<'a>(
         &mut self,
         id: ConnId,
         room: &str,
         reference: Option<&'a RawValue>,
-    ) -> Result<(), Refusal<'a>> {
+    ) -> Result<RoomKey, Refusal<'a>> {
         self.check_room_name(room)?;
         self.check_may_join(id, room)?;
-        let (joined, key) = self
+        let key = match self
             .registry
-            .join(id, room, self.config.max_rooms_per_connection);
-        match joined {
+            .join(id, room, self.config.max_rooms_per_connection)
+        {
             Joined::TooManyRooms => {
                 return Err(Refusal::new(
                     ErrorCode::TooManyRooms,
@@ -749,19 +753,22 @@ impl Hub {
                 ))
             }
             Joined::Added {
+                key,
                 first_of_user: true,
             } => {
                 log::debug!("{id} joined {room}");
                 self.announce("user_joined", key, id);
+                key
             }
             Joined::Added {
+                key,
                 first_of_user: false,
             }
-            | Joined::Already => {}
-        }
+            | Joined::Already(key) => key,
+        };
         let frame = self.member_list("joined", room, reference);
         self.send(Target::Conn(id), frame);
-        Ok(())
+        Ok(key)
     }
 
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {

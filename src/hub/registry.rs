@@ -78,9 +78,9 @@ pub struct User {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Joined {
     /// Already a member: nothing changed.
-    Already,
+    Already(RoomKey),
     /// Added; `first_of_user` if no other connection of the user was there.
-    Added { first_of_user: bool },
+    Added { key: RoomKey, first_of_user: bool },
     /// At the per-connection room limit.
     TooManyRooms,
 }
@@ -207,18 +207,18 @@ impl Registry {
     }
 
     /// Put `id` in the room `name`, creating the room if needed.
-    pub fn join(&mut self, id: ConnId, name: &str, max_rooms: usize) -> (Joined, RoomKey) {
+    pub fn join(&mut self, id: ConnId, name: &str, max_rooms: usize) -> Joined {
         let existing = self.room_index.get(name).copied();
         let Some(session) = self.sessions[id.index as usize].as_ref() else {
             unreachable!("join on a closed session")
         };
         if let Some(key) = existing {
             if session.rooms.iter().any(|&(r, _)| r == key) {
-                return (Joined::Already, key);
+                return Joined::Already(key);
             }
         }
         if session.rooms.len() >= max_rooms {
-            return (Joined::TooManyRooms, existing.unwrap_or(usize::MAX));
+            return Joined::TooManyRooms;
         }
         let Some(user) = session.user else {
             unreachable!("echo sessions join no room")
@@ -243,7 +243,7 @@ impl Registry {
             .as_mut()
             .expect("checked above");
         session.rooms.push((key, pos));
-        (Joined::Added { first_of_user }, key)
+        Joined::Added { key, first_of_user }
     }
 
     /// Take `id` out of room `key`. Returns `Some(last_of_user)` if it was a
