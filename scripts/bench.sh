@@ -9,23 +9,42 @@
 #   scripts/bench.sh all                 the issue's target table
 #
 # SERVER_FLAGS adds daemon flags; LOAD_FLAGS adds load-tool flags.
+# SERVER_CMD replaces the switchboard command line with another server's (run
+# from the repository root, split on spaces, `{PORT}` replaced by the port; the
+# server must accept connections on 127.0.0.1:{PORT}; its stdout goes to
+# stderr); SERVER_FLAGS is then unused. scripts/peers.sh uses it to run the
+# same loads against peer servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --quiet --bin switchboard --bin switchboard-load
+if [ -n "${SERVER_CMD:-}" ]; then
+  cargo build --release --quiet --bin switchboard-load
+else
+  cargo build --release --quiet --bin switchboard --bin switchboard-load
+fi
 SERVER=target/release/switchboard
 LOAD=target/release/switchboard-load
 if [ "$(nproc)" -ge 2 ]; then PIN_S="taskset -c 0"; PIN_L="taskset -c 1"; else PIN_S=""; PIN_L=""; fi
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time (user + system) the server has used so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 start_server() {
   # A free loopback port for each run, so runs never meet each other's servers.
   PORT=${PORT_OVERRIDE:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-  # shellcheck disable=SC2086
-  $PIN_S "$SERVER" --listen "127.0.0.1:$PORT" --log-level warn --max-connections 19500 \
-    --max-connections-per-user 100000 --rate-limit 0 ${SERVER_FLAGS:-} &
+  if [ -n "${SERVER_CMD:-}" ]; then
+    # shellcheck disable=SC2086
+    $PIN_S ${SERVER_CMD//\{PORT\}/$PORT} >&2 &
+  else
+    # shellcheck disable=SC2086
+    $PIN_S "$SERVER" --listen "127.0.0.1:$PORT" --log-level warn --max-connections 19500 \
+      --max-connections-per-user 100000 --rate-limit 0 ${SERVER_FLAGS:-} &
+  fi
   SERVER_PID=$!
+  # A failed run exits early (set -e): do not leave its server running.
+  trap stop_server EXIT
   for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return; fi
     sleep 0.05
@@ -43,38 +62,65 @@ run_idle() {
   local n=${1:-10000}
   start_server
   sleep 0.2
-  local base
+  local base cpu0
   base=$(rss_kb "$SERVER_PID")
+  cpu0=$(cpu_ticks "$SERVER_PID")
   local out held=""
   out=$(mktemp)
+  # The server's CPU time is read the moment every connection is open (its
+  # cost per handshake), its RSS a second later.
   # shellcheck disable=SC2086
   $PIN_L "$LOAD" --server "127.0.0.1:$PORT" --mode idle --conns "$n" --hold 3 ${LOAD_FLAGS:-} \
     2> >(while read -r line; do
-           if [ "$line" = READY ]; then sleep 1; rss_kb "$SERVER_PID" > "$out.rss"; fi
+           if [ "$line" = READY ]; then
+             cpu_ticks "$SERVER_PID" > "$out.cpu"
+             sleep 1
+             rss_kb "$SERVER_PID" > "$out.rss"
+           fi
          done) > "$out"
   sleep 0.2
   held=$(cat "$out.rss" 2>/dev/null || echo 0)
+  local cpu1
+  cpu1=$(cat "$out.cpu" 2>/dev/null || echo "$cpu0")
   local after
   sleep 1
   after=$(rss_kb "$SERVER_PID")
   stop_server
-  python3 - "$out" "$base" "$held" "$after" "$n" <<'PY'
+  python3 - "$out" "$base" "$held" "$after" "$n" "$(( (cpu1 - cpu0) * TICK_US ))" <<'PY'
 import json, sys
 res = json.load(open(sys.argv[1]))
-base, held, after, n = (int(x) for x in sys.argv[2:6])
+base, held, after, n, cpu_us = (int(x) for x in sys.argv[2:7])
+connected = max(res.get("connected", n), 1)
 res.update(server_rss_kb_before=base, server_rss_kb_held=held, server_rss_kb_after=after,
-           rss_bytes_per_conn=round((held - base) * 1024 / max(res.get("connected", n), 1)))
+           rss_bytes_per_conn=round((held - base) * 1024 / connected),
+           connects_per_sec=round(connected / max(res.get("connect_s", 0), 1e-9)),
+           server_cpu_us_per_connect=round(cpu_us / connected, 1))
 print(json.dumps(res))
 PY
-  rm -f "$out" "$out.rss"
+  rm -f "$out" "$out.rss" "$out.cpu"
 }
 
 run_load() {
   start_server
   sleep 0.2
+  local cpu0 out
+  cpu0=$(cpu_ticks "$SERVER_PID")
+  out=$(mktemp)
   # shellcheck disable=SC2086
-  $PIN_L "$LOAD" --server "127.0.0.1:$PORT" "$@" ${LOAD_FLAGS:-} 2>/dev/null
+  $PIN_L "$LOAD" --server "127.0.0.1:$PORT" "$@" ${LOAD_FLAGS:-} 2>/dev/null > "$out"
+  local cpu_us=$(( ($(cpu_ticks "$SERVER_PID") - cpu0) * TICK_US ))
   stop_server
+  # How busy the server's core was over the run (1.0: never idle).
+  python3 - "$out" "$cpu_us" <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))
+wall = res.get("elapsed_s") or res.get("duration_s") or 0
+res.update(server_cpu_s=int(sys.argv[2]) / 1e6)
+if wall:
+    res.update(server_core_busy=round(int(sys.argv[2]) / 1e6 / wall, 2))
+print(json.dumps(res))
+PY
+  rm -f "$out"
 }
 
 case "${1:-all}" in
@@ -91,5 +137,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,19p' "$0"; exit 2 ;;
 esac

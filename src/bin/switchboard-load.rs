@@ -58,7 +58,9 @@
 //!
 //! Connections are opened at most `--connect-window` (default 500) at a time
 //! so the server's accept backlog is not overrun, from source addresses
-//! 127.0.0.1 ..= 127.0.0.S (`--sources`, default 8) so ephemeral ports last.
+//! 127.a.b.1 ..= 127.a.b.S (`--sources`, default 8) so ephemeral ports last,
+//! with `a.b` picked afresh for each run so no connection steps over the
+//! previous run's TIME_WAIT 4-tuples.
 //! Only loopback servers (127.0.0.0/8, `::1`) are accepted. The soft open-file
 //! limit is raised to the hard limit at start.
 //!
@@ -107,7 +109,8 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --rooms R            soak: rooms soak-0 ..= soak-<R-1> [50]
   --seed S             soak: seed of the random schedule [1]
   --connect-window C   connection attempts in flight at once [500]
-  --sources S          spread sockets over 127.0.0.1 ..= 127.0.0.S [8]
+  --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
+                       (a.b new for each run)
   -h, --help           print this help
 
 Prints one JSON object on stdout at the end; progress and READY on stderr.
@@ -1047,9 +1050,16 @@ impl Load {
             conns.push(Conn::new(Role::Publisher));
         }
         let sources = match opts.server.ip() {
-            IpAddr::V4(_) => (1..=opts.sources)
-                .map(|k| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))))
-                .collect(),
+            IpAddr::V4(_) => {
+                // A fresh /24 of 127.0.0.0/8 for each run: the 4-tuples of a
+                // run just before are still in TIME_WAIT, and a connect that
+                // must step over them is several times slower, which would
+                // measure the previous run instead of the server.
+                let [a, b] = fresh_subnet();
+                (1..=opts.sources)
+                    .map(|k| Some(IpAddr::V4(Ipv4Addr::new(127, a, b, k))))
+                    .collect()
+            }
             IpAddr::V6(_) => vec![None],
         };
         let now = Instant::now();
@@ -2432,27 +2442,42 @@ fn raise_fd_limit() -> libc::rlim_t {
 }
 
 /// Start a non-blocking connect to `dst` from `src` (any port).
+/// The middle two octets of a 127.a.b.0/24 not used by a recent run: from
+/// the clock and the process id (127.0.0.0/24 itself is left alone).
+fn fresh_subnet() -> [u8; 2] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 20) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    let a = 1 + (x % 254) as u8;
+    let b = ((x >> 8) % 256) as u8;
+    [a, b]
+}
+
 fn connect_from(src: Option<IpAddr>, dst: SocketAddr) -> io::Result<std::net::TcpStream> {
     let family = if dst.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    // SAFETY: plain socket(2); the descriptor is owned right below.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM, 0) };
+    // SAFETY: plain socket(2), non-blocking from the start (no fcntl calls);
+    // the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let fd = socket.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
     if let Some(src) = src {
         #[cfg(target_os = "linux")]
         {
