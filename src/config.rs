@@ -71,6 +71,10 @@ pub struct Config {
     pub hub: HubConfig,
     /// Total open connections (handshaking included); over it the handshake gets 503.
     pub max_connections: usize,
+    /// Completed TCP connections the kernel queues for `accept` (capped by
+    /// `net.core.somaxconn`). Too small a queue drops SYNs in a burst, and
+    /// each dropped SYN costs its client a one-second retransmission.
+    pub listen_backlog: u32,
     /// Largest message on the `/echo` route (separate from the hub's limit).
     pub echo_max_message_size: usize,
     /// Bytes queued for one client before it is a slow consumer (close 4101).
@@ -107,6 +111,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
             hub: HubConfig::default(),
             max_connections: 10_000,
+            listen_backlog: 4096,
             echo_max_message_size: 64 * 1024,
             max_output_queue: 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
@@ -175,6 +180,12 @@ pub const SETTINGS: &[Setting] = &[
         value: "N",
         help: "total connections; over it the handshake gets 503",
         default: "10000",
+    },
+    Setting {
+        name: "listen_backlog",
+        value: "N",
+        help: "accept queue length (the kernel caps it at net.core.somaxconn)",
+        default: "4096",
     },
     Setting {
         name: "max_connections_per_user",
@@ -366,6 +377,9 @@ impl Config {
             "close_timeout" => self.close_timeout = secs(value, 0.0).map_err(err)?,
             "shutdown_timeout" => self.shutdown_timeout = secs(value, 0.0).map_err(err)?,
             "max_connections" => self.max_connections = count(value, 1).map_err(err)?,
+            "listen_backlog" => {
+                self.listen_backlog = count(value, 1).map_err(err)?.min(i32::MAX as usize) as u32
+            }
             "max_connections_per_user" => {
                 self.hub.max_connections_per_user = count(value, 1).map_err(err)?
             }

@@ -354,3 +354,39 @@ fn slow_reader_memory_stays_bounded_and_others_are_served() {
     let _ = slow.read_to_end(&mut got);
     assert_eq!(close_code_in(&got), Some(4101));
 }
+
+#[test]
+fn a_burst_of_connects_waits_in_the_accept_queue() {
+    // 600 connects while the server cannot accept (stopped): the kernel
+    // completes them all into the accept queue (`--listen-backlog`, 4096 by
+    // default). With std's backlog of 128 the SYNs past it would be dropped
+    // and each of those clients would stall a second or more (checked:
+    // `--listen-backlog 128` fails here at connect 129).
+    let server = Server::start(&[]);
+    let pid = server.child.id() as i32;
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut burst = Vec::new();
+    for i in 0..600 {
+        match TcpStream::connect_timeout(&server.addr, Duration::from_millis(500)) {
+            Ok(s) => burst.push(s),
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                panic!("connect {i} of the burst did not complete: {e}");
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for s in &mut burst {
+        s.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    }
+    for s in &mut burst {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101");
+    }
+    assert_eq!(server.stats()["total_connections"], 600);
+}

@@ -1203,9 +1203,13 @@ impl Load {
         let gen = conn.peer.gen;
         let source = self.sources[(idx + gen as usize - 1) % self.sources.len()];
         conn.state = State::Connecting;
+        let role = conn.peer.role;
         let started = connect_from(source, self.s.opts.server).and_then(|std| {
             let mut stream = TcpStream::from_std(std);
-            stream.set_nodelay(true)?;
+            // Idle holders only ever send pongs: spare the connect rate a syscall.
+            if role != Role::Holder {
+                stream.set_nodelay(true)?;
+            }
             self.poll.registry().register(
                 &mut stream,
                 Token(idx),

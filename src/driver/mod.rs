@@ -16,6 +16,7 @@ mod ws;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -103,6 +104,14 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
+        // mio listens with std's backlog of 128: a burst of connects beyond
+        // it loses SYNs, and each lost SYN is a one-second stall for its
+        // client. A second listen(2) only resizes the queue.
+        // SAFETY: listen on the descriptor the listener owns.
+        if unsafe { libc::listen(listener.as_raw_fd(), config.listen_backlog as libc::c_int) } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
