@@ -80,10 +80,11 @@ impl Conn {
         self.set_state(State::Closing { write_shut: false });
     }
 
-    /// Write what is queued; returns the bytes written. A closing
-    /// connection half-closes once everything is out.
-    pub fn flush(&mut self) -> io::Result<usize> {
-        let written = self.out.write_to(&mut SocketWriter(&self.tcp))?;
+    /// Write what is queued (`gather`: the driver's shared scratch buffer);
+    /// returns the bytes written. A closing connection half-closes once
+    /// everything is out.
+    pub fn flush(&mut self, gather: &mut Vec<u8>) -> io::Result<usize> {
+        let written = self.out.write_to(&mut SocketWriter(&self.tcp), gather)?;
         if self.out.is_empty() {
             if let State::Closing { write_shut } = &mut self.state {
                 if !*write_shut {

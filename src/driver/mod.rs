@@ -176,6 +176,7 @@ impl Server {
             _handle: self.handle,
             clock: (now, std::time::SystemTime::now()),
             scratch: vec![0; SCRATCH],
+            gather: Vec::with_capacity(outq::GATHER_MAX),
             config: self.config,
             poll: self.poll,
             listener: Some(self.listener),
@@ -213,6 +214,8 @@ struct Driver {
     clock: (Instant, std::time::SystemTime),
     /// The one read buffer all sockets share (see `rx`).
     scratch: Vec<u8>,
+    /// Shared buffer in which small queued frames are gathered for one send.
+    gather: Vec<u8>,
     conns: Slab<Conn>,
     /// Connections with output queued this iteration (flushed once each).
     dirty: Vec<usize>,
@@ -515,6 +518,7 @@ impl Driver {
             slow,
             counters,
             config,
+            gather,
             ..
         } = self;
         let cap = config.max_output_queue;
@@ -527,7 +531,7 @@ impl Driver {
             }
             if conn.out.len() + frame.len() > cap {
                 // Before calling it slow, give the socket what it will take now.
-                if let Ok(written) = conn.flush() {
+                if let Ok(written) = conn.flush(gather) {
                     counters.bytes_out += written as u64;
                 }
                 if conn.out.len() + frame.len() > cap {
@@ -662,7 +666,7 @@ impl Driver {
                 continue;
             };
             conn.dirty = false;
-            match conn.flush() {
+            match conn.flush(&mut self.gather) {
                 Ok(written) => self.counters.bytes_out += written as u64,
                 Err(e) => {
                     log::debug!("{} write failed: {e}", conn.id);

@@ -1,6 +1,10 @@
 //! One ordered output queue per connection, shared by tungstenite's own frames
 //! (pongs) and fan-out frames. Shared frames are queued by reference count,
-//! never copied; the queue is drained with vectored writes.
+//! never copied into the queue. Draining it, runs of small frames are
+//! gathered into one buffer and sent with one plain `send` (the kernel copies
+//! one segment instead of walking an iovec per frame, and 256 frames need
+//! one call instead of four of at most 64 iovecs); large frames go out from
+//! where they are with vectored writes.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -9,6 +13,13 @@ use bytes::Bytes;
 
 /// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
+
+/// Most bytes gathered for one `send` (one loopback segment); the driver's
+/// gather buffer is this big.
+pub const GATHER_MAX: usize = 64 * 1024;
+
+/// Frames at least this big are not copied into the gather buffer.
+const GATHER_FRAME_MAX: usize = 8 * 1024;
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -52,18 +63,38 @@ impl OutQueue {
     }
 
     /// Write as much as the socket takes. Returns bytes written; stops
-    /// (without error) on `WouldBlock`.
-    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+    /// (without error) on `WouldBlock`. `gather` is scratch space (any
+    /// contents; left with capacity for [`GATHER_MAX`] bytes).
+    pub fn write_to(&mut self, w: &mut impl Write, gather: &mut Vec<u8>) -> io::Result<usize> {
         let mut total = 0;
-        while !self.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
-                let start = if i == 0 { self.front_written } else { 0 };
-                slices[i] = IoSlice::new(&f[start..]);
-                n += 1;
-            }
-            let written = match w.write_vectored(&slices[..n]) {
+        while let Some(front) = self.frames.front() {
+            let front = &front[self.front_written..];
+            let small = |f: &[u8]| f.len() < GATHER_FRAME_MAX;
+            let mut requested = 0;
+            let result = if self.frames.len() > 1 && small(front) && small(&self.frames[1]) {
+                // A run of small frames: copy it into one buffer, one send.
+                gather.clear();
+                gather.extend_from_slice(front);
+                for f in self.frames.iter().skip(1) {
+                    if !small(f) || gather.len() + f.len() > GATHER_MAX {
+                        break;
+                    }
+                    gather.extend_from_slice(f);
+                }
+                requested = gather.len();
+                w.write(gather)
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
+                    let start = if i == 0 { self.front_written } else { 0 };
+                    slices[i] = IoSlice::new(&f[start..]);
+                    requested += slices[i].len();
+                    n += 1;
+                }
+                w.write_vectored(&slices[..n])
+            };
+            let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -72,6 +103,11 @@ impl OutQueue {
             };
             total += written;
             self.consume(written);
+            if written < requested {
+                // The socket buffer is full: a writable edge follows when it
+                // drains, so don't spend a call to hear EAGAIN.
+                break;
+            }
         }
         if self.frames.is_empty() && self.frames.capacity() > 16 {
             // A burst grew the ring: give the memory back once it has drained.
@@ -113,25 +149,58 @@ impl Write for OutQueue {
 mod tests {
     use super::*;
 
-    /// A writer that accepts at most `cap` bytes per call and `budget` in all.
+    /// A socket stand-in: takes at most `cap` bytes per call and `budget`
+    /// in all (then `WouldBlock`); counts calls.
     struct Trickle {
         got: Vec<u8>,
         cap: usize,
         budget: usize,
+        calls: usize,
+    }
+
+    impl Trickle {
+        fn new(cap: usize, budget: usize) -> Trickle {
+            Trickle {
+                got: Vec::new(),
+                cap,
+                budget,
+                calls: 0,
+            }
+        }
     }
 
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
             if self.budget == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let n = buf.len().min(self.cap).min(self.budget);
-            self.got.extend_from_slice(&buf[..n]);
+            let mut room = self.cap.min(self.budget);
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(room);
+                self.got.extend_from_slice(&b[..k]);
+                room -= k;
+                n += k;
+            }
             self.budget -= n;
             Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
+        }
+    }
+
+    /// Call `write_to` until the queue is empty, refilling the budget.
+    fn drain(q: &mut OutQueue, w: &mut Trickle, per_call: usize) {
+        let mut gather = Vec::new();
+        while !q.is_empty() {
+            w.budget = per_call;
+            q.write_to(w, &mut gather).unwrap();
+            assert!(gather.capacity() <= 2 * GATHER_MAX);
         }
     }
 
@@ -145,17 +214,53 @@ mod tests {
             q.push(f);
         }
         let total = q.len();
-        let mut w = Trickle {
-            got: Vec::new(),
-            cap: 5,
-            budget: 100,
-        };
-        assert_eq!(q.write_to(&mut w).unwrap(), 100);
-        assert_eq!(q.len(), total - 100);
-        w.budget = usize::MAX;
-        q.write_to(&mut w).unwrap();
+        let mut w = Trickle::new(5, 100);
+        // A short write means a full socket buffer: the call ends there.
+        assert_eq!(q.write_to(&mut w, &mut Vec::new()).unwrap(), 5);
+        assert_eq!(q.len(), total - 5);
+        drain(&mut q, &mut w, 100);
+        assert_eq!(w.got, expect);
+    }
+
+    #[test]
+    fn small_frames_leave_in_one_send_and_big_ones_uncopied() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        // 256 small frames (more than one iovec array holds), a big one,
+        // then small ones again.
+        let sizes = (0..256)
+            .map(|i| 60 + i % 50)
+            .chain([GATHER_FRAME_MAX * 3])
+            .chain((0..40).map(|i| 10 + i));
+        for (i, len) in sizes.enumerate() {
+            let f = Bytes::from(vec![i as u8; len]);
+            expect.extend_from_slice(&f);
+            q.push(f);
+        }
+        let mut w = Trickle::new(usize::MAX, usize::MAX);
+        q.write_to(&mut w, &mut Vec::new()).unwrap();
         assert!(q.is_empty());
         assert_eq!(w.got, expect);
+        // One send for the 256 small frames, one vectored write for the big
+        // frame and the small ones behind it.
+        assert_eq!(w.calls, 2);
+    }
+
+    #[test]
+    fn split_writes_keep_order_across_gathered_and_vectored() {
+        for cap in [1, 7, 333, 5000, GATHER_MAX + 3] {
+            let mut q = OutQueue::default();
+            let mut expect = Vec::new();
+            let sizes = [100, 200, GATHER_FRAME_MAX + 1, 50, 50, GATHER_MAX, 7, 9];
+            for (i, len) in sizes.into_iter().enumerate() {
+                let f = Bytes::from(vec![i as u8 + 1; len]);
+                expect.extend_from_slice(&f);
+                q.push(f);
+            }
+            let mut w = Trickle::new(cap, 0);
+            drain(&mut q, &mut w, 1000);
+            assert_eq!(w.got, expect, "cap {cap}");
+        }
     }
 
     #[test]
@@ -163,17 +268,12 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abcdef"));
         q.push(Bytes::from_static(b"ghi"));
-        let mut w = Trickle {
-            got: Vec::new(),
-            cap: 2,
-            budget: 2,
-        };
-        q.write_to(&mut w).unwrap();
+        let mut w = Trickle::new(2, 2);
+        q.write_to(&mut w, &mut Vec::new()).unwrap();
         q.discard_unstarted();
         assert_eq!(q.len(), 4);
         q.push(Bytes::from_static(b"X"));
-        w.budget = usize::MAX;
-        q.write_to(&mut w).unwrap();
+        drain(&mut q, &mut w, 2);
         assert_eq!(w.got, b"abcdefX");
     }
 }
