@@ -10,7 +10,7 @@
 //! switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|soak
 //!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K]
 //!     [--messages M] [--rate PER_SEC] [--hold SECS] [--duration SECS]
-//!     [--rooms R] [--seed S] [--connect-window C] [--sources S]
+//!     [--rooms R] [--seed S] [--connect-window C] [--sources S] [--busy-poll]
 //! ```
 //!
 //! Modes:
@@ -111,6 +111,9 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
                        (a.b new for each run)
+  --busy-poll          poll without sleeping (spins its core): on loopback
+                       the server's send pays for waking a sleeping reader,
+                       which separate client machines would not charge it
   -h, --help           print this help
 
 Prints one JSON object on stdout at the end; progress and READY on stderr.
@@ -185,6 +188,7 @@ struct Opts {
     duration: Duration,
     connect_window: usize,
     sources: u8,
+    busy_poll: bool,
     rooms: u32,
     seed: u64,
 }
@@ -246,6 +250,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         duration: Duration::from_secs(10),
         connect_window: 500,
         sources: 8,
+        busy_poll: false,
         rooms: 50,
         seed: 1,
     };
@@ -283,6 +288,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 opts.connect_window = number(&mut parser, "connect-window", 1)?
             }
             Long("sources") => opts.sources = number(&mut parser, "sources", 1)?,
+            Long("busy-poll") => opts.busy_poll = true,
             _ => return Err(arg.unexpected().to_string()),
         }
     }
@@ -1171,7 +1177,11 @@ impl Load {
         let mut events = Events::with_capacity(4096);
         self.tick(Instant::now());
         while self.s.phase != Phase::Done {
-            let timeout = self.timeout(Instant::now());
+            let timeout = if self.s.opts.busy_poll {
+                Duration::ZERO
+            } else {
+                self.timeout(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -1606,6 +1616,9 @@ impl Load {
         r.add("mode", o.mode.name());
         r.add("server", o.server.to_string());
         r.add("conns", o.conns);
+        if o.busy_poll {
+            r.add("busy_poll", true);
+        }
         r.add("connected", s.connected);
         r.add("failed", s.failed);
         r.add("connect_s", round(s.connect_s, 3));
