@@ -18,8 +18,10 @@ const MAX_IOV: usize = 64;
 /// gather buffer is this big.
 pub const GATHER_MAX: usize = 64 * 1024;
 
-/// Frames at least this big are not copied into the gather buffer.
-const GATHER_FRAME_MAX: usize = 8 * 1024;
+/// Frames at least this big are not copied into the gather buffer: for them
+/// the copy costs more than the kernel's per-iovec step, and 64 of them
+/// (128 KiB or more) already fill a socket buffer in one vectored call.
+const GATHER_FRAME_MAX: usize = 2 * 1024;
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
