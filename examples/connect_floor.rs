@@ -1,6 +1,6 @@
 //! The kernel's floor for connection set-up on this machine: one thread
-//! opens N loopback TCP connections (blocking `connect`, source addresses
-//! spread over 127.0.0.x as `switchboard-load` does), another accepts them,
+//! opens N loopback TCP connections (blocking `connect`, from a fresh
+//! 127.a.b.0/24 for each round as `switchboard-load` does), another accepts them,
 //! each pinned to its own core when there are two. No bytes are exchanged,
 //! no WebSocket, no HTTP: no server can complete handshakes faster than the
 //! kernel completes these bare TCP connects.
@@ -25,7 +25,9 @@ fn main() {
     // A backlog as deep as the kernel allows (a second `listen` only resizes
     // it), so a burst of connects never waits on a dropped SYN.
     // SAFETY: listen on a descriptor the listener owns.
-    unsafe { libc::listen(listener.as_raw_fd(), 65535) };
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), 65535) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    let [a, b] = fresh_subnet();
     for round in 0..rounds {
         let listener = listener.try_clone().unwrap();
         let server = std::thread::spawn(move || {
@@ -46,10 +48,11 @@ fn main() {
         let start = Instant::now();
         let mut clients = Vec::with_capacity(n);
         for i in 0..n {
-            // Fresh source addresses each round: the last round's ports sit in
-            // TIME_WAIT, and skipping them makes connects slower.
-            let host = 2 + (round * n.div_ceil(PER_SOURCE) + i / PER_SOURCE) % 250;
-            clients.push(connect_from(Ipv4Addr::new(127, 0, 0, host as u8), addr));
+            // Fresh source addresses each round (and run): the 4-tuples of
+            // earlier rounds sit in TIME_WAIT, and stepping over them makes
+            // connects several times slower.
+            let host = 1 + (round * n.div_ceil(PER_SOURCE) + i / PER_SOURCE) % 254;
+            clients.push(connect_from(Ipv4Addr::new(127, a, b, host as u8), addr));
         }
         let connected = start.elapsed().as_secs_f64();
         let (accepted_at, held) = server.join().unwrap();
@@ -61,9 +64,20 @@ fn main() {
         );
         drop(clients);
         drop(held);
-        // Let the closed connections leave TIME_WAIT-free states before the next round.
+        // A pause between rounds, so one round's closes do not run into the
+        // next round's connects.
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// Middle octets of a 127.a.b.0/24 unlikely to be used by a recent run
+/// (from the clock and the process id; never 127.0.0.0/24).
+fn fresh_subnet() -> [u8; 2] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let x = nanos ^ std::process::id().rotate_left(16);
+    [1 + (x % 254) as u8, (x >> 8) as u8]
 }
 
 /// A blocking connect from `src` (port chosen at connect time, so a source

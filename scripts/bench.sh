@@ -28,7 +28,8 @@ if [ "$(nproc)" -ge 2 ]; then PIN_S="taskset -c 0"; PIN_L="taskset -c 1"; else P
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 # CPU time (user + system) the server has used so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# (Fields counted after the command name's closing parenthesis, which may hold spaces.)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 start_server() {
@@ -54,6 +55,7 @@ start_server() {
 }
 
 stop_server() {
+  trap - EXIT
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
 }
@@ -110,7 +112,8 @@ run_load() {
   $PIN_L "$LOAD" --server "127.0.0.1:$PORT" "$@" ${LOAD_FLAGS:-} 2>/dev/null > "$out"
   local cpu_us=$(( ($(cpu_ticks "$SERVER_PID") - cpu0) * TICK_US ))
   stop_server
-  # How busy the server's core was over the run (1.0: never idle).
+  # The server process's CPU time over the wall time of the run (1.0: it
+  # never slept). Loopback work that ksoftirqd does for it is not counted.
   python3 - "$out" "$cpu_us" <<'PY'
 import json, sys
 res = json.load(open(sys.argv[1]))

@@ -956,7 +956,11 @@ impl Shared {
         const SEQ: &[u8] = b"\"seq\":";
         if !text.get(self.seq_at..).is_some_and(|t| t.starts_with(SEQ)) {
             let from = find(text, b"\"data\":").unwrap_or(0);
-            self.seq_at = find(&text[from..], SEQ).map_or(0, |at| from + at);
+            let Some(at) = find(&text[from..], SEQ) else {
+                self.unparsed += 1;
+                return;
+            };
+            self.seq_at = from + at;
         }
         let Some((seq, after)) = digits_at(text, self.seq_at + SEQ.len()) else {
             self.unparsed += 1;
@@ -2493,7 +2497,6 @@ fn raise_fd_limit() -> libc::rlim_t {
     lim.rlim_cur
 }
 
-/// Start a non-blocking connect to `dst` from `src` (any port).
 /// The middle two octets of a 127.a.b.0/24 not used by a recent run: from
 /// the clock and the process id (127.0.0.0/24 itself is left alone).
 fn fresh_subnet() -> [u8; 2] {
@@ -2509,6 +2512,7 @@ fn fresh_subnet() -> [u8; 2] {
     [a, b]
 }
 
+/// Start a non-blocking connect to `dst` from `src` (any port).
 fn connect_from(src: Option<IpAddr>, dst: SocketAddr) -> io::Result<std::net::TcpStream> {
     let family = if dst.is_ipv4() {
         libc::AF_INET

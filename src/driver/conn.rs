@@ -46,6 +46,11 @@ pub struct Conn {
     pub interest: Interest,
     /// In the driver's dirty list (flush pending this iteration).
     pub dirty: bool,
+    /// The socket took only part of the last write: its buffer is full, and
+    /// writing again before a writable event would only copy the queue into
+    /// the gather buffer to hear `EAGAIN` (a reader that never reads would
+    /// cost that on every frame it is sent).
+    pub write_blocked: bool,
     /// The hub knows this connection (it reached `Open`).
     pub in_hub: bool,
     /// Largest message this connection may send (route-dependent).
@@ -63,6 +68,7 @@ impl Conn {
             out: OutQueue::default(),
             interest: Interest::READABLE,
             dirty: false,
+            write_blocked: false,
             in_hub: false,
             max_message: 0,
             http_deadline,
@@ -84,7 +90,14 @@ impl Conn {
     /// returns the bytes written. A closing connection half-closes once
     /// everything is out.
     pub fn flush(&mut self, gather: &mut Vec<u8>) -> io::Result<usize> {
+        if self.write_blocked {
+            return Ok(0);
+        }
         let written = self.out.write_to(&mut SocketWriter(&self.tcp), gather)?;
+        // `write_to` stops with output left only when the socket is full;
+        // WRITABLE interest is registered while output is pending, and the
+        // kernel raises that edge once the buffer drains.
+        self.write_blocked = !self.out.is_empty();
         if self.out.is_empty() {
             if let State::Closing { write_shut } = &mut self.state {
                 if !*write_shut {

@@ -272,6 +272,11 @@ impl Driver {
                     Token(key) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
+                        if event.is_writable() || event.is_write_closed() || event.is_error() {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.write_blocked = false;
+                            }
+                        }
                         self.conn_ready(key, now, readable)
                     }
                 }
@@ -530,7 +535,10 @@ impl Driver {
                 return;
             }
             if conn.out.len() + frame.len() > cap {
-                // Before calling it slow, give the socket what it will take now.
+                // Before calling it slow, give the socket what it will take
+                // now (even if blocked: its writable event may not have been
+                // handled yet this iteration).
+                conn.write_blocked = false;
                 if let Ok(written) = conn.flush(gather) {
                     counters.bytes_out += written as u64;
                 }

@@ -158,6 +158,8 @@ mod tests {
         cap: usize,
         budget: usize,
         calls: usize,
+        /// Largest single call, in bytes offered.
+        largest: usize,
     }
 
     impl Trickle {
@@ -167,6 +169,7 @@ mod tests {
                 cap,
                 budget,
                 calls: 0,
+                largest: 0,
             }
         }
     }
@@ -177,6 +180,7 @@ mod tests {
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
+            self.largest = self.largest.max(bufs.iter().map(|b| b.len()).sum());
             if self.budget == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -246,6 +250,42 @@ mod tests {
         // One send for the 256 small frames, one vectored write for the big
         // frame and the small ones behind it.
         assert_eq!(w.calls, 2);
+    }
+
+    #[test]
+    fn a_long_run_of_small_frames_goes_out_in_bounded_sends() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..2000u32 {
+            let f = Bytes::from(vec![i as u8; 100]);
+            expect.extend_from_slice(&f);
+            q.push(f);
+        }
+        let mut w = Trickle::new(usize::MAX, usize::MAX);
+        let mut gather = Vec::new();
+        q.write_to(&mut w, &mut gather).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(w.got, expect);
+        // 200,000 bytes in sends of at most GATHER_MAX: four calls.
+        assert_eq!(w.largest, GATHER_MAX / 100 * 100);
+        assert_eq!(w.calls, 4);
+        assert!(gather.capacity() <= 2 * GATHER_MAX);
+    }
+
+    #[test]
+    fn would_block_after_progress_keeps_the_rest() {
+        let mut q = OutQueue::default();
+        for i in 0..1000u32 {
+            q.push(Bytes::from(vec![i as u8; 100]));
+        }
+        // The socket takes exactly one full gather, then would block.
+        let mut w = Trickle::new(usize::MAX, GATHER_MAX / 100 * 100);
+        let written = q.write_to(&mut w, &mut Vec::new()).unwrap();
+        assert_eq!(written, GATHER_MAX / 100 * 100);
+        assert_eq!(q.len(), 100_000 - written);
+        assert_eq!(w.calls, 2, "a full send, then the EAGAIN that ends it");
+        drain(&mut q, &mut w, usize::MAX);
+        assert_eq!(w.got.len(), 100_000);
     }
 
     #[test]
