@@ -14,13 +14,13 @@ use bytes::Bytes;
 /// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
 const MAX_IOV: usize = 64;
 
-/// Most bytes gathered for one `send` (one loopback segment); the driver's
-/// gather buffer is this big.
+/// Most bytes gathered for one `send` (about one loopback segment); the
+/// driver's gather buffer is this big.
 pub const GATHER_MAX: usize = 64 * 1024;
 
 /// Frames at least this big are not copied into the gather buffer: for them
 /// the copy costs more than the kernel's per-iovec step, and 64 of them
-/// (128 KiB or more) already fill a socket buffer in one vectored call.
+/// carry 128 KiB or more in one vectored call.
 const GATHER_FRAME_MAX: usize = 2 * 1024;
 
 #[derive(Debug, Default)]
