@@ -690,6 +690,7 @@ mod tests {
         assert_eq!(c.hub.max_connections_per_user, 5);
         assert_eq!(c.hub.max_message_size, 65536);
         assert_eq!(c.max_output_queue, 1 << 20);
+        assert_eq!(c.listen_backlog, 4096);
         let descriptive = ["api_key", "allowed_origins", "jwt_secret", "jwt_keys"];
         for s in SETTINGS.iter().filter(|s| !descriptive.contains(&s.name)) {
             let mut probe = Config::default();
@@ -736,6 +737,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message.contains("minimum"));
+        let e = parse(&["--listen-backlog", "0"], &[]).err().unwrap();
+        assert_eq!(e.setting, "--listen-backlog");
+        let c = run(&["--listen-backlog", "99999999999"], &[]);
+        assert_eq!(
+            c.listen_backlog,
+            i32::MAX as u32,
+            "clamped to what listen(2) takes"
+        );
     }
 
     #[test]
