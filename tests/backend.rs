@@ -43,6 +43,17 @@ fn status_of(server: &Server, path: &str) -> u16 {
 fn tokens_are_required_and_checked() {
     let server = jwt_server(&[]);
     assert_eq!(status_of(&server, "/ws"), 401, "no token");
+    match Client::try_connect(server.addr, "/ws") {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(
+                resp.headers()["www-authenticate"],
+                "Bearer",
+                "RFC 6750 challenge"
+            )
+        }
+        Ok(_) => panic!("expected 401, got 101"),
+        Err(e) => panic!("expected 401, got {e}"),
+    }
     assert_eq!(
         status_of(&server, "/ws?user=ann"),
         401,

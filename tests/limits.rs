@@ -248,6 +248,11 @@ fn http_routes() {
     let (status, body) = server.get("/ws/room");
     assert_eq!(status, 426);
     assert!(!body.is_empty());
+    let plain_get = server.http_raw("GET /ws/room HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        plain_get.contains("\r\nUpgrade: websocket\r\n"),
+        "{plain_get}"
+    );
     assert_eq!(server.get("/echo").0, 426);
     assert_eq!(
         server
@@ -261,7 +266,12 @@ fn http_routes() {
     let bad_version =
         "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n";
-    assert_eq!(server.http(bad_version).0, 426);
+    let response = server.http_raw(bad_version);
+    assert_eq!(parse_http(response.as_bytes()).0, 426);
+    assert!(
+        response.contains("\r\nSec-WebSocket-Version: 13\r\n"),
+        "{response}"
+    );
     let bad_key = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n";
     assert_eq!(server.http(bad_key).0, 400);

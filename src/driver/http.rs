@@ -210,12 +210,12 @@ pub fn response(
 }
 
 /// A plain-text response that closes the connection: `body` plus a newline.
-pub fn text_response(status: u16, body: &str) -> Bytes {
+pub fn text_response(status: u16, extra_headers: &str, body: &str) -> Bytes {
     let body = format!("{body}\n");
     response(
         status,
         "text/plain; charset=utf-8",
-        "",
+        extra_headers,
         body.as_bytes(),
         false,
     )

@@ -31,10 +31,11 @@ impl Driver {
             // Is a whole request already here? If not, how far may we read?
             let limit = match http::parse_head(buf) {
                 Parse::Bad(status, why) => {
-                    return self.respond(key, http::text_response(status, why))
+                    return self.respond(key, http::text_response(status, "", why))
                 }
                 Parse::Partial if buf.len() >= max_head => {
-                    return self.respond(key, http::text_response(431, "request head too large"))
+                    return self
+                        .respond(key, http::text_response(431, "", "request head too large"))
                 }
                 Parse::Partial => max_head,
                 Parse::Complete(head) if head.chunked => {
@@ -113,9 +114,14 @@ impl Driver {
 
     /// Refuse a WebSocket handshake with an HTTP error (never a 101).
     fn refuse(&mut self, key: usize, status: u16, why: &str) {
+        self.refuse_with(key, status, "", why);
+    }
+
+    /// [`Self::refuse`] with extra response headers (each ending in CRLF).
+    fn refuse_with(&mut self, key: usize, status: u16, extra_headers: &str, why: &str) {
         *self.counters.refused_by_status.entry(status).or_default() += 1;
         log::debug!("{} refused with {status}: {why}", self.conns[key].id);
-        self.respond(key, http::text_response(status, why));
+        self.respond(key, http::text_response(status, extra_headers, why));
     }
 
     fn json_reply(
@@ -246,16 +252,11 @@ impl Driver {
         now: Instant,
     ) {
         if !head.wants_websocket {
-            *self.counters.refused_by_status.entry(426).or_default() += 1;
-            return self.respond(
+            return self.refuse_with(
                 key,
-                http::response(
-                    426,
-                    "text/plain; charset=utf-8",
-                    "Upgrade: websocket\r\n",
-                    b"this is a WebSocket endpoint: connect with a WebSocket client\n",
-                    false,
-                ),
+                426,
+                "Upgrade: websocket\r\n",
+                "this is a WebSocket endpoint: connect with a WebSocket client",
             );
         }
         if let Some(room) = &room {
@@ -280,18 +281,7 @@ impl Driver {
                     } else {
                         ""
                     };
-                    *self.counters.refused_by_status.entry(r.status).or_default() += 1;
-                    let body = format!("{}\n", r.message);
-                    return self.respond(
-                        key,
-                        http::response(
-                            r.status,
-                            "text/plain; charset=utf-8",
-                            extra,
-                            body.as_bytes(),
-                            false,
-                        ),
-                    );
+                    return self.refuse_with(key, r.status, extra, &r.message);
                 }
             };
         if self.hub.registry().len() >= self.config.max_connections {
@@ -299,20 +289,7 @@ impl Driver {
         }
         let accept = match run_handshake(&request[..head.len]) {
             Ok(response) => response,
-            Err((status, extra, why)) => {
-                *self.counters.refused_by_status.entry(status).or_default() += 1;
-                let body = format!("{why}\n");
-                return self.respond(
-                    key,
-                    http::response(
-                        status,
-                        "text/plain; charset=utf-8",
-                        extra,
-                        body.as_bytes(),
-                        false,
-                    ),
-                );
-            }
+            Err((status, extra, why)) => return self.refuse_with(key, status, extra, &why),
         };
         // Anything after the request (a client that did not wait for the
         // 101) is the start of its first frames.

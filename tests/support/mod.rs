@@ -104,12 +104,17 @@ impl Server {
 
     /// A plain HTTP/1.1 request; returns (status, body).
     pub fn http(&self, request: &str) -> (u16, String) {
+        parse_http(self.http_raw(request).as_bytes())
+    }
+
+    /// Send one request on a fresh connection; the whole response as text.
+    pub fn http_raw(&self, request: &str) -> String {
         let mut s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.write_all(request.as_bytes()).unwrap();
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
-        parse_http(&raw)
+        String::from_utf8_lossy(&raw).into_owned()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
