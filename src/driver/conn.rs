@@ -11,14 +11,16 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::outq::OutQueue;
+use super::request_reader::RequestReader;
 use super::rx::Partial;
 use super::sys::SocketWriter;
 use crate::hub::ConnId;
 
 /// Where a connection is in its life.
 pub enum State {
-    /// Reading the HTTP request head into `buf` (bounded by `max_request_head`).
-    Http { buf: Vec<u8> },
+    /// Reading an HTTP request (boxed: the state of every open connection
+    /// stays one pointer wide).
+    Http { reader: Box<RequestReader> },
     /// A WebSocket registered with the hub; `rx` holds a frame or message
     /// that is not complete yet (none at a message boundary).
     Open { rx: Option<Box<Partial>> },
@@ -60,11 +62,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(tcp: TcpStream, id: ConnId, http_deadline: Instant) -> Conn {
+    pub fn new(
+        tcp: TcpStream,
+        id: ConnId,
+        reader: Box<RequestReader>,
+        http_deadline: Instant,
+    ) -> Conn {
         Conn {
             tcp,
             id,
-            state: State::Http { buf: Vec::new() },
+            state: State::Http { reader },
             out: OutQueue::default(),
             interest: Interest::READABLE,
             dirty: false,

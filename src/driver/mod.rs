@@ -8,6 +8,7 @@ mod handle;
 pub mod http;
 mod outq;
 mod request;
+pub mod request_reader;
 pub mod rx;
 mod stats;
 mod sys;
@@ -28,6 +29,7 @@ use self::conn::{close_frame, Conn, State};
 use self::handle::{Command, Commands};
 pub use self::handle::{Handle, HandleError};
 pub use self::outq::OutQueue;
+use self::request_reader::RequestReader;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::{ConnId, Handler, Hub, Output};
@@ -363,7 +365,11 @@ impl Driver {
             }
             log::trace!("{id} accepted from {addr}");
             let deadline = now + self.config.handshake_timeout;
-            entry.insert(Conn::new(tcp, id, deadline));
+            let reader = Box::new(RequestReader::new(
+                self.config.max_request_head,
+                self.config.max_request_body,
+            ));
+            entry.insert(Conn::new(tcp, id, reader, deadline));
             self.handshakes.push_back((deadline, id));
         }
     }

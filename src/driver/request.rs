@@ -11,7 +11,8 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::Error as WsError;
 
 use super::conn::State;
-use super::http::{self, Parse, RequestHead, Route};
+use super::http::{self, RequestHead, Route};
+use super::request_reader::{Request, RequestReader};
 use super::rx::Partial;
 use super::{api, Driver};
 use crate::hub::{Kind, OpenRequest};
@@ -19,57 +20,30 @@ use crate::hub::{Kind, OpenRequest};
 const JSON: &str = "application/json";
 
 impl Driver {
-    /// Read until a whole request (head and body) is buffered, then serve it.
+    /// Read until a whole request (head and body) is buffered, then serve
+    /// it. The reading itself is [`RequestReader`]'s (pure, fuzzed).
     pub(super) fn read_request(&mut self, key: usize, now: Instant) {
-        let max_head = self.config.max_request_head;
-        let max_body = self.config.max_request_body;
         loop {
             let conn = &mut self.conns[key];
-            let State::Http { buf } = &mut conn.state else {
+            let State::Http { reader } = &mut conn.state else {
                 return;
             };
-            // Is a whole request already here? If not, how far may we read?
-            let limit = match http::parse_head(buf) {
-                Parse::Bad(status, why) => {
-                    return self.respond(key, http::text_response(status, "", why))
+            match reader.next_request() {
+                Ok(Some(request)) => {
+                    let State::Http { reader } =
+                        std::mem::replace(&mut conn.state, State::Closing { write_shut: false })
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return self.on_request(key, request, reader, now);
                 }
-                Parse::Partial if buf.len() >= max_head => {
-                    return self
-                        .respond(key, http::text_response(431, "", "request head too large"))
+                Err(refusal) => {
+                    log::debug!("{} request refused: {refusal:?}", conn.id);
+                    return self.respond(key, refusal.response());
                 }
-                Parse::Partial => max_head,
-                Parse::Complete(head) if head.chunked => {
-                    let body = http::json_error("length_required", "send a Content-Length body");
-                    return self.respond(key, http::response(411, JSON, "", &body, false));
-                }
-                Parse::Complete(head) if head.content_length > max_body => {
-                    // Refused without reading the rest of the body.
-                    let body = http::json_error(
-                        "body_too_large",
-                        &format!("request bodies are limited to {max_body} bytes"),
-                    );
-                    return self.respond(key, http::response(413, JSON, "", &body, false));
-                }
-                Parse::Complete(head) => {
-                    let total = head.len + head.content_length;
-                    if buf.len() >= total {
-                        let State::Http { mut buf } = std::mem::replace(
-                            &mut conn.state,
-                            State::Closing { write_shut: false },
-                        ) else {
-                            unreachable!("matched above")
-                        };
-                        let rest = buf.split_off(total);
-                        return self.on_request(key, head, buf, rest, now);
-                    }
-                    total
-                }
-            };
-            let len = buf.len();
-            buf.resize((len * 2).clamp(1024, limit), 0);
-            let read = io::Read::read(&mut conn.tcp, &mut buf[len..]);
-            buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
+                Ok(None) => {}
+            }
+            match reader.read_from(&mut conn.tcp) {
                 Ok(0) => return self.drop_conn(key),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -94,7 +68,7 @@ impl Driver {
         key: usize,
         head: &RequestHead,
         response: Bytes,
-        rest: Vec<u8>,
+        reader: Box<RequestReader>,
         now: Instant,
     ) {
         if !head.keep_alive {
@@ -102,7 +76,7 @@ impl Driver {
         }
         let conn = &mut self.conns[key];
         conn.out.push(response);
-        conn.set_state(State::Http { buf: rest });
+        conn.set_state(State::Http { reader });
         conn.http_deadline = now + self.config.handshake_timeout;
         self.handshakes.push_back((conn.http_deadline, conn.id));
         self.mark_dirty(key);
@@ -130,11 +104,11 @@ impl Driver {
         head: &RequestHead,
         status: u16,
         body: &[u8],
-        rest: Vec<u8>,
+        reader: Box<RequestReader>,
         now: Instant,
     ) {
         let response = http::response(status, JSON, "", body, head.keep_alive);
-        self.reply(key, head, response, rest, now);
+        self.reply(key, head, response, reader, now);
     }
 
     /// The API key guards `/stats`, `/api/*` (and `/metrics` if configured).
@@ -150,15 +124,15 @@ impl Driver {
     fn on_request(
         &mut self,
         key: usize,
-        head: RequestHead,
-        request: Vec<u8>,
-        rest: Vec<u8>,
+        request: Request,
+        reader: Box<RequestReader>,
         now: Instant,
     ) {
+        let head = &request.head;
         let route = http::route(&head.path);
         let needs_key = matches!(route, Route::Stats | Route::Api)
             || (route == Route::Metrics && self.config.metrics_require_key);
-        if needs_key && !self.authorized(&head) {
+        if needs_key && !self.authorized(head) {
             let body = http::json_error(
                 "unauthorized",
                 "missing or wrong API key (Authorization: Bearer KEY)",
@@ -170,7 +144,7 @@ impl Driver {
                 &body,
                 head.keep_alive,
             );
-            return self.reply(key, &head, response, rest, now);
+            return self.reply(key, head, response, reader, now);
         }
         match route {
             Route::Api => {
@@ -179,13 +153,13 @@ impl Driver {
                     path: &head.path,
                     query: head.query.as_deref(),
                     content_type: head.content_type.as_deref(),
-                    body: &request[head.len..],
+                    body: request.body(),
                 };
                 let response = api::handle(&mut self.hub, &req);
                 self.counters.api_requests += 1;
                 self.drain_hub();
                 let body = serde_json::to_vec(&response.body).expect("API bodies serialize");
-                self.json_reply(key, &head, response.status, &body, rest, now);
+                self.json_reply(key, head, response.status, &body, reader, now);
             }
             _ if head.method != "GET" => {
                 let status = if route == Route::NotFound { 404 } else { 405 };
@@ -196,7 +170,7 @@ impl Driver {
                     b"only GET is served here\n",
                     head.keep_alive,
                 );
-                self.reply(key, &head, response, rest, now);
+                self.reply(key, head, response, reader, now);
             }
             Route::Healthz => {
                 let response = http::response(
@@ -206,11 +180,11 @@ impl Driver {
                     b"ok\n",
                     head.keep_alive,
                 );
-                self.reply(key, &head, response, rest, now);
+                self.reply(key, head, response, reader, now);
             }
             Route::Stats => {
                 let body = self.stats_json(now);
-                self.json_reply(key, &head, 200, &body, rest, now);
+                self.json_reply(key, head, 200, &body, reader, now);
             }
             Route::Metrics => {
                 let body = self.metrics_text(now);
@@ -221,7 +195,7 @@ impl Driver {
                     body.as_bytes(),
                     head.keep_alive,
                 );
-                self.reply(key, &head, response, rest, now);
+                self.reply(key, head, response, reader, now);
             }
             Route::NotFound => {
                 let response = http::response(
@@ -231,11 +205,11 @@ impl Driver {
                     b"not found\n",
                     head.keep_alive,
                 );
-                self.reply(key, &head, response, rest, now);
+                self.reply(key, head, response, reader, now);
             }
             Route::BadPath => self.refuse(key, 400, "room name is not valid percent-encoded UTF-8"),
-            Route::Echo => self.upgrade(key, head, request, rest, Kind::Echo, None, now),
-            Route::Hub { room } => self.upgrade(key, head, request, rest, Kind::Hub, room, now),
+            Route::Echo => self.upgrade(key, request, reader, Kind::Echo, None, now),
+            Route::Hub { room } => self.upgrade(key, request, reader, Kind::Hub, room, now),
         }
     }
 
@@ -244,13 +218,13 @@ impl Driver {
     fn upgrade(
         &mut self,
         key: usize,
-        head: RequestHead,
-        request: Vec<u8>,
-        rest: Vec<u8>,
+        request: Request,
+        reader: Box<RequestReader>,
         kind: Kind,
         room: Option<String>,
         now: Instant,
     ) {
+        let head = &request.head;
         if !head.wants_websocket {
             return self.refuse_with(
                 key,
@@ -258,6 +232,9 @@ impl Driver {
                 "Upgrade: websocket\r\n",
                 "this is a WebSocket endpoint: connect with a WebSocket client",
             );
+        }
+        if head.content_length > 0 {
+            return self.refuse(key, 400, "a WebSocket handshake carries no body");
         }
         if let Some(room) = &room {
             if room.is_empty() || room.len() > self.config.hub.max_room_name_len {
@@ -272,7 +249,7 @@ impl Driver {
         let identity =
             match self
                 .auth
-                .identify(&head, self.config.hub.max_user_id_len, self.wall_clock())
+                .identify(head, self.config.hub.max_user_id_len, self.wall_clock())
             {
                 Ok(identity) => identity,
                 Err(r) => {
@@ -287,15 +264,13 @@ impl Driver {
         if self.hub.registry().len() >= self.config.max_connections {
             return self.refuse(key, 503, "server at its connection limit, try again later");
         }
-        let accept = match run_handshake(&request[..head.len]) {
+        let accept = match run_handshake(request.head_bytes()) {
             Ok(response) => response,
             Err((status, extra, why)) => return self.refuse_with(key, status, extra, &why),
         };
         // Anything after the request (a client that did not wait for the
         // 101) is the start of its first frames.
-        let mut tail = request;
-        tail.drain(..head.len);
-        tail.extend_from_slice(&rest);
+        let tail = reader.into_rest();
         let max_message = if kind == Kind::Echo {
             self.config.echo_max_message_size
         } else {
