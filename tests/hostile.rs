@@ -75,9 +75,10 @@ fn hundred_kilobyte_room_name_never_gets_101() {
 }
 
 #[test]
-fn frames_sent_with_the_handshake_may_exceed_the_read_buffer() {
-    // A client that does not wait for the 101, with more frames (here as a
-    // request body) than the driver's 64 KiB scratch buffer holds.
+fn frames_sent_right_behind_the_handshake_are_all_delivered() {
+    // A client that does not wait for the 101, with more frames behind its
+    // request than the driver's 64 KiB scratch buffer holds: some arrive
+    // with the head, the rest are read from the socket.
     let server = Server::start(&[]);
     let mut listener = server.joined("/ws/early?user=listener");
     let big = format!(
@@ -91,13 +92,10 @@ fn frames_sent_with_the_handshake_may_exceed_the_read_buffer() {
         br#"{"type":"message","room":"early","data":"last"}"#,
     ));
     assert!(frames.len() > 64 * 1024);
-    let request = upgrade_request("/ws/early?user=eager").replace(
-        "\r\n\r\n",
-        &format!("\r\nContent-Length: {}\r\n\r\n", frames.len()),
-    );
     let mut s = TcpStream::connect(server.addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    s.write_all(&frames).unwrap();
+    let mut eager = upgrade_request("/ws/early?user=eager").into_bytes();
+    eager.extend_from_slice(&frames);
+    s.write_all(&eager).unwrap();
     listener.expect("user_joined");
     for _ in 0..2 {
         let m = listener.expect("message");
@@ -105,6 +103,19 @@ fn frames_sent_with_the_handshake_may_exceed_the_read_buffer() {
     }
     assert_eq!(listener.expect("message")["data"], "last");
     listener.sync();
+}
+
+#[test]
+fn a_handshake_with_a_body_is_refused() {
+    // A body on a GET upgrade has no meaning: it is neither dropped nor
+    // taken for frames.
+    let server = Server::start(&[]);
+    let request = upgrade_request("/ws/r?user=u")
+        .replace("\r\n\r\n", "\r\nContent-Length: 4\r\n\r\nabcd");
+    let (status, body) = server.http(&request);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no body"), "{body}");
+    assert_eq!(server.get("/healthz").0, 200);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use mio::Interest;
 
 use super::outq::OutQueue;
 use super::request_reader::RequestReader;
-use super::rx::Partial;
+use super::rx::FrameReader;
 use super::sys::SocketWriter;
 use crate::hub::ConnId;
 
@@ -22,8 +22,8 @@ pub enum State {
     /// stays one pointer wide).
     Http { reader: Box<RequestReader> },
     /// A WebSocket registered with the hub; `rx` holds a frame or message
-    /// that is not complete yet (none at a message boundary).
-    Open { rx: Option<Box<Partial>> },
+    /// that is not complete yet (nothing at a message boundary).
+    Open { rx: FrameReader },
     /// A close frame or an HTTP response is queued: flush it, half-close,
     /// read and discard until the peer closes or the deadline passes.
     Closing { write_shut: bool },

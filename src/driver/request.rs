@@ -13,7 +13,7 @@ use tungstenite::Error as WsError;
 use super::conn::State;
 use super::http::{self, RequestHead, Route};
 use super::request_reader::{Request, RequestReader};
-use super::rx::Partial;
+use super::rx::FrameReader;
 use super::{api, Driver};
 use crate::hub::{Kind, OpenRequest};
 
@@ -279,8 +279,9 @@ impl Driver {
         let conn = &mut self.conns[key];
         conn.out.push(accept);
         conn.max_message = max_message;
-        let rx = (!tail.is_empty()).then(|| Box::new(Partial::carrying(tail)));
-        conn.set_state(State::Open { rx });
+        conn.set_state(State::Open {
+            rx: FrameReader::carrying(tail),
+        });
         let id = conn.id;
         self.mark_dirty(key);
         let req = OpenRequest {

@@ -10,7 +10,7 @@
 //! idle connection holds no read buffer at all, and a buffer that grew for a
 //! large message is released once that message is done.
 
-use std::io::Cursor;
+use std::io::{self, Cursor};
 
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -46,9 +46,9 @@ pub enum Violation {
 #[derive(Debug, Default)]
 pub struct Partial {
     /// Bytes of a frame not yet complete (its header may be incomplete too).
-    pub frame: Vec<u8>,
+    frame: Vec<u8>,
     /// Total length of that frame once its header is known; 0 while unknown.
-    pub need: usize,
+    need: usize,
     /// Payload gathered so far of a fragmented message.
     message: Vec<u8>,
     /// Opcode of the open fragmented message (1 text, 2 binary), 0 if none.
@@ -61,15 +61,6 @@ pub struct Partial {
 }
 
 impl Partial {
-    /// Bytes that arrived before the connection could parse them (data sent
-    /// right behind the handshake request).
-    pub fn carrying(bytes: Vec<u8>) -> Partial {
-        Partial {
-            frame: bytes,
-            ..Partial::default()
-        }
-    }
-
     /// Nothing is pending: the connection is at a message boundary.
     pub fn is_empty(&self) -> bool {
         self.frame.is_empty() && (self.message_op == 0 || self.message_done)
@@ -96,6 +87,171 @@ impl Partial {
             self.utf8_valid = 0;
             self.message = Vec::new();
         }
+    }
+}
+
+/// The read side of one open WebSocket, as the driver keeps it: the
+/// [`Partial`] state, boxed, and absent (one null pointer) while the
+/// connection is at a message boundary.
+///
+/// A read is two steps, so the socket's borrow ends before the events are
+/// handled: [`FrameReader::fill`] reads once, then [`Fill::parse`] hands
+/// every complete event to the caller and gives the reader back.
+#[derive(Debug, Default)]
+pub struct FrameReader(Option<Box<Partial>>);
+
+impl FrameReader {
+    /// A reader that parses `bytes` (data sent right behind the handshake
+    /// request) before anything it reads.
+    pub fn carrying(bytes: Vec<u8>) -> FrameReader {
+        if bytes.is_empty() {
+            return FrameReader(None);
+        }
+        FrameReader(Some(Box::new(Partial {
+            frame: bytes,
+            ..Partial::default()
+        })))
+    }
+
+    /// Nothing is pending and no memory is held.
+    pub fn is_idle(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Read once from `src`: into `scratch` behind any carried bytes, or
+    /// straight into a frame whose length is known and longer than what has
+    /// arrived. End of stream is an `UnexpectedEof` error; `WouldBlock` and
+    /// `Interrupted` are not errors (a [`Fill`] with nothing new).
+    pub fn fill(&mut self, src: &mut impl io::Read, scratch: &mut [u8]) -> io::Result<Fill> {
+        // Work on a plain value; keep the box (if any) to put it back in,
+        // so a frame arriving over many reads is not re-boxed every read.
+        let mut boxed = self.0.take();
+        let mut partial = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
+        let (input, more) = if partial.need > 0 {
+            // A frame bigger than what was read so far: read straight into it.
+            let have = partial.frame.len();
+            partial.frame.resize(partial.need, 0);
+            let read = src.read(&mut partial.frame[have..]);
+            let n = read.as_ref().map_or(0, |&n| n.min(partial.need - have));
+            partial.frame.truncate(have + n);
+            match read {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) if partial.frame.len() == partial.need => {
+                    partial.need = 0;
+                    (Input::Owned(std::mem::take(&mut partial.frame)), true)
+                }
+                // A short read emptied the socket: the next data raises a new edge.
+                Ok(_) => (Input::Nothing, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Nothing, false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (Input::Nothing, true),
+                Err(e) => return Err(e),
+            }
+        } else if partial.frame.len() >= scratch.len() {
+            // More came with the handshake (a request body, pipelined data)
+            // than the scratch buffer holds: parse it where it is.
+            (Input::Owned(std::mem::take(&mut partial.frame)), true)
+        } else {
+            // Carried bytes (a partial header, or data that came with the
+            // handshake) go first, then what the socket has.
+            let carried = partial.frame.len();
+            scratch[..carried].copy_from_slice(&partial.frame);
+            partial.frame = Vec::new();
+            let room = scratch.len() - carried;
+            match src.read(&mut scratch[carried..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => (Input::Scratch(carried + n.min(room)), n >= room),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Scratch(carried), false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (Input::Scratch(carried), true),
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Fill {
+            partial,
+            boxed,
+            input,
+            more,
+        })
+    }
+}
+
+/// Where the bytes of one read are.
+#[derive(Debug)]
+enum Input {
+    /// `scratch[..n]`: carried bytes, then what was read.
+    Scratch(usize),
+    /// One whole frame read into its own buffer, or carried bytes too many
+    /// for the scratch buffer.
+    Owned(Vec<u8>),
+    /// Nothing new to parse.
+    Nothing,
+}
+
+/// One read's bytes, waiting to be parsed, and the reader's state meanwhile.
+#[derive(Debug)]
+pub struct Fill {
+    partial: Partial,
+    boxed: Option<Box<Partial>>,
+    input: Input,
+    more: bool,
+}
+
+impl Fill {
+    /// The socket may hold more: read again (the read filled its buffer, or
+    /// was interrupted).
+    pub fn more(&self) -> bool {
+        self.more
+    }
+
+    /// Hand every complete event to `on_event` (which answers whether to go
+    /// on), keep an incomplete tail, and give the reader back. `Ok(None)`:
+    /// `on_event` stopped (the connection is closing; its reader is dropped).
+    /// `scratch` is the buffer given to [`FrameReader::fill`].
+    pub fn parse(
+        mut self,
+        scratch: &mut [u8],
+        max: usize,
+        mut on_event: impl FnMut(Event<'_>) -> bool,
+    ) -> Result<Option<FrameReader>, Violation> {
+        let mut owned: Vec<u8>;
+        let data: &mut [u8] = match self.input {
+            Input::Scratch(n) => &mut scratch[..n],
+            Input::Owned(bytes) => {
+                owned = bytes;
+                &mut owned
+            }
+            Input::Nothing => &mut [],
+        };
+        let partial = &mut self.partial;
+        let mut pos = 0;
+        loop {
+            match step(data, &mut pos, partial, max)? {
+                Step::End => break,
+                Step::Consumed => {}
+                Step::Incomplete { total } => {
+                    partial.frame = Vec::with_capacity(total.unwrap_or(MAX_HEADER));
+                    partial.frame.extend_from_slice(&data[pos..]);
+                    partial.need = total.unwrap_or(0);
+                    break;
+                }
+                Step::Event(event) => {
+                    if !on_event(event) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        // Let a finished fragmented message go before deciding what to keep.
+        self.partial.finish_message();
+        if self.partial.is_empty() {
+            return Ok(Some(FrameReader(None)));
+        }
+        Ok(Some(FrameReader(Some(match self.boxed {
+            Some(mut b) => {
+                *b = self.partial;
+                b
+            }
+            None => Box::new(self.partial),
+        }))))
     }
 }
 
@@ -270,31 +426,44 @@ mod tests {
         out
     }
 
-    /// Every event in `data`, as owned values, feeding it `chunk` bytes at a
-    /// time the way the driver does (carrying partial frames over).
-    fn events(data: &[u8], chunk: usize, max: usize) -> Result<Vec<String>, Violation> {
-        let mut partial = Partial::default();
-        let mut out = Vec::new();
-        for piece in data.chunks(chunk) {
-            let mut buf = std::mem::take(&mut partial.frame);
-            partial.need = 0;
-            buf.extend_from_slice(piece);
-            let mut pos = 0;
-            loop {
-                match step(&mut buf, &mut pos, &mut partial, max)? {
-                    Step::Event(e) => out.push(format!("{e:?}")),
-                    Step::Consumed => {}
-                    Step::End => break,
-                    Step::Incomplete { total } => {
-                        partial.frame = buf[pos..].to_vec();
-                        partial.need = total.unwrap_or(0);
-                        break;
-                    }
-                }
-            }
+    /// A socket that returns at most `chunk` bytes per read, then EOF.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl io::Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.chunk).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
         }
-        assert!(partial.is_empty() || !partial.frame.is_empty() || partial.message_op != 0);
-        Ok(out)
+    }
+
+    /// Every event in `data`, as owned values, read `chunk` bytes at a time
+    /// through the driver's own `FrameReader` (scratch buffer of 64 bytes,
+    /// so frames also go the read-straight-into-the-frame way).
+    fn events(data: &[u8], chunk: usize, max: usize) -> Result<Vec<String>, Violation> {
+        let mut reader = FrameReader::default();
+        let mut src = Chunked { data, chunk };
+        let mut scratch = [0u8; 64];
+        let mut out = Vec::new();
+        loop {
+            let fill = match reader.fill(&mut src, &mut scratch) {
+                Ok(fill) => fill,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+                    return Ok(out);
+                }
+            };
+            reader = fill
+                .parse(&mut scratch, max, |e| {
+                    out.push(format!("{e:?}"));
+                    true
+                })?
+                .expect("never stopped");
+        }
     }
 
     #[test]
