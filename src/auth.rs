@@ -15,7 +15,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::driver::http::{query_param, RequestHead};
+use crate::percent::query_param;
 pub use crate::hub::{Grants, ANONYMOUS_PREFIX};
 
 /// Longest token accepted (bytes), checked before any decoding.
@@ -99,29 +99,28 @@ struct Claims {
 }
 
 impl Authenticator {
-    /// The authenticator a configuration asks for.
-    pub fn from_config(config: &crate::config::Config) -> Authenticator {
-        Authenticator {
-            mode: config.auth,
-            keys: config.jwt_keys.clone(),
-            leeway: config.jwt_leeway,
-        }
+    /// An authenticator for `mode`, with HS256 `keys` and a clock `leeway`
+    /// in seconds.
+    pub fn new(mode: AuthMode, keys: Vec<JwtKey>, leeway: u64) -> Authenticator {
+        Authenticator { mode, keys, leeway }
     }
 
-    /// Identify a WebSocket request at Unix time `now`.
+    /// Identify a WebSocket request at Unix time `now`, from its query string
+    /// and the token of its `Authorization: Bearer` header.
     pub fn identify(
         &self,
-        head: &RequestHead,
+        query: Option<&str>,
+        bearer: Option<&str>,
         max_user_id_len: usize,
         now: u64,
     ) -> Result<Identity, Rejection> {
         match self.mode {
-            AuthMode::None => identify_by_query(head, max_user_id_len),
+            AuthMode::None => identify_by_query(query, max_user_id_len),
             AuthMode::Jwt => {
-                let token = match query_param(head.query.as_deref(), "token") {
+                let token = match query_param(query, "token") {
                     Some(Some(t)) => t,
                     Some(None) => return Err(reject(401, "token is not valid percent-encoding")),
-                    None => match head.bearer() {
+                    None => match bearer {
                         Some(t) => t.to_string(),
                         None => {
                             return Err(reject(
@@ -222,8 +221,8 @@ impl Authenticator {
 }
 
 /// Identify by `?user=<id>`, bounded by `max_user_id_len` (auth off).
-fn identify_by_query(head: &RequestHead, max_user_id_len: usize) -> Result<Identity, Rejection> {
-    let user = match query_param(head.query.as_deref(), "user") {
+fn identify_by_query(query: Option<&str>, max_user_id_len: usize) -> Result<Identity, Rejection> {
+    let user = match query_param(query, "user") {
         None => None,
         Some(None) => return Err(reject(400, "user id is not valid percent-encoded UTF-8")),
         Some(Some(user)) if user.is_empty() => return Err(reject(400, "user id is empty")),

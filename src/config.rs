@@ -10,57 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Settings the pure hub core needs (no I/O settings).
-#[derive(Debug, Clone)]
-pub struct HubConfig {
-    /// Send a protocol Ping after this much silence from a client.
-    pub ping_interval: Duration,
-    /// Close a client silent for `ping_interval + ping_timeout` (code 4100).
-    pub ping_timeout: Duration,
-    /// Connections one user may hold at once; the next is closed with 1008.
-    pub max_connections_per_user: usize,
-    /// Rooms one connection may be in at once (`too_many_rooms`).
-    pub max_rooms_per_connection: usize,
-    /// Longest room name in bytes (`room_name_too_long`).
-    pub max_room_name_len: usize,
-    /// Longest user id in bytes (refused at the handshake).
-    pub max_user_id_len: usize,
-    /// `user_joined` / `user_left` are announced only in rooms with at most
-    /// this many distinct users, so big rooms do not turn joins quadratic.
-    pub presence_announce_limit: usize,
-    /// Longest user list in a `joined` or `presence` reply (`truncated: true` beyond).
-    pub member_list_limit: usize,
-    /// Largest message a hub client may send, in bytes (over it: close 1009).
-    pub max_message_size: usize,
-    /// Messages per second one hub connection may send on average (0: no limit).
-    pub rate_limit: f64,
-    /// Messages one hub connection may send at once above the average.
-    pub rate_burst: u32,
-    /// Refused messages in a row before the connection is closed (4102).
-    pub rate_limit_close_after: u32,
-    /// Close code sent when a connection's token expires.
-    pub token_expired_code: u16,
-}
-
-impl Default for HubConfig {
-    fn default() -> Self {
-        HubConfig {
-            ping_interval: Duration::from_secs(30),
-            ping_timeout: Duration::from_secs(10),
-            max_connections_per_user: 5,
-            max_rooms_per_connection: 100,
-            max_room_name_len: 128,
-            max_user_id_len: 128,
-            presence_announce_limit: 100,
-            member_list_limit: 100,
-            max_message_size: 64 * 1024,
-            rate_limit: 1000.0,
-            rate_burst: 2000,
-            rate_limit_close_after: 100,
-            token_expired_code: 4001,
-        }
-    }
-}
+use crate::auth::{AuthMode, JwtKey};
+pub use crate::hub::HubConfig;
 
 /// Everything the daemon needs: the hub's settings plus sockets, buffers and logging.
 #[derive(Debug, Clone)]
@@ -98,9 +49,9 @@ pub struct Config {
     /// Browser origins allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// `none` (trust `?user=`) or `jwt` (HS256 token required).
-    pub auth: crate::auth::AuthMode,
+    pub auth: AuthMode,
     /// HS256 keys: an untagged secret and/or `kid:secret` entries.
-    pub jwt_keys: Vec<crate::auth::JwtKey>,
+    pub jwt_keys: Vec<JwtKey>,
     /// Clock leeway for `exp`/`nbf`, in seconds.
     pub jwt_leeway: u64,
 }
@@ -123,7 +74,7 @@ impl Default for Config {
             api_key: None,
             metrics_require_key: false,
             allowed_origins: Vec::new(),
-            auth: crate::auth::AuthMode::None,
+            auth: AuthMode::None,
             jwt_keys: Vec::new(),
             jwt_leeway: 5,
         }
@@ -442,8 +393,8 @@ impl Config {
             }
             "auth" => {
                 self.auth = match value {
-                    "none" => crate::auth::AuthMode::None,
-                    "jwt" => crate::auth::AuthMode::Jwt,
+                    "none" => AuthMode::None,
+                    "jwt" => AuthMode::Jwt,
                     _ => return Err(err(format!("`{value}` is not none or jwt"))),
                 }
             }
@@ -452,7 +403,7 @@ impl Config {
                     return Err(err("must be at least 16 bytes".into()));
                 }
                 self.jwt_keys.retain(|k| k.kid.is_some());
-                self.jwt_keys.push(crate::auth::JwtKey {
+                self.jwt_keys.push(JwtKey {
                     kid: None,
                     secret: value.as_bytes().to_vec(),
                 });
@@ -468,7 +419,7 @@ impl Config {
                             "key `{kid}`: kid must be set and the secret at least 16 bytes"
                         )));
                     }
-                    let key = crate::auth::JwtKey {
+                    let key = JwtKey {
                         kid: Some(kid.to_string()),
                         secret: secret.as_bytes().to_vec(),
                     };
@@ -542,7 +493,7 @@ impl Config {
 
     /// Cross-setting checks, run once every source has been applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.auth == crate::auth::AuthMode::Jwt && self.jwt_keys.is_empty() {
+        if self.auth == AuthMode::Jwt && self.jwt_keys.is_empty() {
             return Err(ConfigError {
                 setting: "jwt_secret".into(),
                 message: "--auth jwt needs --jwt-secret or --jwt-keys".into(),

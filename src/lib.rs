@@ -16,7 +16,9 @@ pub mod auth;
 pub mod config;
 pub mod driver;
 pub mod hub;
+pub mod percent;
 pub mod protocol;
 
-pub use config::{Config, HubConfig};
+pub use config::Config;
+pub use hub::HubConfig;
 pub use driver::Server;

@@ -173,7 +173,11 @@ impl Server {
         }
         let mut driver = Driver {
             hub,
-            auth: Authenticator::from_config(&self.config),
+            auth: Authenticator::new(
+                self.config.auth,
+                self.config.jwt_keys.clone(),
+                self.config.jwt_leeway,
+            ),
             commands: self.commands,
             _handle: self.handle,
             clock: (now, std::time::SystemTime::now()),

@@ -249,7 +249,12 @@ impl Driver {
         let identity =
             match self
                 .auth
-                .identify(head, self.config.hub.max_user_id_len, self.wall_clock())
+                .identify(
+                head.query.as_deref(),
+                head.bearer(),
+                self.config.hub.max_user_id_len,
+                self.wall_clock(),
+            )
             {
                 Ok(identity) => identity,
                 Err(r) => {

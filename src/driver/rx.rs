@@ -118,6 +118,13 @@ impl FrameReader {
         self.0.is_none()
     }
 
+    /// Bytes held: an incomplete frame and an open fragmented message.
+    pub fn buffered(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |p| p.frame.len() + p.message.len())
+    }
+
     /// Read once from `src`: into `scratch` behind any carried bytes, or
     /// straight into a frame whose length is known and longer than what has
     /// arrived. End of stream is an `UnexpectedEof` error; `WouldBlock` and
@@ -158,6 +165,9 @@ impl FrameReader {
             partial.frame = Vec::new();
             let room = scratch.len() - carried;
             match src.read(&mut scratch[carried..]) {
+                // Frames that came with the handshake are handled even if the
+                // peer closed right behind them; the next read reports EOF.
+                Ok(0) if carried > 0 => (Input::Scratch(carried), true),
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => (Input::Scratch(carried + n.min(room)), n >= room),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Scratch(carried), false),

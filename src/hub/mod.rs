@@ -6,6 +6,7 @@
 //! every output before the next `handle_*` call: targets name rooms and users by
 //! key, resolved against the registry as it is then.
 
+mod config;
 mod grants;
 mod handler;
 mod heartbeat;
@@ -22,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 
+pub use self::config::HubConfig;
 pub use self::grants::Grants;
 pub use self::handler::{Context, Handler};
 pub use self::heartbeat::Heartbeats;
 pub use self::limits::{RateBucket, RateDecision};
 use self::messages as m;
 pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
-use crate::config::HubConfig;
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
 
 /// Generated ids of connections without a user id start with this; the

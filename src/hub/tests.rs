@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::HubConfig;
+use super::HubConfig;
 use crate::protocol::CloseReason;
 
 const INTERVAL: Duration = Duration::from_secs(30);
