@@ -66,9 +66,8 @@ impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "JwtKey {{ kid: {:?}, secret: <{} bytes> }}",
-            self.kid,
-            self.secret.len()
+            "JwtKey {{ kid: {:?}, secret: <redacted> }}",
+            self.kid
         )
     }
 }

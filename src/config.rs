@@ -43,7 +43,7 @@ pub struct Config {
     /// Largest HTTP request body (server API), in bytes (413 beyond).
     pub max_request_body: usize,
     /// Key for `/api/*` and `/stats` (`Authorization: Bearer KEY`); none: open.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Put `/metrics` behind the API key too.
     pub metrics_require_key: bool,
     /// Browser origins allowed to open WebSockets (empty: any).
@@ -80,6 +80,32 @@ impl Default for Config {
         }
     }
 }
+
+/// A secret setting (the API key): `Debug` shows `<redacted>`, so logging
+/// the settings never prints it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for comparison with what a client presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Shortest HS256 key: RFC 7518 §3.2 asks for a key at least as long as
+/// the hash output (256 bits).
+pub const MIN_HS256_KEY: usize = 32;
 
 /// A setting that could not be applied: names the setting and says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +401,7 @@ impl Config {
                 if value.len() < 16 {
                     return Err(err("must be at least 16 characters".into()));
                 }
-                self.api_key = Some(value.to_string());
+                self.api_key = Some(Secret::new(value));
             }
             "metrics_require_key" => {
                 self.metrics_require_key = match value {
@@ -399,8 +425,12 @@ impl Config {
                 }
             }
             "jwt_secret" => {
-                if value.len() < 16 {
-                    return Err(err("must be at least 16 bytes".into()));
+                if value.len() < MIN_HS256_KEY {
+                    return Err(err(format!(
+                        "must be at least {MIN_HS256_KEY} bytes (RFC 7518 §3.2: an HS256 key \
+                         is at least as long as the 256-bit hash), this one has {}",
+                        value.len()
+                    )));
                 }
                 self.jwt_keys.retain(|k| k.kid.is_some());
                 self.jwt_keys.push(JwtKey {
@@ -414,9 +444,15 @@ impl Config {
                     let Some((kid, secret)) = entry.split_once(':') else {
                         return Err(err("entries are kid:secret".into()));
                     };
-                    if kid.is_empty() || secret.len() < 16 {
+                    if kid.is_empty() {
+                        return Err(err("every entry needs a kid (kid:secret)".into()));
+                    }
+                    if secret.len() < MIN_HS256_KEY {
                         return Err(err(format!(
-                            "key `{kid}`: kid must be set and the secret at least 16 bytes"
+                            "key `{kid}`: the secret must be at least {MIN_HS256_KEY} bytes \
+                             (RFC 7518 §3.2: an HS256 key is at least as long as the 256-bit \
+                             hash), this one has {}",
+                            secret.len()
                         )));
                     }
                     let key = JwtKey {
@@ -448,9 +484,19 @@ impl Config {
 
     /// Apply every `key = value` of a TOML document.
     pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError {
-            setting: origin.to_string(),
-            message: e.to_string(),
+        // Not `e.to_string()`: toml's full error quotes the offending line,
+        // which may hold a secret.
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| 1 + text.bytes().take(span.start).filter(|&b| b == b'\n').count());
+            ConfigError {
+                setting: origin.to_string(),
+                message: match line {
+                    Some(line) => format!("line {line}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
         })?;
         for (key, value) in &table {
             let text = match value {
@@ -497,6 +543,24 @@ impl Config {
             return Err(ConfigError {
                 setting: "jwt_secret".into(),
                 message: "--auth jwt needs --jwt-secret or --jwt-keys".into(),
+            });
+        }
+        if self.auth == AuthMode::None && !self.jwt_keys.is_empty() {
+            // Keys without `--auth jwt` would be ignored and `?user=` believed:
+            // almost certainly not what whoever set them meant.
+            return Err(ConfigError {
+                setting: "auth".into(),
+                message: "--jwt-secret/--jwt-keys are set but --auth is none (tokens would be \
+                          ignored and ?user= trusted): set --auth jwt, or remove the keys"
+                    .into(),
+            });
+        }
+        if self.metrics_require_key && self.api_key.is_none() {
+            return Err(ConfigError {
+                setting: "metrics_require_key".into(),
+                message: "--metrics-require-key true needs --api-key (without one, /metrics \
+                          would stay open)"
+                    .into(),
             });
         }
         if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use support::*;
 use switchboard::auth::sign_hs256;
 
-const SECRET: &str = "test-secret-0123456789";
+const SECRET: &str = "test-secret-0123456789-abcdefghijk";
 const API_KEY: &str = "api-key-0123456789abcdef";
 
 fn now() -> u64 {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::*;
+use tungstenite::Message;
 
 #[test]
 fn connections_per_user_capped_with_1008() {
@@ -113,6 +114,40 @@ fn slow_consumer_closed_with_4101() {
     let mut slow = slow;
     slow.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
     assert_eq!(slow.ended(), Ended::Close(4101, "slow consumer".into()));
+}
+
+#[test]
+fn one_allowed_message_bigger_than_the_output_queue_is_delivered() {
+    // The output queue holds 1 MiB (the default); /echo allows 4 MiB and the
+    // hub 2 MiB. A prompt reader gets each whole message, one after another,
+    // and is never called a slow consumer: a frame is always taken onto an
+    // empty queue.
+    let server = Server::start(&[
+        "--echo-max-message-size",
+        "4194304",
+        "--max-message-size",
+        "2097152",
+    ]);
+    let mut echo = server.client("/echo");
+    for i in 0..3u8 {
+        let big = vec![b'a' + i; 3 << 20];
+        echo.ws.send(Message::binary(big.clone())).unwrap();
+        match echo.recv() {
+            Message::Binary(back) => assert!(back[..] == big[..], "echo {i} differs"),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    let mut sender = server.joined("/ws/big?user=sender");
+    let mut reader = server.joined("/ws/big?user=reader");
+    sender.expect("user_joined");
+    let data = "z".repeat(1536 * 1024);
+    for _ in 0..2 {
+        sender.send_json(json!({"type":"message","room":"big","data":data}));
+        let m = reader.expect("message");
+        assert_eq!(m["data"].as_str().map(str::len), Some(data.len()));
+    }
+    assert_eq!(server.stats()["slow_consumer_closes"], 0);
+    reader.sync();
 }
 
 #[test]

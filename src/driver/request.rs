@@ -116,7 +116,7 @@ impl Driver {
         match &self.config.api_key {
             None => true,
             Some(key) => head.bearer().is_some_and(|given| {
-                crate::auth::constant_time_eq(given.as_bytes(), key.as_bytes())
+                crate::auth::constant_time_eq(given.as_bytes(), key.expose().as_bytes())
             }),
         }
     }

@@ -22,6 +22,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// What the server logged up to and including its "listening on" line.
+    pub startup_log: Vec<String>,
 }
 
 impl Server {
@@ -66,18 +68,23 @@ impl Server {
             }
         });
         let deadline = Instant::now() + WAIT;
+        let mut startup_log = Vec::new();
         let addr = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("server printed its address");
             if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
+                let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                startup_log.push(line);
+                break addr;
             }
+            startup_log.push(line);
         };
         Server {
             child,
             addr,
             log: rx,
+            startup_log,
         }
     }
 
