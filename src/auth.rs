@@ -15,8 +15,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::percent::query_param;
 pub use crate::hub::{Grants, ANONYMOUS_PREFIX};
+use crate::percent::query_param;
 
 /// Longest token accepted (bytes), checked before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8192;
@@ -64,11 +64,7 @@ pub struct JwtKey {
 
 impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "JwtKey {{ kid: {:?}, secret: <redacted> }}",
-            self.kid
-        )
+        write!(f, "JwtKey {{ kid: {:?}, secret: <redacted> }}", self.kid)
     }
 }
 

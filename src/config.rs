@@ -487,9 +487,13 @@ impl Config {
         // Not `e.to_string()`: toml's full error quotes the offending line,
         // which may hold a secret.
         let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| 1 + text.bytes().take(span.start).filter(|&b| b == b'\n').count());
+            let line = e.span().map(|span| {
+                1 + text
+                    .bytes()
+                    .take(span.start)
+                    .filter(|&b| b == b'\n')
+                    .count()
+            });
             ConfigError {
                 setting: origin.to_string(),
                 message: match line {
@@ -667,12 +671,19 @@ fn secs(value: &str, min: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(n))
 }
 
+/// Largest count or size any setting takes (2^40: a trillion connections,
+/// a terabyte), so that sums of settings never overflow.
+const MAX_COUNT: usize = 1 << 40;
+
 fn count(value: &str, min: usize) -> Result<usize, String> {
     let n: usize = value
         .parse()
         .map_err(|_| format!("`{value}` is not a whole number"))?;
     if n < min {
         return Err(format!("{n} is below the minimum of {min}"));
+    }
+    if n > MAX_COUNT {
+        return Err(format!("{n} is above the maximum of {MAX_COUNT}"));
     }
     Ok(n)
 }
@@ -760,6 +771,79 @@ mod tests {
             i32::MAX as u32,
             "clamped to what listen(2) takes"
         );
+    }
+
+    #[test]
+    fn sizes_are_bounded_so_sums_never_overflow() {
+        let e = parse(&["--max-request-body", "18446744073709551615"], &[])
+            .err()
+            .unwrap();
+        assert!(e.message.contains("maximum"), "{e}");
+    }
+
+    #[test]
+    fn hs256_keys_are_at_least_32_bytes() {
+        let short = "x".repeat(31);
+        let e = parse(&["--auth", "jwt", "--jwt-secret", &short], &[])
+            .err()
+            .unwrap();
+        assert_eq!(e.setting, "--jwt-secret");
+        assert!(e.message.contains("at least 32 bytes"), "{e}");
+        assert!(!e.to_string().contains(&short), "the secret is not echoed");
+        let keys = format!("a:{},b:{short}", "y".repeat(32));
+        let e = parse(&["--auth", "jwt", "--jwt-keys", &keys], &[])
+            .err()
+            .unwrap();
+        assert!(e.message.contains("key `b`"), "{e}");
+        assert!(!e.to_string().contains(&short));
+        let c = run(&["--auth", "jwt", "--jwt-secret", &"z".repeat(32)], &[]);
+        assert_eq!(c.jwt_keys.len(), 1);
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let (key, secret, kid) = ("k".repeat(20), "s".repeat(32), "t".repeat(33));
+        let c = run(
+            &[
+                "--api-key",
+                &key,
+                "--auth",
+                "jwt",
+                "--jwt-secret",
+                &secret,
+                "--jwt-keys",
+                &format!("one:{kid}"),
+            ],
+            &[],
+        );
+        let shown = format!("{c:?}");
+        for s in [&key, &secret, &kid] {
+            assert!(!shown.contains(s.as_str()), "{shown}");
+        }
+        assert!(
+            shown.contains("<redacted>") && shown.contains("one"),
+            "{shown}"
+        );
+        assert_eq!(c.api_key.as_ref().map(Secret::expose), Some(key.as_str()));
+    }
+
+    #[test]
+    fn contradicting_settings_name_both() {
+        let secret = "s".repeat(32);
+        let e = parse(&["--jwt-secret", &secret], &[]).err().unwrap();
+        assert!(
+            e.to_string().contains("--auth") && e.message.contains("--jwt-secret"),
+            "{e}"
+        );
+        let e = parse(&["--metrics-require-key", "true"], &[])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("metrics_require_key") && e.message.contains("--api-key"),
+            "{e}"
+        );
+        let e = parse(&[], &[]).err();
+        assert!(e.is_none());
     }
 
     #[test]

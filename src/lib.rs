@@ -20,5 +20,5 @@ pub mod percent;
 pub mod protocol;
 
 pub use config::Config;
-pub use hub::HubConfig;
 pub use driver::Server;
+pub use hub::HubConfig;

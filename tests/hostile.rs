@@ -110,8 +110,8 @@ fn a_handshake_with_a_body_is_refused() {
     // A body on a GET upgrade has no meaning: it is neither dropped nor
     // taken for frames.
     let server = Server::start(&[]);
-    let request = upgrade_request("/ws/r?user=u")
-        .replace("\r\n\r\n", "\r\nContent-Length: 4\r\n\r\nabcd");
+    let request =
+        upgrade_request("/ws/r?user=u").replace("\r\n\r\n", "\r\nContent-Length: 4\r\n\r\nabcd");
     let (status, body) = server.http(&request);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no body"), "{body}");

@@ -59,7 +59,12 @@ fn no_secret_or_token_in_logs_pages_or_errors_at_trace_level() {
         None,
         JWT_SECRET.as_bytes(),
     );
-    let tokens = [good.as_str(), good_kid.as_str(), forged.as_str(), expired.as_str()];
+    let tokens = [
+        good.as_str(),
+        good_kid.as_str(),
+        forged.as_str(),
+        expired.as_str(),
+    ];
 
     // Tokens in the query and in the header; accepted and refused.
     let mut ann = server.joined(&format!("/ws/r?token={good}"));
@@ -139,7 +144,10 @@ fn settings_errors_never_echo_a_secret() {
     assert!(err.contains("at least 32 bytes"), "{err}");
     assert!(err.contains("RFC 7518"), "{err}");
     assert_free_of(&err, &[short_jwt], "a --jwt-secret error");
-    let err = refused(&["--auth", "jwt", "--jwt-keys", &format!("k:{short_jwt}")], &[]);
+    let err = refused(
+        &["--auth", "jwt", "--jwt-keys", &format!("k:{short_jwt}")],
+        &[],
+    );
     assert!(err.contains("at least 32 bytes"), "{err}");
     assert_free_of(&err, &[short_jwt], "a --jwt-keys error");
     let err = refused(&[], &[("SWITCHBOARD_JWT_SECRET", short_jwt)]);
@@ -149,7 +157,11 @@ fn settings_errors_never_echo_a_secret() {
     let dir = std::env::temp_dir().join(format!("switchboard-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
-    std::fs::write(&file, format!("auth = \"jwt\"\njwt_secret = \"{JWT_SECRET}\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("auth = \"jwt\"\njwt_secret = \"{JWT_SECRET}\n"),
+    )
+    .unwrap();
     let err = refused(&["--config", file.to_str().unwrap()], &[]);
     assert!(err.contains("line 2"), "{err}");
     assert_free_of(&err, &SECRETS, "a TOML error");
@@ -159,8 +171,14 @@ fn settings_errors_never_echo_a_secret() {
 #[test]
 fn contradicting_settings_are_refused_naming_both() {
     let err = refused(&["--jwt-secret", JWT_SECRET], &[]);
-    assert!(err.contains("--auth") && err.contains("--jwt-secret"), "{err}");
+    assert!(
+        err.contains("--auth") && err.contains("--jwt-secret"),
+        "{err}"
+    );
     assert_free_of(&err, &SECRETS, "a contradiction error");
     let err = refused(&["--metrics-require-key", "true"], &[]);
-    assert!(err.contains("--metrics-require-key") && err.contains("--api-key"), "{err}");
+    assert!(
+        err.contains("--metrics-require-key") && err.contains("--api-key"),
+        "{err}"
+    );
 }

@@ -98,7 +98,9 @@ impl OutQueue {
             };
             let written = match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => k,
+                // Never count more than was offered (the queue's byte count
+                // must not underflow, whatever a writer claims).
+                Ok(k) => k.min(requested),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

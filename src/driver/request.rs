@@ -246,26 +246,22 @@ impl Driver {
         {
             return self.refuse(key, r.status, &r.message);
         }
-        let identity =
-            match self
-                .auth
-                .identify(
-                head.query.as_deref(),
-                head.bearer(),
-                self.config.hub.max_user_id_len,
-                self.wall_clock(),
-            )
-            {
-                Ok(identity) => identity,
-                Err(r) => {
-                    let extra = if r.status == 401 {
-                        "WWW-Authenticate: Bearer\r\n"
-                    } else {
-                        ""
-                    };
-                    return self.refuse_with(key, r.status, extra, &r.message);
-                }
-            };
+        let identity = match self.auth.identify(
+            head.query.as_deref(),
+            head.bearer(),
+            self.config.hub.max_user_id_len,
+            self.wall_clock(),
+        ) {
+            Ok(identity) => identity,
+            Err(r) => {
+                let extra = if r.status == 401 {
+                    "WWW-Authenticate: Bearer\r\n"
+                } else {
+                    ""
+                };
+                return self.refuse_with(key, r.status, extra, &r.message);
+            }
+        };
         if self.hub.registry().len() >= self.config.max_connections {
             return self.refuse(key, 503, "server at its connection limit, try again later");
         }

@@ -132,8 +132,9 @@ impl RequestReader {
                 Parse::Complete(head) => head,
             },
         };
-        // Both terms are bounded: the head by `max_head`, the body by `max_body`.
-        let total = head.len + head.content_length;
+        // Both terms are bounded (the head by `max_head`, the body by
+        // `max_body`); saturating all the same, whatever the settings.
+        let total = head.len.saturating_add(head.content_length);
         if self.buf.len() < total {
             self.head = Some(head);
             return Ok(None);
@@ -149,7 +150,7 @@ impl RequestReader {
     /// Call it only after [`Self::next_request`] answered `Ok(None)`.
     pub fn read_from(&mut self, src: &mut impl io::Read) -> io::Result<usize> {
         let limit = match &self.head {
-            Some(head) => head.len + head.content_length,
+            Some(head) => head.len.saturating_add(head.content_length),
             None => self.max_head,
         };
         let len = self.buf.len();
@@ -203,13 +204,16 @@ mod tests {
         }
     }
 
-    /// Every request (method, path, body) until EOF or a refusal.
+    /// Method, path and body of one request.
+    type Seen = (String, String, Vec<u8>);
+
+    /// Every request until EOF (then the bytes left) or a refusal.
     fn requests(
         data: &[u8],
         chunk: usize,
         max_head: usize,
         max_body: usize,
-    ) -> (Vec<(String, String, Vec<u8>)>, Result<usize, Refusal>) {
+    ) -> (Vec<Seen>, Result<usize, Refusal>) {
         let mut reader = RequestReader::new(max_head, max_body);
         let mut src = Chunked { data, chunk };
         let mut out = Vec::new();

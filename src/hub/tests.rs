@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::*;
 use super::HubConfig;
+use super::*;
 use crate::protocol::CloseReason;
 
 const INTERVAL: Duration = Duration::from_secs(30);
