@@ -1,6 +1,23 @@
 //! The mio side: one thread, one `Poll`. Accepts, reads request heads, runs the
 //! tungstenite handshake, reads frames into the hub, and writes what the hub
 //! decided — each dirty connection flushed once per loop iteration.
+//!
+//! Bytes from the network are read by pure pieces that hold no socket and are
+//! fuzzed as called here: [`request_reader`] (HTTP requests) and
+//! [`rx`] (WebSocket frames). The driver only feeds them its sockets.
+//!
+//! One loop iteration: poll; connections with read budget left (`again`);
+//! each event by token (`LISTENER`, `SIGNALS`, `WAKER`, or a connection's
+//! slab key); deadlines; then every dirty connection flushed once.
+//!
+//! Where the cluster (DESIGN.md §6) goes: `driver/cluster/` — per Redis
+//! shard a command link and a subscriber link, each a socket with a token of
+//! its own beside the three above, its input read by a pure RESP reader in
+//! the style of `rx` (bytes in, frames out, fuzzed whole against chunked),
+//! its output a pipeline flushed once per iteration after the connections.
+//! Cluster effects stay values: the hub emits them as `Output`s, and what
+//! Redis delivers goes back in through `Hub::handle_*` calls, so the hub
+//! stays pure and the cluster's state machines are tested like the hub's.
 
 pub mod api;
 mod conn;

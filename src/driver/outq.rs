@@ -66,7 +66,7 @@ impl OutQueue {
 
     /// Write as much as the socket takes. Returns bytes written; stops
     /// (without error) on `WouldBlock`. `gather` is scratch space (any
-    /// contents; left with capacity for [`GATHER_MAX`] bytes).
+    /// contents; left with capacity for `GATHER_MAX` bytes).
     pub fn write_to(&mut self, w: &mut impl Write, gather: &mut Vec<u8>) -> io::Result<usize> {
         let mut total = 0;
         while let Some(front) = self.frames.front() {
