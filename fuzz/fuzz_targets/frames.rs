@@ -32,6 +32,9 @@
 use std::io;
 
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{segments, Socket};
 use switchboard::driver::rx::{Event, FrameReader, Violation, MAX_HEADER};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,29 +51,6 @@ struct Outcome {
     events: Vec<Ev>,
     /// The first violation, or at end of stream: bytes pending, and idle.
     end: Result<(usize, bool), Violation>,
-}
-
-/// A non-blocking socket: what has arrived so far, `WouldBlock` when that is
-/// read, end of stream once `closed`.
-struct Socket<'a> {
-    arrived: &'a [u8],
-    closed: bool,
-}
-
-impl io::Read for Socket<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.arrived.is_empty() {
-            return if self.closed {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(self.arrived.len());
-        buf[..n].copy_from_slice(&self.arrived[..n]);
-        self.arrived = &self.arrived[n..];
-        Ok(n)
-    }
 }
 
 fn owned(event: Event<'_>) -> Ev {
@@ -137,15 +117,36 @@ fn run(carried: &[u8], segments: &[&[u8]], scratch_len: usize, max: usize) -> Ou
     };
     let mut go = || -> Result<(usize, bool), Violation> {
         // The driver's first look after the upgrade, before any new data.
-        readable(&mut reader, &mut socket, &mut scratch, max, bound, &mut events)?;
+        readable(
+            &mut reader,
+            &mut socket,
+            &mut scratch,
+            max,
+            bound,
+            &mut events,
+        )?;
         for segment in segments {
             socket.arrived = segment;
-            readable(&mut reader, &mut socket, &mut scratch, max, bound, &mut events)?;
+            readable(
+                &mut reader,
+                &mut socket,
+                &mut scratch,
+                max,
+                bound,
+                &mut events,
+            )?;
             assert!(socket.arrived.is_empty(), "a drained socket still had data");
         }
         socket.closed = true;
         let (pending, idle) = (reader.buffered(), reader.is_idle());
-        while readable(&mut reader, &mut socket, &mut scratch, max, bound, &mut events)? {}
+        while readable(
+            &mut reader,
+            &mut socket,
+            &mut scratch,
+            max,
+            bound,
+            &mut events,
+        )? {}
         Ok((pending, idle))
     };
     let end = go();
@@ -172,20 +173,8 @@ fuzz_target!(|data: &[u8]| {
         254 => scratch_len.min(stream.len()),
         b => (b as usize).min(stream.len()),
     };
-    let sizes: &[u8] = if sizes.is_empty() { &[255] } else { sizes };
     let (tail, rest) = stream.split_at(carried);
-    let mut segments: Vec<&[u8]> = Vec::new();
-    let mut off = 0;
-    for (i, &size) in sizes.iter().cycle().enumerate() {
-        if off >= rest.len() {
-            break;
-        }
-        // Bounded: past a while, the rest arrives at once.
-        let size = if i > rest.len() + 64 { rest.len() } else { size as usize };
-        let end = (off + size).min(rest.len());
-        segments.push(&rest[off..end]);
-        off = end;
-    }
+    let segments = segments(rest, sizes);
 
     let whole = run(&[], &[stream], 64 * 1024, max);
     let chunked = run(tail, &segments, scratch_len, max);

@@ -38,8 +38,22 @@ const ROOMS: &[&str] = &[
     "a-room-name-longer-than-the-limit",
     "x\"y\\z",
 ];
-const DATA: &[&str] = &["1", "null", "\"hi\"", "{\"x\":[1,2]}", "[]", "1e999", "-0.5e-3"];
-const REFS: &[&str] = &["", ",\"ref\":1", ",\"ref\":\"r1\"", ",\"ref\":null", ",\"ref\":{\"a\":[]}"];
+const DATA: &[&str] = &[
+    "1",
+    "null",
+    "\"hi\"",
+    "{\"x\":[1,2]}",
+    "[]",
+    "1e999",
+    "-0.5e-3",
+];
+const REFS: &[&str] = &[
+    "",
+    ",\"ref\":1",
+    ",\"ref\":\"r1\"",
+    ",\"ref\":null",
+    ",\"ref\":{\"a\":[]}",
+];
 const GARBAGE: &[&str] = &[
     "",
     "{",
@@ -95,14 +109,38 @@ struct Conn {
 
 #[derive(Arbitrary, Debug)]
 enum Msg {
-    Join { room: u8, reference: u8 },
-    Leave { room: u8, reference: u8 },
-    Message { room: u8, echo: Option<bool>, data: u8, reference: u8 },
-    Private { to: u8, data: u8 },
-    Broadcast { echo: Option<bool>, data: u8 },
-    Typing { room: u8 },
-    Presence { room: u8, reference: u8 },
-    Ping { reference: u8 },
+    Join {
+        room: u8,
+        reference: u8,
+    },
+    Leave {
+        room: u8,
+        reference: u8,
+    },
+    Message {
+        room: u8,
+        echo: Option<bool>,
+        data: u8,
+        reference: u8,
+    },
+    Private {
+        to: u8,
+        data: u8,
+    },
+    Broadcast {
+        echo: Option<bool>,
+        data: u8,
+    },
+    Typing {
+        room: u8,
+    },
+    Presence {
+        room: u8,
+        reference: u8,
+    },
+    Ping {
+        reference: u8,
+    },
     Pong,
     Garbage(u8),
 }
@@ -117,12 +155,25 @@ impl Msg {
         };
         match self {
             Msg::Join { room: r, reference } => {
-                format!("{{\"type\":\"join\",\"room\":{}{}}}", room(*r), pick(REFS, *reference))
+                format!(
+                    "{{\"type\":\"join\",\"room\":{}{}}}",
+                    room(*r),
+                    pick(REFS, *reference)
+                )
             }
             Msg::Leave { room: r, reference } => {
-                format!("{{\"type\":\"leave\",\"room\":{}{}}}", room(*r), pick(REFS, *reference))
+                format!(
+                    "{{\"type\":\"leave\",\"room\":{}{}}}",
+                    room(*r),
+                    pick(REFS, *reference)
+                )
             }
-            Msg::Message { room: r, echo: e, data, reference } => format!(
+            Msg::Message {
+                room: r,
+                echo: e,
+                data,
+                reference,
+            } => format!(
                 "{{\"type\":\"message\",\"room\":{},\"data\":{}{}{}}}",
                 room(*r),
                 pick(DATA, *data),
@@ -135,11 +186,19 @@ impl Msg {
                 user(*to)
             ),
             Msg::Broadcast { echo: e, data } => {
-                format!("{{\"type\":\"broadcast\",\"data\":{}{}}}", pick(DATA, *data), echo(e))
+                format!(
+                    "{{\"type\":\"broadcast\",\"data\":{}{}}}",
+                    pick(DATA, *data),
+                    echo(e)
+                )
             }
             Msg::Typing { room: r } => format!("{{\"type\":\"typing\",\"room\":{}}}", room(*r)),
             Msg::Presence { room: r, reference } => {
-                format!("{{\"type\":\"presence\",\"room\":{}{}}}", room(*r), pick(REFS, *reference))
+                format!(
+                    "{{\"type\":\"presence\",\"room\":{}{}}}",
+                    room(*r),
+                    pick(REFS, *reference)
+                )
             }
             Msg::Ping { reference } => format!("{{\"type\":\"ping\"{}}}", pick(REFS, *reference)),
             Msg::Pong => "{\"type\":\"pong\"}".to_owned(),
@@ -160,21 +219,54 @@ enum Op {
         /// Token expiry, in milliseconds from now.
         expires: Option<u16>,
     },
-    Text { conn: Conn, msg: Msg },
-    RawText { conn: Conn, text: String },
-    Binary { conn: Conn, len: u8 },
-    Activity { conn: Conn },
-    Closed { conn: Conn },
-    Close { conn: Conn, reason: u8 },
-    Advance { millis: u16 },
+    Text {
+        conn: Conn,
+        msg: Msg,
+    },
+    RawText {
+        conn: Conn,
+        text: String,
+    },
+    Binary {
+        conn: Conn,
+        len: u8,
+    },
+    Activity {
+        conn: Conn,
+    },
+    Closed {
+        conn: Conn,
+    },
+    Close {
+        conn: Conn,
+        reason: u8,
+    },
+    Advance {
+        millis: u16,
+    },
     Timeout,
     CloseAll,
     // The server-side API (HTTP publish API, embedding).
-    Publish { room: u8, data: u8 },
-    PublishBinary { room: u8, len: u8 },
-    SendToUser { user: u8, data: u8 },
-    ServerBroadcast { data: u8 },
-    Disconnect { user: u8, code: u16, text: bool },
+    Publish {
+        room: u8,
+        data: u8,
+    },
+    PublishBinary {
+        room: u8,
+        len: u8,
+    },
+    SendToUser {
+        user: u8,
+        data: u8,
+    },
+    ServerBroadcast {
+        data: u8,
+    },
+    Disconnect {
+        user: u8,
+        code: u16,
+        text: bool,
+    },
     /// Give back memory (drops stale heartbeat and expiry entries).
     Shrink,
 }
@@ -191,7 +283,10 @@ const GRANT_ROOMS: &[Option<&[&str]>] = &[
 
 fn grants(g: u8) -> Grants {
     let rooms = GRANT_ROOMS[(g >> 1) as usize % GRANT_ROOMS.len()];
-    Grants::new(rooms.map(|r| r.iter().map(|s| s.to_string()).collect()), g & 1 == 1)
+    Grants::new(
+        rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+        g & 1 == 1,
+    )
 }
 
 /// Data for the server-side API, which checks it (`check_json_limits`) before
@@ -241,7 +336,10 @@ fn parse_frame(frame: &[u8]) -> (u8, &[u8]) {
     assert_eq!(frame[1] & 0x80, 0, "server frames are unmasked");
     let (len, head) = match frame[1] & 0x7F {
         126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
-        127 => (u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize, 10),
+        127 => (
+            u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
         n => (n as usize, 2),
     };
     assert_eq!(head + len, frame.len(), "frame length");
@@ -252,7 +350,10 @@ impl Harness {
     fn id(&self, conn: Conn) -> ConnId {
         let index = conn.slot as usize;
         if index >= SLOTS {
-            return ConnId { index: 1000 + index as u32, generation: 1 };
+            return ConnId {
+                index: 1000 + index as u32,
+                generation: 1,
+            };
         }
         let g = self.slots[index].generation;
         ConnId {
@@ -295,7 +396,11 @@ impl Harness {
                         }
                         json |= s.kind == Kind::Hub;
                     }
-                    if let Target::Room { except: Some(x), .. } | Target::All { except: Some(x) } = to {
+                    if let Target::Room {
+                        except: Some(x), ..
+                    }
+                    | Target::All { except: Some(x) } = to
+                    {
                         assert!(!recipients.contains(&x), "{to:?} reaches the excepted {x}");
                     }
                     if opcode == 1 {
@@ -303,7 +408,9 @@ impl Harness {
                         if json {
                             let v: serde_json::Value = serde_json::from_str(text)
                                 .unwrap_or_else(|e| panic!("server frame {text:?}: {e}"));
-                            let ty = v["type"].as_str().unwrap_or_else(|| panic!("no type: {text}"));
+                            let ty = v["type"]
+                                .as_str()
+                                .unwrap_or_else(|| panic!("no type: {text}"));
                             if ty == "error" {
                                 let code = v["code"].as_str().expect("error code");
                                 assert!(DOCUMENTED.contains(&code), "undocumented code {code}");
@@ -320,8 +427,13 @@ impl Harness {
                     }
                 }
                 Output::Close { conn, reason, .. } => {
-                    assert!(registry.session(conn).is_none(), "Close of {conn}, still registered");
-                    let slot = self.slot_of(conn).unwrap_or_else(|| panic!("Close of unknown {conn}"));
+                    assert!(
+                        registry.session(conn).is_none(),
+                        "Close of {conn}, still registered"
+                    );
+                    let slot = self
+                        .slot_of(conn)
+                        .unwrap_or_else(|| panic!("Close of unknown {conn}"));
                     assert!(slot.open, "second Close of {conn}");
                     slot.open = false;
                     closed.push((conn, reason));
@@ -330,7 +442,10 @@ impl Harness {
             first = false;
         }
         for id in pinged_closed {
-            assert!(closed.iter().any(|&(c, _)| c == id), "Ping to {id}, closed before this batch");
+            assert!(
+                closed.iter().any(|&(c, _)| c == id),
+                "Ping to {id}, closed before this batch"
+            );
         }
         closed
     }
@@ -341,7 +456,10 @@ impl Harness {
         let config = self.hub.config();
         let mut open = 0;
         for (index, slot) in self.slots.iter().enumerate() {
-            let id = ConnId { index: index as u32, generation: slot.generation };
+            let id = ConnId {
+                index: index as u32,
+                generation: slot.generation,
+            };
             assert_eq!(
                 registry.session(id).is_some(),
                 slot.open,
@@ -359,31 +477,57 @@ impl Harness {
             );
         }
         for s in registry.sessions() {
-            assert!(s.rooms.len() <= config.max_rooms_per_connection, "{} in {} rooms", s.id, s.rooms.len());
+            assert!(
+                s.rooms.len() <= config.max_rooms_per_connection,
+                "{} in {} rooms",
+                s.id,
+                s.rooms.len()
+            );
             assert!(s.last_seen <= self.now, "last_seen in the future");
         }
         for room in registry.rooms() {
-            assert!(!room.name.is_empty() && room.name.len() <= config.max_room_name_len, "room {:?}", room.name);
+            assert!(
+                !room.name.is_empty() && room.name.len() <= config.max_room_name_len,
+                "room {:?}",
+                room.name
+            );
             for &m in &room.members {
                 if let Some(g) = &registry.session(m).unwrap().grants {
-                    assert!(g.may_join(&room.name), "{m} in {:?}, which its grants do not allow", room.name);
+                    assert!(
+                        g.may_join(&room.name),
+                        "{m} in {:?}, which its grants do not allow",
+                        room.name
+                    );
                 }
             }
         }
         if !registry.is_empty() {
-            assert!(self.hub.poll_timeout().is_some(), "open sessions but no deadline");
+            assert!(
+                self.hub.poll_timeout().is_some(),
+                "open sessions but no deadline"
+            );
         }
     }
 
     fn run(&mut self, op: &Op) {
         match *op {
-            Op::Open { slot, echo, user, room, grants: g, expires } => {
+            Op::Open {
+                slot,
+                echo,
+                user,
+                room,
+                grants: g,
+                expires,
+            } => {
                 let index = slot as usize % SLOTS;
                 if self.slots[index].open {
                     return; // the driver never reuses an open slot
                 }
                 self.slots[index].generation = self.slots[index].generation.wrapping_add(1);
-                let id = ConnId { index: index as u32, generation: self.slots[index].generation };
+                let id = ConnId {
+                    index: index as u32,
+                    generation: self.slots[index].generation,
+                };
                 let req = OpenRequest {
                     user: user.map(|u| pick(USERS, u)),
                     room: room.map(|r| pick(ROOMS, r)),
@@ -403,7 +547,10 @@ impl Harness {
                         assert_eq!(reason, CloseReason::UserConnectionLimit);
                         assert_eq!(self.hub.registry().len(), before, "refused but counted");
                         assert!(self.hub.registry().session(id).is_none());
-                        assert!(self.hub.poll_output().is_none(), "output for a refused connection");
+                        assert!(
+                            self.hub.poll_output().is_none(),
+                            "output for a refused connection"
+                        );
                     }
                 }
             }
@@ -435,7 +582,10 @@ impl Harness {
                     slot.open = false;
                 }
                 let closed = self.drain(None);
-                assert!(closed.is_empty(), "Close output for a closed connection: {closed:?}");
+                assert!(
+                    closed.is_empty(),
+                    "Close output for a closed connection: {closed:?}"
+                );
             }
             Op::Close { conn, reason } => {
                 let id = self.id(conn);
@@ -443,7 +593,11 @@ impl Harness {
                 let was_open = self.slot_of(id).is_some_and(|s| s.open);
                 self.hub.close(id, reason);
                 let closed = self.drain(None);
-                let expect = if was_open { vec![(id, reason)] } else { Vec::new() };
+                let expect = if was_open {
+                    vec![(id, reason)]
+                } else {
+                    Vec::new()
+                };
                 assert_eq!(closed, expect);
             }
             Op::Advance { millis } => {
@@ -463,7 +617,11 @@ impl Harness {
                 let dead_after = config.ping_interval + config.ping_timeout;
                 for s in self.hub.registry().sessions() {
                     let silent = self.now - s.last_seen;
-                    assert!(silent < dead_after, "{} silent for {silent:?} and still open", s.id);
+                    assert!(
+                        silent < dead_after,
+                        "{} silent for {silent:?} and still open",
+                        s.id
+                    );
                 }
                 if let Some(next) = self.hub.poll_timeout() {
                     assert!(next > self.now, "a deadline left due");
@@ -478,18 +636,22 @@ impl Harness {
             }
             Op::Publish { room, data } => {
                 let room = pick(ROOMS, room);
-                let members = self.hub.registry().room_key(room).map_or(0, |k| {
-                    self.hub.registry().room(k).unwrap().members.len()
-                });
+                let members = self
+                    .hub
+                    .registry()
+                    .room_key(room)
+                    .map_or(0, |k| self.hub.registry().room(k).unwrap().members.len());
                 assert_eq!(self.hub.publish(room, &raw(data)), members);
                 self.drain(None);
             }
             Op::PublishBinary { room, len } => {
                 let room = pick(ROOMS, room);
                 let data: Vec<u8> = (0..len).rev().collect();
-                let members = self.hub.registry().room_key(room).map_or(0, |k| {
-                    self.hub.registry().room(k).unwrap().members.len()
-                });
+                let members = self
+                    .hub
+                    .registry()
+                    .room_key(room)
+                    .map_or(0, |k| self.hub.registry().room(k).unwrap().members.len());
                 assert_eq!(self.hub.publish_binary(room, &data), members);
                 self.drain(None);
             }
@@ -500,7 +662,12 @@ impl Harness {
                 self.drain(None);
             }
             Op::ServerBroadcast { data } => {
-                let hubs = self.hub.registry().sessions().filter(|s| s.kind == Kind::Hub).count();
+                let hubs = self
+                    .hub
+                    .registry()
+                    .sessions()
+                    .filter(|s| s.kind == Kind::Hub)
+                    .count();
                 assert_eq!(self.hub.broadcast(&raw(data)), hubs);
                 self.drain(None);
             }
@@ -518,7 +685,10 @@ impl Harness {
             }
             Op::Shrink => {
                 self.hub.shrink_to_fit();
-                assert!(self.hub.poll_output().is_none(), "output from shrink_to_fit");
+                assert!(
+                    self.hub.poll_output().is_none(),
+                    "output from shrink_to_fit"
+                );
             }
         }
     }
@@ -540,7 +710,10 @@ fuzz_target!(|ops: Vec<Op>| {
         if !h.slots[index].open {
             continue;
         }
-        let id = ConnId { index: index as u32, generation: h.slots[index].generation };
+        let id = ConnId {
+            index: index as u32,
+            generation: h.slots[index].generation,
+        };
         if index % 2 == 0 {
             h.hub.close(id, CloseReason::GoingAway);
             assert_eq!(h.drain(None), vec![(id, CloseReason::GoingAway)]);

@@ -28,6 +28,9 @@
 use std::io;
 
 use libfuzzer_sys::fuzz_target;
+
+mod common;
+use common::{segments, Socket};
 use switchboard::driver::request_reader::{Refusal, RequestReader};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,29 +52,6 @@ struct Outcome {
     requests: Vec<Seen>,
     /// The refusal, or at end of stream the bytes of an incomplete request.
     end: Result<usize, Refusal>,
-}
-
-/// A non-blocking socket: what has arrived so far, `WouldBlock` when that is
-/// read, end of stream once `closed`.
-struct Socket<'a> {
-    arrived: &'a [u8],
-    closed: bool,
-}
-
-impl io::Read for Socket<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.arrived.is_empty() {
-            return if self.closed {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(self.arrived.len());
-        buf[..n].copy_from_slice(&self.arrived[..n]);
-        self.arrived = &self.arrived[n..];
-        Ok(n)
-    }
 }
 
 /// The driver's `read_request` for one readable event. `Ok(false)`: the
@@ -102,7 +82,11 @@ fn readable(
         }
         match reader.read_from(socket) {
             Ok(0) => return Ok(false),
-            Ok(_) => assert!(reader.buffered() <= bound, "{} > {bound}", reader.buffered()),
+            Ok(_) => assert!(
+                reader.buffered() <= bound,
+                "{} > {bound}",
+                reader.buffered()
+            ),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
             Err(e) => panic!("read error {e}"),
         }
@@ -145,20 +129,12 @@ fuzz_target!(|data: &[u8]| {
     let k = (data[2] as usize).min(data.len() - 3);
     let sizes = &data[3..3 + k];
     let stream = &data[3 + k..];
-    let sizes: &[u8] = if sizes.is_empty() { &[255] } else { sizes };
-    let mut segments: Vec<&[u8]> = Vec::new();
-    let mut off = 0;
-    for (i, &size) in sizes.iter().cycle().enumerate() {
-        if off >= stream.len() {
-            break;
-        }
-        let size = if i > stream.len() + 64 { stream.len() } else { size as usize };
-        let end = (off + size).min(stream.len());
-        segments.push(&stream[off..end]);
-        off = end;
-    }
+    let segments = segments(stream, sizes);
 
     let whole = run(&[stream], max_head, max_body);
     let chunked = run(&segments, max_head, max_body);
-    assert_eq!(whole, chunked, "whole vs chunked (sizes {sizes:?}, max_head {max_head}, max_body {max_body})");
+    assert_eq!(
+        whole, chunked,
+        "whole vs chunked (sizes {sizes:?}, max_head {max_head}, max_body {max_body})"
+    );
 });

@@ -29,6 +29,8 @@ pub mod request_reader;
 pub mod rx;
 mod stats;
 mod sys;
+#[cfg(test)]
+mod test_io;
 mod ws;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -188,21 +188,7 @@ impl RequestReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A source that returns at most `chunk` bytes per read.
-    struct Chunked<'a> {
-        data: &'a [u8],
-        chunk: usize,
-    }
-
-    impl io::Read for Chunked<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.chunk).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
+    use crate::driver::test_io::Chunked;
 
     /// Method, path and body of one request.
     type Seen = (String, String, Vec<u8>);

@@ -412,6 +412,7 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::test_io::Chunked;
 
     const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
@@ -434,21 +435,6 @@ mod tests {
         apply_mask(&mut body, MASK);
         out.extend_from_slice(&body);
         out
-    }
-
-    /// A socket that returns at most `chunk` bytes per read, then EOF.
-    struct Chunked<'a> {
-        data: &'a [u8],
-        chunk: usize,
-    }
-
-    impl io::Read for Chunked<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.chunk).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
     }
 
     /// Every event in `data`, as owned values, read `chunk` bytes at a time
