@@ -83,7 +83,7 @@ impl Default for Config {
 
 /// A secret setting (the API key): `Debug` shows `<redacted>`, so logging
 /// the settings never prints it; [`Secret::expose`] is the one way to read it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {
@@ -440,16 +440,19 @@ impl Config {
             }
             "jwt_keys" => {
                 self.jwt_keys.retain(|k| k.kid.is_none());
-                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                let entries = value.split(',').map(str::trim).filter(|e| !e.is_empty());
+                // Entries are named by position: a kid typed wrong may be
+                // part of a secret.
+                for (n, entry) in entries.enumerate().map(|(i, e)| (i + 1, e)) {
                     let Some((kid, secret)) = entry.split_once(':') else {
-                        return Err(err("entries are kid:secret".into()));
+                        return Err(err(format!("entry {n}: entries are kid:secret")));
                     };
                     if kid.is_empty() {
-                        return Err(err("every entry needs a kid (kid:secret)".into()));
+                        return Err(err(format!("entry {n}: the kid is empty (kid:secret)")));
                     }
                     if secret.len() < MIN_HS256_KEY {
                         return Err(err(format!(
-                            "key `{kid}`: the secret must be at least {MIN_HS256_KEY} bytes \
+                            "entry {n}: the secret must be at least {MIN_HS256_KEY} bytes \
                              (RFC 7518 §3.2: an HS256 key is at least as long as the 256-bit \
                              hash), this one has {}",
                             secret.len()
@@ -589,9 +592,15 @@ impl Config {
             .iter()
             .find(|(k, _)| k == "SWITCHBOARD_CONFIG")
             .map(|(_, v)| PathBuf::from(v));
+        // lexopt's own messages quote the argument, which may be a secret
+        // (`--metrics-require-key --api-key KEY` makes KEY a stray argument).
         let bad = |setting: &str, e: lexopt::Error| ConfigError {
             setting: setting.to_string(),
-            message: e.to_string(),
+            message: match e {
+                lexopt::Error::MissingValue { .. } => "needs a value".into(),
+                lexopt::Error::NonUnicodeValue(_) => "is not valid UTF-8".into(),
+                _ => "an argument that is not `--setting VALUE` (see --help)".into(),
+            },
         };
         while let Some(arg) = parser.next().map_err(|e| bad("command line", e))? {
             match arg {
@@ -671,9 +680,9 @@ fn secs(value: &str, min: f64) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(n))
 }
 
-/// Largest count or size any setting takes (2^40: a trillion connections,
-/// a terabyte), so that sums of settings never overflow.
-const MAX_COUNT: usize = 1 << 40;
+/// Largest count or size any setting takes (2^40 − 1 on 64-bit targets: a
+/// trillion connections, a terabyte), so that sums of settings never overflow.
+const MAX_COUNT: usize = usize::MAX >> (usize::BITS / 2 - 8);
 
 fn count(value: &str, min: usize) -> Result<usize, String> {
     let n: usize = value
@@ -794,7 +803,7 @@ mod tests {
         let e = parse(&["--auth", "jwt", "--jwt-keys", &keys], &[])
             .err()
             .unwrap();
-        assert!(e.message.contains("key `b`"), "{e}");
+        assert!(e.message.contains("entry 2"), "{e}");
         assert!(!e.to_string().contains(&short));
         let c = run(&["--auth", "jwt", "--jwt-secret", &"z".repeat(32)], &[]);
         assert_eq!(c.jwt_keys.len(), 1);

@@ -106,6 +106,62 @@ fn frames_sent_right_behind_the_handshake_are_all_delivered() {
 }
 
 #[test]
+fn frames_right_behind_a_handshake_then_fin_are_handled_and_the_socket_dropped() {
+    // The client writes its request, a frame and a byte of the next frame,
+    // then shuts its side: the whole frame is delivered, the cut one is
+    // not, and the connection goes at once (it once spun re-reading the
+    // carried byte until a heartbeat ended it).
+    let server = Server::start(&[]);
+    let mut listener = server.joined("/ws/fin?user=listener");
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = upgrade_request("/ws/fin?user=leaver").into_bytes();
+    bytes.extend(client_frame(
+        0x1,
+        br#"{"type":"message","room":"fin","data":"last words"}"#,
+    ));
+    bytes.push(0x81);
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    listener.expect("user_joined");
+    assert_eq!(listener.expect("message")["data"], "last words");
+    assert_eq!(listener.expect("user_left")["user"], "leaver");
+    server.wait_stats("leaver dropped", |s| s["total_connections"] == 1);
+    // One byte of a header and FIN, after the handshake: dropped too.
+    let mut s = raw_ws(server.addr, "/ws/fin?user=cut");
+    listener.expect("user_joined");
+    s.write_all(&[0x82]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(listener.expect("user_left")["user"], "cut");
+    server.wait_stats("cut dropped", |s| s["total_connections"] == 1);
+    listener.sync();
+}
+
+#[test]
+fn pings_whose_pongs_are_never_read_end_in_4101() {
+    // Pongs count against the output queue like any output.
+    let server = Server::start(&["--max-output-queue", "65536", "--rate-limit", "0"]);
+    let mut other = bystander(&server);
+    let mut s = raw_ws(server.addr, "/ws?user=pinger");
+    let ping = client_frame(0x9, &[b'p'; 125]);
+    let mut burst = Vec::new();
+    for _ in 0..1000 {
+        burst.extend_from_slice(&ping);
+    }
+    let mut closed = false;
+    for _ in 0..200 {
+        if s.write_all(&burst).is_err() {
+            break;
+        }
+        if server.stats()["slow_consumer_closes"] == 1 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a pinger that never reads was never closed");
+    other.sync();
+}
+
+#[test]
 fn a_handshake_with_a_body_is_refused() {
     // A body on a GET upgrade has no meaning: it is neither dropped nor
     // taken for frames.

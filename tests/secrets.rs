@@ -152,6 +152,16 @@ fn settings_errors_never_echo_a_secret() {
     assert_free_of(&err, &[short_jwt], "a --jwt-keys error");
     let err = refused(&[], &[("SWITCHBOARD_JWT_SECRET", short_jwt)]);
     assert_free_of(&err, &[short_jwt], "an environment error");
+    // A flag that lost its value makes the next flag its value and the
+    // secret a stray argument: still not echoed.
+    let err = refused(&["--metrics-require-key", "--api-key", API_KEY], &[]);
+    assert_free_of(&err, &SECRETS, "a stray-argument error");
+    let err = refused(
+        &["--auth", "jwt", "--jwt-keys", &format!("{short_jwt}:x")],
+        &[],
+    );
+    assert!(err.contains("entry 1"), "{err}");
+    assert_free_of(&err, &[short_jwt], "a --jwt-keys error");
 
     // A settings file whose syntax error sits on the line with the secret.
     let dir = std::env::temp_dir().join(format!("switchboard-secrets-{}", std::process::id()));

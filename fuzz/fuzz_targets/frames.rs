@@ -10,10 +10,13 @@
 //!   from 14 bytes up, so frames also take the read-straight-into-the-frame
 //!   path.
 //!
-//! Checks: no panic; both ways give the same events, then the same violation
-//! or, at end of stream, the same number of bytes pending and the same
-//! "idle"; pending bytes stay bounded by the message limit (plus what was
-//! carried); a reader with nothing pending holds no memory.
+//! Checks: no panic; the whole way gives the events and violation of a
+//! reference (`rx::step` over the whole stream in one buffer, checking that
+//! each step moves forward within the buffer by at least a frame header);
+//! both ways give the same events, then the same violation or, at end of
+//! stream, the same number of bytes pending and the same "idle"; pending
+//! bytes stay bounded by the message limit (plus what was carried); end of
+//! stream ends the reading.
 //!
 //! (The driver stops reading a connection at its Close event; here both ways
 //! go on past it, which checks more of the reader and changes nothing else.)
@@ -35,7 +38,7 @@ use libfuzzer_sys::fuzz_target;
 
 mod common;
 use common::{segments, Socket};
-use switchboard::driver::rx::{Event, FrameReader, Violation, MAX_HEADER};
+use switchboard::driver::rx::{step, Event, FrameReader, Partial, Step, Violation, MAX_HEADER};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
@@ -84,7 +87,7 @@ fn readable(
                 return Ok(false);
             }
         };
-        let more = fill.more();
+        let (more, eof) = (fill.more(), fill.at_eof());
         *reader = fill
             .parse(scratch, max, |e| {
                 events.push(owned(e));
@@ -96,6 +99,9 @@ fn readable(
             "{} bytes pending, bound {bound}",
             reader.buffered()
         );
+        if eof {
+            return Ok(false);
+        }
         if !more {
             return Ok(true);
         }
@@ -139,6 +145,8 @@ fn run(carried: &[u8], segments: &[&[u8]], scratch_len: usize, max: usize) -> Ou
         }
         socket.closed = true;
         let (pending, idle) = (reader.buffered(), reader.is_idle());
+        // End of stream ends the reading: at most one more pass.
+        let mut passes = 0;
         while readable(
             &mut reader,
             &mut socket,
@@ -146,11 +154,53 @@ fn run(carried: &[u8], segments: &[&[u8]], scratch_len: usize, max: usize) -> Ou
             max,
             bound,
             &mut events,
-        )? {}
+        )? {
+            passes += 1;
+            assert!(passes < 2, "the reader goes on after end of stream");
+        }
         Ok((pending, idle))
     };
     let end = go();
     Outcome { events, end }
+}
+
+/// The reference: `rx::step` over the whole stream in one buffer, with the
+/// position checks of every step. Events, then the violation if any.
+fn reference(stream: &[u8], max: usize) -> (Vec<Ev>, Option<Violation>) {
+    let mut data = stream.to_vec();
+    let len = data.len();
+    let mut partial = Partial::default();
+    let mut events = Vec::new();
+    let mut pos = 0;
+    loop {
+        let before = pos;
+        let step = step(&mut data, &mut pos, &mut partial, max);
+        assert!(
+            pos >= before && pos <= len,
+            "pos {before} -> {pos} of {len}"
+        );
+        match step {
+            Ok(Step::Event(e)) => {
+                assert!(pos >= before + 2, "an event from {} bytes", pos - before);
+                events.push(owned(e));
+            }
+            Ok(Step::Consumed) => assert!(pos >= before + 2),
+            Ok(Step::Incomplete { total }) => {
+                assert_eq!(pos, before, "pos moved on Incomplete");
+                let have = len - before;
+                match total {
+                    None => assert!(have > 0 && have < MAX_HEADER, "{have} bytes, no header"),
+                    Some(t) => assert!(t > have && t <= MAX_HEADER + max, "total {t}, have {have}"),
+                }
+                return (events, None);
+            }
+            Ok(Step::End) => {
+                assert_eq!(pos, len);
+                return (events, None);
+            }
+            Err(v) => return (events, Some(v)),
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -176,7 +226,10 @@ fuzz_target!(|data: &[u8]| {
     let (tail, rest) = stream.split_at(carried);
     let segments = segments(rest, sizes);
 
+    let (events, violation) = reference(stream, max);
     let whole = run(&[], &[stream], 64 * 1024, max);
+    assert_eq!(whole.events, events, "FrameReader vs step");
+    assert_eq!(whole.end.err(), violation, "FrameReader vs step");
     let chunked = run(tail, &segments, scratch_len, max);
     assert_eq!(
         whole, chunked,

@@ -263,6 +263,29 @@ struct Driver {
     peak_conns: usize,
 }
 
+/// The slow-consumer rule: a connection may be given another frame unless
+/// its queue already holds `cap` bytes (`--max-output-queue`), once the
+/// socket has taken what it will take now. So one message the limits allow,
+/// of any size, never makes a prompt reader "slow", and a queue holds at
+/// most `cap` bytes plus one frame.
+fn queue_is_full(
+    conn: &mut Conn,
+    cap: usize,
+    gather: &mut Vec<u8>,
+    counters: &mut DriverCounters,
+) -> bool {
+    if conn.out.len() < cap {
+        return false;
+    }
+    // Flush even if blocked: its writable event may not have been handled
+    // yet this iteration.
+    conn.write_blocked = false;
+    if let Ok(written) = conn.flush(gather) {
+        counters.bytes_out += written as u64;
+    }
+    conn.out.len() >= cap
+}
+
 impl Driver {
     fn run(&mut self) -> io::Result<()> {
         log::info!(
@@ -287,7 +310,7 @@ impl Driver {
             }
             let now = Instant::now();
             for key in std::mem::take(&mut self.again) {
-                self.conn_ready(key, now, true);
+                self.conn_ready(key, now, true, false);
             }
             for event in events.iter() {
                 match event.token() {
@@ -295,14 +318,14 @@ impl Driver {
                     SIGNALS => self.on_signal(now),
                     WAKER => self.on_commands(now),
                     Token(key) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        let peer_closed = event.is_read_closed() || event.is_error();
+                        let readable = event.is_readable() || peer_closed;
                         if event.is_writable() || event.is_write_closed() || event.is_error() {
                             if let Some(conn) = self.conns.get_mut(key) {
                                 conn.write_blocked = false;
                             }
                         }
-                        self.conn_ready(key, now, readable)
+                        self.conn_ready(key, now, readable, peer_closed)
                     }
                 }
             }
@@ -479,7 +502,9 @@ impl Driver {
 
     /// A socket event (or leftover read budget). Writable-only events just
     /// mark the connection dirty: the flush at the end of the iteration writes.
-    fn conn_ready(&mut self, key: usize, now: Instant, readable: bool) {
+    /// `peer_closed`: the event saw the peer's FIN (or an error), so a short
+    /// read does not mean the socket is drained: the end is still to be read.
+    fn conn_ready(&mut self, key: usize, now: Instant, readable: bool, peer_closed: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -494,7 +519,7 @@ impl Driver {
         }
         match phase {
             0 => self.read_request(key, now),
-            1 => self.read_frames(key, now),
+            1 => self.read_frames(key, now, peer_closed),
             _ => {
                 if self.conns[key].drain_input() {
                     self.drop_conn(key);
@@ -563,23 +588,11 @@ impl Driver {
             if conn.id != id || !matches!(conn.state, State::Open { .. }) {
                 return;
             }
-            if conn.out.len() + frame.len() > cap {
-                // Before calling it slow, give the socket what it will take
-                // now (even if blocked: its writable event may not have been
-                // handled yet this iteration).
-                conn.write_blocked = false;
-                if let Ok(written) = conn.flush(gather) {
-                    counters.bytes_out += written as u64;
+            if queue_is_full(conn, cap, gather, counters) {
+                if !slow.contains(&id) {
+                    slow.push(id);
                 }
-                // One frame is always taken onto an empty queue, so a
-                // message the limits allow never makes a prompt reader
-                // "slow" (a queue holds at most the cap or one frame).
-                if !conn.out.is_empty() && conn.out.len() + frame.len() > cap {
-                    if !slow.contains(&id) {
-                        slow.push(id);
-                    }
-                    return;
-                }
+                return;
             }
             conn.out.push(frame.clone());
             counters.messages_out += 1;

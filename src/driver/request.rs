@@ -80,7 +80,7 @@ impl Driver {
         conn.http_deadline = now + self.config.handshake_timeout;
         self.handshakes.push_back((conn.http_deadline, conn.id));
         self.mark_dirty(key);
-        // A pipelined request may be complete in `rest`, or still in the
+        // A pipelined request may be complete in the reader, or still in the
         // socket (reading stopped at the end of this request, so no new edge
         // will announce it): look again next iteration.
         self.again.push(key);
@@ -208,8 +208,10 @@ impl Driver {
                 self.reply(key, head, response, reader, now);
             }
             Route::BadPath => self.refuse(key, 400, "room name is not valid percent-encoded UTF-8"),
-            Route::Echo => self.upgrade(key, request, reader, Kind::Echo, None, now),
-            Route::Hub { room } => self.upgrade(key, request, reader, Kind::Hub, room, now),
+            Route::Echo => self.upgrade(key, request, reader.into_rest(), Kind::Echo, None, now),
+            Route::Hub { room } => {
+                self.upgrade(key, request, reader.into_rest(), Kind::Hub, room, now)
+            }
         }
     }
 
@@ -219,7 +221,7 @@ impl Driver {
         &mut self,
         key: usize,
         request: Request,
-        reader: Box<RequestReader>,
+        rest: Vec<u8>,
         kind: Kind,
         room: Option<String>,
         now: Instant,
@@ -232,9 +234,6 @@ impl Driver {
                 "Upgrade: websocket\r\n",
                 "this is a WebSocket endpoint: connect with a WebSocket client",
             );
-        }
-        if head.content_length > 0 {
-            return self.refuse(key, 400, "a WebSocket handshake carries no body");
         }
         if let Some(room) = &room {
             if room.is_empty() || room.len() > self.config.hub.max_room_name_len {
@@ -271,7 +270,6 @@ impl Driver {
         };
         // Anything after the request (a client that did not wait for the
         // 101) is the start of its first frames.
-        let tail = reader.into_rest();
         let max_message = if kind == Kind::Echo {
             self.config.echo_max_message_size
         } else {
@@ -281,7 +279,7 @@ impl Driver {
         conn.out.push(accept);
         conn.max_message = max_message;
         conn.set_state(State::Open {
-            rx: FrameReader::carrying(tail),
+            rx: FrameReader::carrying(rest),
         });
         let id = conn.id;
         self.mark_dirty(key);

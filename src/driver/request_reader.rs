@@ -53,13 +53,16 @@ pub enum Refusal {
     LengthRequired,
     /// 413: `Content-Length` over `max_body`; refused without reading it.
     BodyTooLarge { max_body: usize },
+    /// 400: a WebSocket handshake with a body (it has no meaning there);
+    /// refused without reading it.
+    UpgradeWithBody,
 }
 
 impl Refusal {
     /// The HTTP status of the refusal.
     pub fn status(self) -> u16 {
         match self {
-            Refusal::Malformed(_) => 400,
+            Refusal::Malformed(_) | Refusal::UpgradeWithBody => 400,
             Refusal::TooManyHeaders | Refusal::HeadTooLarge => 431,
             Refusal::LengthRequired => 411,
             Refusal::BodyTooLarge { .. } => 413,
@@ -76,6 +79,9 @@ impl Refusal {
             Refusal::Malformed(why) => http::text_response(400, "", why),
             Refusal::TooManyHeaders => http::text_response(431, "", "too many headers"),
             Refusal::HeadTooLarge => http::text_response(431, "", "request head too large"),
+            Refusal::UpgradeWithBody => {
+                http::text_response(400, "", "a WebSocket handshake carries no body")
+            }
             Refusal::LengthRequired => json("length_required", "send a Content-Length body"),
             Refusal::BodyTooLarge { max_body } => json(
                 "body_too_large",
@@ -90,8 +96,9 @@ impl Refusal {
 pub struct RequestReader {
     buf: Vec<u8>,
     /// The head of the request being gathered, once complete (its body is
-    /// still arriving), so it is parsed once, not once per read.
-    head: Option<RequestHead>,
+    /// still arriving), so it is parsed once, not once per read. Boxed: a
+    /// reader waiting for its first byte stays small.
+    head: Option<Box<RequestHead>>,
     max_head: usize,
     max_body: usize,
 }
@@ -129,7 +136,10 @@ impl RequestReader {
                         max_body: self.max_body,
                     })
                 }
-                Parse::Complete(head) => head,
+                Parse::Complete(head) if head.wants_websocket && head.content_length > 0 => {
+                    return Err(Refusal::UpgradeWithBody)
+                }
+                Parse::Complete(head) => Box::new(head),
             },
         };
         // Both terms are bounded (the head by `max_head`, the body by
@@ -141,7 +151,7 @@ impl RequestReader {
         }
         let rest = self.buf.split_off(total);
         let bytes = std::mem::replace(&mut self.buf, rest);
-        Ok(Some(Request { head, bytes }))
+        Ok(Some(Request { head: *head, bytes }))
     }
 
     /// One read from `src`, of at most what the request being gathered may
@@ -158,6 +168,7 @@ impl RequestReader {
         let target = len.saturating_mul(2).max(MIN_READ).min(limit);
         if target <= len {
             // `next_request` would have answered: nothing more may be read.
+            debug_assert!(false, "RequestReader::read_from before next_request");
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "request reader: read before next_request",
@@ -305,6 +316,10 @@ mod tests {
         assert_eq!(
             refusal(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             411
+        );
+        assert_eq!(
+            refusal(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 1\r\n\r\n"),
+            400
         );
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
         assert_eq!(refusal(long.as_bytes()), 431);

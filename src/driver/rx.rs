@@ -49,6 +49,9 @@ pub struct Partial {
     frame: Vec<u8>,
     /// Total length of that frame once its header is known; 0 while unknown.
     need: usize,
+    /// While `need` is known: how much of `frame` has arrived (the rest of
+    /// `frame`, sized once to `need`, is being read into).
+    filled: usize,
     /// Payload gathered so far of a fragmented message.
     message: Vec<u8>,
     /// Opcode of the open fragmented message (1 text, 2 binary), 0 if none.
@@ -120,42 +123,56 @@ impl FrameReader {
 
     /// Bytes held: an incomplete frame and an open fragmented message.
     pub fn buffered(&self) -> usize {
-        self.0
-            .as_ref()
-            .map_or(0, |p| p.frame.len() + p.message.len())
+        self.0.as_ref().map_or(0, |p| {
+            let frame = if p.need > 0 { p.filled } else { p.frame.len() };
+            frame + p.message.len()
+        })
     }
 
     /// Read once from `src`: into `scratch` behind any carried bytes, or
     /// straight into a frame whose length is known and longer than what has
-    /// arrived. End of stream is an `UnexpectedEof` error; `WouldBlock` and
-    /// `Interrupted` are not errors (a [`Fill`] with nothing new).
+    /// arrived. End of stream is an `UnexpectedEof` error, except right
+    /// behind carried bytes: those are parsed first ([`Fill::at_eof`]).
+    /// `WouldBlock` and `Interrupted` are not errors (a [`Fill`] with
+    /// nothing new). `scratch` holds at least [`MAX_HEADER`] bytes.
     pub fn fill(&mut self, src: &mut impl io::Read, scratch: &mut [u8]) -> io::Result<Fill> {
+        debug_assert!(
+            scratch.len() >= MAX_HEADER,
+            "a scratch buffer shorter than a header"
+        );
         // Work on a plain value; keep the box (if any) to put it back in,
         // so a frame arriving over many reads is not re-boxed every read.
         let mut boxed = self.0.take();
         let mut partial = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
+        let mut eof = false;
         let (input, more) = if partial.need > 0 {
-            // A frame bigger than what was read so far: read straight into it.
-            let have = partial.frame.len();
-            partial.frame.resize(partial.need, 0);
-            let read = src.read(&mut partial.frame[have..]);
-            let n = read.as_ref().map_or(0, |&n| n.min(partial.need - have));
-            partial.frame.truncate(have + n);
-            match read {
+            // A frame bigger than what was read so far: read straight into
+            // it (sized once, so a frame trickling in is not re-zeroed per read).
+            if partial.frame.len() < partial.need {
+                partial.frame.resize(partial.need, 0);
+            }
+            let missing = partial.need - partial.filled;
+            match src.read(&mut partial.frame[partial.filled..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) if partial.frame.len() == partial.need => {
+                Ok(n) if n >= missing => {
                     partial.need = 0;
+                    partial.filled = 0;
                     (Input::Owned(std::mem::take(&mut partial.frame)), true)
                 }
                 // A short read emptied the socket: the next data raises a new edge.
-                Ok(_) => (Input::Nothing, false),
+                Ok(n) => {
+                    partial.filled += n;
+                    (Input::Nothing, false)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Nothing, false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (Input::Nothing, true),
                 Err(e) => return Err(e),
             }
         } else if partial.frame.len() >= scratch.len() {
-            // More came with the handshake (a request body, pipelined data)
-            // than the scratch buffer holds: parse it where it is.
+            // More was carried than the scratch buffer holds (the driver's
+            // never is: it carries less than a request head): parse it where
+            // it is. It holds a header, so this leaves a complete frame
+            // parsed or a frame of known length (`need`), never a loop.
             (Input::Owned(std::mem::take(&mut partial.frame)), true)
         } else {
             // Carried bytes (a partial header, or data that came with the
@@ -166,8 +183,11 @@ impl FrameReader {
             let room = scratch.len() - carried;
             match src.read(&mut scratch[carried..]) {
                 // Frames that came with the handshake are handled even if the
-                // peer closed right behind them; the next read reports EOF.
-                Ok(0) if carried > 0 => (Input::Scratch(carried), true),
+                // peer closed right behind them; then the connection ends.
+                Ok(0) if carried > 0 => {
+                    eof = true;
+                    (Input::Scratch(carried), false)
+                }
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => (Input::Scratch(carried + n.min(room)), n >= room),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Scratch(carried), false),
@@ -180,6 +200,7 @@ impl FrameReader {
             boxed,
             input,
             more,
+            eof,
         })
     }
 }
@@ -203,6 +224,7 @@ pub struct Fill {
     boxed: Option<Box<Partial>>,
     input: Input,
     more: bool,
+    eof: bool,
 }
 
 impl Fill {
@@ -212,10 +234,16 @@ impl Fill {
         self.more
     }
 
+    /// The peer closed right behind the bytes of this fill: parse them,
+    /// then end the connection.
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
     /// Hand every complete event to `on_event` (which answers whether to go
     /// on), keep an incomplete tail, and give the reader back. `Ok(None)`:
     /// `on_event` stopped (the connection is closing; its reader is dropped).
-    /// `scratch` is the buffer given to [`FrameReader::fill`].
+    /// `scratch` must be the buffer given to [`FrameReader::fill`].
     pub fn parse(
         mut self,
         scratch: &mut [u8],
@@ -241,6 +269,7 @@ impl Fill {
                     partial.frame = Vec::with_capacity(total.unwrap_or(MAX_HEADER));
                     partial.frame.extend_from_slice(&data[pos..]);
                     partial.need = total.unwrap_or(0);
+                    partial.filled = partial.frame.len();
                     break;
                 }
                 Step::Event(event) => {
@@ -453,13 +482,80 @@ mod tests {
                     return Ok(out);
                 }
             };
+            let eof = fill.at_eof();
             reader = fill
                 .parse(&mut scratch, max, |e| {
                     out.push(format!("{e:?}"));
                     true
                 })?
                 .expect("never stopped");
+            if eof {
+                return Ok(out);
+            }
         }
+    }
+
+    #[test]
+    fn end_of_stream_after_part_of_a_frame_ends_the_reading() {
+        // A header cut short, a frame cut short, then EOF: no events, and
+        // the reader stops (it once re-parsed the carried bytes forever).
+        assert_eq!(events(&[0x81], 1, 100).unwrap(), Vec::<String>::new());
+        let mut cut = frame(true, 1, b"hello");
+        cut.truncate(8);
+        for chunk in 1..cut.len() {
+            assert_eq!(events(&cut, chunk, 100).unwrap(), Vec::<String>::new());
+        }
+        let mut reader = FrameReader::carrying(vec![0x81]);
+        let fill = reader.fill(&mut &[][..], &mut [0u8; 64]).unwrap();
+        assert!(fill.at_eof() && !fill.more());
+    }
+
+    #[test]
+    fn frames_carried_from_the_handshake_are_parsed_before_end_of_stream() {
+        let mut carried = frame(true, 1, b"first");
+        carried.extend(frame(true, 1, b"second"));
+        carried.push(0x81);
+        let mut reader = FrameReader::carrying(carried);
+        let mut scratch = [0u8; 64];
+        let fill = reader.fill(&mut &[][..], &mut scratch).unwrap();
+        assert!(fill.at_eof(), "the peer is gone");
+        let mut seen = Vec::new();
+        fill.parse(&mut scratch, 100, |e| {
+            seen.push(format!("{e:?}"));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, [r#"Text("first")"#, r#"Text("second")"#]);
+    }
+
+    #[test]
+    fn a_frame_trickling_in_is_sized_once() {
+        let data = frame(true, 2, &[9; 300]);
+        let mut reader = FrameReader::default();
+        let mut scratch = [0u8; 16];
+        let mut src = Chunked {
+            data: &data,
+            chunk: 1,
+        };
+        let mut got = None;
+        while got.is_none() {
+            let fill = reader.fill(&mut src, &mut scratch).unwrap();
+            reader = fill
+                .parse(&mut scratch, 1000, |e| {
+                    got = Some(format!("{e:?}"));
+                    true
+                })
+                .unwrap()
+                .unwrap();
+            if let Some(p) = &reader.0 {
+                if p.need > 0 {
+                    assert!(p.frame.len() == p.need || p.frame.len() == p.filled);
+                    assert_eq!(reader.buffered(), p.filled);
+                }
+            }
+        }
+        assert!(got.unwrap().starts_with("Binary([9, 9"));
+        assert!(reader.is_idle());
     }
 
     #[test]

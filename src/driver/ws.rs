@@ -6,18 +6,21 @@ use std::time::Instant;
 
 use super::conn::{close_reply, control_frame, State};
 use super::rx::{Event, Violation};
-use super::{Driver, Flow, READ_BUDGET};
+use super::{queue_is_full, Driver, Flow, READ_BUDGET};
 use crate::hub::ConnId;
 use crate::protocol::CloseReason;
 
 impl Driver {
     /// Read from the socket into the shared scratch buffer and handle every
-    /// complete frame there, up to the read budget.
-    pub(super) fn read_frames(&mut self, key: usize, now: Instant) {
+    /// complete frame there, up to the read budget. With `peer_closed`, read
+    /// on to the end of stream: data and FIN that arrived together raise one
+    /// edge, and a short read would otherwise leave the FIN unseen.
+    pub(super) fn read_frames(&mut self, key: usize, now: Instant, peer_closed: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..READ_BUDGET {
             match self.read_once(key, now, &mut scratch) {
                 Flow::More => continue,
+                Flow::Drained if peer_closed => continue,
                 Flow::Drained | Flow::Stop => {
                     self.scratch = scratch;
                     return;
@@ -44,6 +47,7 @@ impl Driver {
             }
             Err(e) => return self.peer_gone(key, &e.to_string()),
         };
+        let eof = fill.at_eof();
         let flow = if fill.more() {
             Flow::More
         } else {
@@ -56,6 +60,7 @@ impl Driver {
                 Flow::Stop
             }
             Ok(None) => Flow::Stop,
+            Ok(Some(_)) if eof => self.peer_gone(key, "EOF"),
             Ok(Some(reader)) => match self.conns.get_mut(key).map(|c| &mut c.state) {
                 Some(State::Open { rx }) => {
                     *rx = reader;
@@ -72,8 +77,17 @@ impl Driver {
             Event::Text(text) => self.hub.handle_text(now, id, text),
             Event::Binary(bytes) => self.hub.handle_binary(now, id, bytes),
             Event::Ping(payload) => {
-                self.conns[key].out.push(control_frame(0xA, payload));
-                self.hub.handle_activity(now, id);
+                let conn = &mut self.conns[key];
+                let cap = self.config.max_output_queue;
+                if queue_is_full(conn, cap, &mut self.gather, &mut self.counters) {
+                    // Pings whose pongs are never read fill the queue like
+                    // any other output.
+                    self.counters.slow_consumer_closes += 1;
+                    self.hub.close(id, CloseReason::SlowConsumer);
+                } else {
+                    conn.out.push(control_frame(0xA, payload));
+                    self.hub.handle_activity(now, id);
+                }
             }
             Event::Pong => self.hub.handle_activity(now, id),
             Event::Close(code) => {
