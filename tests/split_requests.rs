@@ -355,9 +355,13 @@ fn read_until(s: &mut TcpStream, raw: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool
 
 /// Complete server frames after a `101` head (0 before or without one).
 fn frames_after_101(raw: &[u8]) -> usize {
-    match find(raw, b"\r\n\r\n") {
-        Some(end) if raw.starts_with(b"HTTP/1.1 101 ") => server_frames(&raw[end + 4..]).0.len(),
-        _ => 0,
+    // The 101 may follow keep-alive responses pipelined before it.
+    let Some(at) = find(raw, b"HTTP/1.1 101 ") else {
+        return 0;
+    };
+    match find(&raw[at..], b"\r\n\r\n") {
+        Some(end) => server_frames(&raw[at + end + 4..]).0.len(),
+        None => 0,
     }
 }
 
@@ -944,5 +948,18 @@ fn pipelined_keep_alive_requests_answer_the_same_whole_bytewise_and_split() {
             &[200, 200, 200],
         )
         .delivering(1),
+        Case {
+            frames: 1,
+            ..Case::http(
+                "pipelined: healthz, then an upgrade to /echo and a frame",
+                [
+                    get("/healthz", false),
+                    upgrade_request("/echo").into_bytes(),
+                    client_frame(0x1, b"after keep-alive"),
+                ]
+                .concat(),
+                &[200, 101],
+            )
+        },
     ]);
 }
