@@ -13,16 +13,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 pub use crate::hub::{Grants, ANONYMOUS_PREFIX};
 use crate::percent::query_param;
+use crate::protocol::{check_info, BadInfo};
 
 /// Longest token accepted (bytes), checked before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// The identity a connection will have in the hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Identity {
     /// The user id; `None` means "give this connection an anonymous id".
     pub user: Option<String>,
@@ -30,6 +32,9 @@ pub struct Identity {
     pub grants: Option<Arc<Grants>>,
     /// When the token stops being valid (Unix seconds, leeway included).
     pub expires_at: Option<u64>,
+    /// The connection's info: the token's `info` claim, or `?info=` with
+    /// auth off; a JSON object within the size limit.
+    pub info: Option<Box<RawValue>>,
 }
 
 /// A refused request: HTTP status and a short body.
@@ -75,6 +80,8 @@ pub struct Authenticator {
     pub keys: Vec<JwtKey>,
     /// Allowed clock difference for `exp` and `nbf`, in seconds.
     pub leeway: u64,
+    /// Largest `info`, in bytes as received.
+    pub max_info_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -91,13 +98,24 @@ struct Claims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     broadcast: bool,
+    info: Option<Box<RawValue>>,
 }
 
 impl Authenticator {
-    /// An authenticator for `mode`, with HS256 `keys` and a clock `leeway`
-    /// in seconds.
-    pub fn new(mode: AuthMode, keys: Vec<JwtKey>, leeway: u64) -> Authenticator {
-        Authenticator { mode, keys, leeway }
+    /// An authenticator for `mode`, with HS256 `keys`, a clock `leeway` in
+    /// seconds, and connection info of at most `max_info_bytes`.
+    pub fn new(
+        mode: AuthMode,
+        keys: Vec<JwtKey>,
+        leeway: u64,
+        max_info_bytes: usize,
+    ) -> Authenticator {
+        Authenticator {
+            mode,
+            keys,
+            leeway,
+            max_info_bytes,
+        }
     }
 
     /// Identify a WebSocket request at Unix time `now`, from its query string
@@ -110,8 +128,14 @@ impl Authenticator {
         now: u64,
     ) -> Result<Identity, Rejection> {
         match self.mode {
-            AuthMode::None => identify_by_query(query, max_user_id_len),
+            AuthMode::None => identify_by_query(query, max_user_id_len, self.max_info_bytes),
             AuthMode::Jwt => {
+                if query_param(query, "info").is_some() {
+                    return Err(reject(
+                        400,
+                        "?info= is not taken with token auth: put it in the token's info claim",
+                    ));
+                }
                 let token = match query_param(query, "token") {
                     Some(Some(t)) => t,
                     Some(None) => return Err(reject(401, "token is not valid percent-encoding")),
@@ -206,17 +230,41 @@ impl Authenticator {
                 format!("user ids starting with `{ANONYMOUS_PREFIX}` are reserved"),
             ));
         }
+        let info = match claims.info {
+            Some(raw) => Some(check_info(raw.get(), self.max_info_bytes).map_err(|e| {
+                reject(
+                    401,
+                    info_problem("token's info claim", e, self.max_info_bytes),
+                )
+            })?),
+            None => None,
+        };
         let grants = Grants::new(claims.rooms, claims.broadcast);
         Ok(Identity {
             user: Some(user),
             grants: Some(Arc::new(grants)),
             expires_at: Some((exp.max(0.0) as u64).saturating_add(self.leeway)),
+            info,
         })
     }
 }
 
 /// Identify by `?user=<id>`, bounded by `max_user_id_len` (auth off).
-fn identify_by_query(query: Option<&str>, max_user_id_len: usize) -> Result<Identity, Rejection> {
+/// What is wrong with an `info`, for the refusal's body.
+fn info_problem(source: &str, problem: BadInfo, max: usize) -> String {
+    let what = match problem {
+        BadInfo::NotJson => "is not valid JSON (or is nested too deep)",
+        BadInfo::NotObject => "is not a JSON object",
+        BadInfo::TooLong => "is too long",
+    };
+    format!("the {source} {what}: info must be a JSON object of at most {max} bytes")
+}
+
+fn identify_by_query(
+    query: Option<&str>,
+    max_user_id_len: usize,
+    max_info_bytes: usize,
+) -> Result<Identity, Rejection> {
     let user = match query_param(query, "user") {
         None => None,
         Some(None) => return Err(reject(400, "user id is not valid percent-encoded UTF-8")),
@@ -232,10 +280,19 @@ fn identify_by_query(query: Option<&str>, max_user_id_len: usize) -> Result<Iden
         }
         Some(Some(user)) => Some(user),
     };
+    let info = match query_param(query, "info") {
+        None => None,
+        Some(None) => return Err(reject(400, "?info= is not valid percent-encoded UTF-8")),
+        Some(Some(text)) => Some(
+            check_info(&text, max_info_bytes)
+                .map_err(|e| reject(400, info_problem("?info= value", e, max_info_bytes)))?,
+        ),
+    };
     Ok(Identity {
         user,
         grants: None,
         expires_at: None,
+        info,
     })
 }
 
@@ -298,6 +355,7 @@ mod tests {
                 },
             ],
             leeway: 5,
+            max_info_bytes: 1024,
         }
     }
 

@@ -189,6 +189,12 @@ pub const SETTINGS: &[Setting] = &[
         default: "128",
     },
     Setting {
+        name: "max_info_bytes",
+        value: "BYTES",
+        help: "largest connection info (a JSON object from the token or ?info=)",
+        default: "1024",
+    },
+    Setting {
         name: "max_message_size",
         value: "BYTES",
         help: "largest client message (over it: close 1009)",
@@ -365,6 +371,7 @@ impl Config {
             }
             "max_room_name_len" => self.hub.max_room_name_len = count(value, 1).map_err(err)?,
             "max_user_id_len" => self.hub.max_user_id_len = count(value, 1).map_err(err)?,
+            "max_info_bytes" => self.hub.max_info_bytes = count(value, 2).map_err(err)?,
             "max_message_size" => self.hub.max_message_size = count(value, 64).map_err(err)?,
             "echo_max_message_size" => {
                 self.echo_max_message_size = count(value, 64).map_err(err)?
@@ -440,10 +447,13 @@ impl Config {
             }
             "jwt_keys" => {
                 self.jwt_keys.retain(|k| k.kid.is_none());
-                let entries = value.split(',').map(str::trim).filter(|e| !e.is_empty());
-                // Entries are named by position: a kid typed wrong may be
-                // part of a secret.
-                for (n, entry) in entries.enumerate().map(|(i, e)| (i + 1, e)) {
+                // Entries are named by position (among the comma-separated
+                // fields): a kid typed wrong may be part of a secret.
+                let entries = value.split(',').map(str::trim).enumerate();
+                for (n, entry) in entries
+                    .filter(|(_, e)| !e.is_empty())
+                    .map(|(i, e)| (i + 1, e))
+                {
                     let Some((kid, secret)) = entry.split_once(':') else {
                         return Err(err(format!("entry {n}: entries are kid:secret")));
                     };
@@ -681,7 +691,8 @@ fn secs(value: &str, min: f64) -> Result<Duration, String> {
 }
 
 /// Largest count or size any setting takes (2^40 − 1 on 64-bit targets: a
-/// trillion connections, a terabyte), so that sums of settings never overflow.
+/// trillion connections, a terabyte; 2^24 − 1 on 32-bit ones), so that sums
+/// of settings never overflow.
 const MAX_COUNT: usize = usize::MAX >> (usize::BITS / 2 - 8);
 
 fn count(value: &str, min: usize) -> Result<usize, String> {

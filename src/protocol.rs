@@ -17,6 +17,8 @@ use serde_json::value::RawValue;
 pub enum ClientMsg<'a> {
     Join {
         room: Cow<'a, str>,
+        /// Also answer each listed user's info, connections and arrival.
+        details: bool,
     },
     Leave {
         room: Cow<'a, str>,
@@ -39,6 +41,8 @@ pub enum ClientMsg<'a> {
     },
     Presence {
         room: Cow<'a, str>,
+        /// As for `Join`.
+        details: bool,
     },
     Ping,
     Pong,
@@ -57,6 +61,8 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(default)]
     echo: Option<bool>,
+    #[serde(default)]
+    details: Option<bool>,
     #[serde(rename = "ref", borrow, default, deserialize_with = "present")]
     reference: Option<&'a RawValue>,
 }
@@ -131,6 +137,34 @@ impl<'a> Refusal<'a> {
             reference: None,
         }
     }
+}
+
+/// Why a connection's `info` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadInfo {
+    /// Not JSON, or JSON nested too deep or with out-of-range numbers.
+    NotJson,
+    /// JSON, but not an object.
+    NotObject,
+    /// More than `--max-info-bytes` bytes.
+    TooLong,
+}
+
+/// Check a connection's `info` as received: a JSON object of at most `max`
+/// bytes that recipients' parsers can take (the limits of client messages).
+/// It is stored and sent on as these very bytes.
+pub fn check_info(text: &str, max: usize) -> Result<Box<RawValue>, BadInfo> {
+    if text.len() > max {
+        return Err(BadInfo::TooLong);
+    }
+    if check_json_limits(text).is_err() {
+        return Err(BadInfo::NotJson);
+    }
+    let raw = RawValue::from_string(text.trim().to_owned()).map_err(|_| BadInfo::NotJson)?;
+    if !raw.get().starts_with('{') {
+        return Err(BadInfo::NotObject);
+    }
+    Ok(raw)
 }
 
 /// Deepest nesting of arrays and objects accepted in a client message.
@@ -229,6 +263,7 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
     let msg = match &*env.ty {
         "join" => ClientMsg::Join {
             room: room(env.room)?,
+            details: env.details.unwrap_or(false),
         },
         "leave" => ClientMsg::Leave {
             room: room(env.room)?,
@@ -251,6 +286,7 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
         },
         "presence" => ClientMsg::Presence {
             room: room(env.room)?,
+            details: env.details.unwrap_or(false),
         },
         "ping" => ClientMsg::Ping,
         "pong" => ClientMsg::Pong,
@@ -444,7 +480,7 @@ mod tests {
         ));
         assert!(matches!(
             decode(r#"{"type":"join","room":"r\u00e9"}"#).unwrap().0,
-            ClientMsg::Join { room } if room == "ré"
+            ClientMsg::Join { room, .. } if room == "ré"
         ));
     }
 

@@ -145,19 +145,16 @@ fn run(carried: &[u8], segments: &[&[u8]], scratch_len: usize, max: usize) -> Ou
         }
         socket.closed = true;
         let (pending, idle) = (reader.buffered(), reader.is_idle());
-        // End of stream ends the reading: at most one more pass.
-        let mut passes = 0;
-        while readable(
+        // End of stream ends the reading in the pass that meets it.
+        let more = readable(
             &mut reader,
             &mut socket,
             &mut scratch,
             max,
             bound,
             &mut events,
-        )? {
-            passes += 1;
-            assert!(passes < 2, "the reader goes on after end of stream");
-        }
+        )?;
+        assert!(!more, "the reader goes on after end of stream");
         Ok((pending, idle))
     };
     let end = go();

@@ -112,6 +112,7 @@ enum Msg {
     Join {
         room: u8,
         reference: u8,
+        details: bool,
     },
     Leave {
         room: u8,
@@ -137,6 +138,7 @@ enum Msg {
     Presence {
         room: u8,
         reference: u8,
+        details: bool,
     },
     Ping {
         reference: u8,
@@ -149,16 +151,22 @@ impl Msg {
     fn text(&self) -> String {
         let room = |r: u8| serde_json::to_string(pick(ROOMS, r)).unwrap();
         let user = |u: u8| serde_json::to_string(pick(USERS, u)).unwrap();
+        let details = |d: bool| if d { ",\"details\":true" } else { "" };
         let echo = |e: &Option<bool>| match e {
             None => String::new(),
             Some(e) => format!(",\"echo\":{e}"),
         };
         match self {
-            Msg::Join { room: r, reference } => {
+            Msg::Join {
+                room: r,
+                reference,
+                details: d,
+            } => {
                 format!(
-                    "{{\"type\":\"join\",\"room\":{}{}}}",
+                    "{{\"type\":\"join\",\"room\":{}{}{}}}",
                     room(*r),
-                    pick(REFS, *reference)
+                    pick(REFS, *reference),
+                    details(*d)
                 )
             }
             Msg::Leave { room: r, reference } => {
@@ -193,11 +201,16 @@ impl Msg {
                 )
             }
             Msg::Typing { room: r } => format!("{{\"type\":\"typing\",\"room\":{}}}", room(*r)),
-            Msg::Presence { room: r, reference } => {
+            Msg::Presence {
+                room: r,
+                reference,
+                details: d,
+            } => {
                 format!(
-                    "{{\"type\":\"presence\",\"room\":{}{}}}",
+                    "{{\"type\":\"presence\",\"room\":{}{}{}}}",
                     room(*r),
-                    pick(REFS, *reference)
+                    pick(REFS, *reference),
+                    details(*d)
                 )
             }
             Msg::Ping { reference } => format!("{{\"type\":\"ping\"{}}}", pick(REFS, *reference)),
@@ -218,6 +231,8 @@ enum Op {
         grants: Option<u8>,
         /// Token expiry, in milliseconds from now.
         expires: Option<u16>,
+        /// Connection info: one of a few small objects.
+        info: Option<u8>,
     },
     Text {
         conn: Conn,
@@ -518,6 +533,7 @@ impl Harness {
                 room,
                 grants: g,
                 expires,
+                info,
             } => {
                 let index = slot as usize % SLOTS;
                 if self.slots[index].open {
@@ -534,6 +550,10 @@ impl Harness {
                     kind: if echo { Kind::Echo } else { Kind::Hub },
                     grants: g.map(|g| Arc::new(grants(g))),
                     expires_at: expires.map(|ms| self.now + Duration::from_millis(ms as u64)),
+                    info: info.map(|i| {
+                        serde_json::value::RawValue::from_string(format!(r#"{{"n":{}}}"#, i % 4))
+                            .expect("valid JSON")
+                    }),
                 };
                 let before = self.hub.registry().len();
                 match self.hub.handle_open(self.now, id, req) {

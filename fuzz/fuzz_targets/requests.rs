@@ -137,7 +137,7 @@ fn reference(stream: &[u8], max_head: usize, max_body: usize) -> Outcome {
         if h.content_length > max_body {
             break Err(Refusal::BodyTooLarge { max_body });
         }
-        if h.wants_websocket && h.content_length > 0 {
+        if h.wants_websocket && h.method == "GET" && h.content_length > 0 {
             break Err(Refusal::UpgradeWithBody);
         }
         let total = h.len + h.content_length;

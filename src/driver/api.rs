@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::http::percent_decode;
-use crate::hub::Hub;
+use crate::hub::{ConnId, Hub};
 
 /// Most operations in one `/api/batch`.
 pub const MAX_BATCH_OPS: usize = 1000;
@@ -87,7 +87,13 @@ struct Op<'a> {
 }
 
 /// Answer one API request.
-pub fn handle(hub: &mut Hub, req: &ApiRequest<'_>) -> ApiResponse {
+/// Answer `req`. `peer` gives a connection's remote address (the driver's
+/// sockets; the hub has none).
+pub fn handle(
+    hub: &mut Hub,
+    req: &ApiRequest<'_>,
+    peer: &dyn Fn(ConnId) -> Option<String>,
+) -> ApiResponse {
     let path = req.path.strip_prefix("/api").unwrap_or(req.path);
     match (req.method, path) {
         ("POST", "/publish")
@@ -119,13 +125,13 @@ pub fn handle(hub: &mut Hub, req: &ApiRequest<'_>) -> ApiResponse {
                 .registry()
                 .rooms()
                 .map(|r| {
-                    json!({ "room": &*r.name, "members": r.users.len(), "connections": r.members.len() })
+                    json!({ "room": &*r.name, "members": r.user_count(), "connections": r.members.len() })
                 })
                 .collect();
             ok(json!({ "rooms": rooms }))
         }
         ("GET", p) if p.starts_with("/rooms/") => room_view(hub, &p["/rooms/".len()..], req.query),
-        ("GET", p) if p.starts_with("/users/") => user_view(hub, &p["/users/".len()..]),
+        ("GET", p) if p.starts_with("/users/") => user_view(hub, &p["/users/".len()..], peer),
         (_, "/publish" | "/send" | "/broadcast" | "/disconnect" | "/batch") => {
             error(405, "method_not_allowed", "use POST")
         }
@@ -249,28 +255,10 @@ fn room_view(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
         .and_then(|l| l.parse().ok())
         .unwrap_or(MAX_LISTED_USERS)
         .min(MAX_LISTED_USERS);
-    let reg = hub.registry();
-    let Some(r) = reg.room_key(&room).and_then(|k| reg.room(k)) else {
-        return ok(
-            json!({ "room": &*room, "members": 0, "connections": 0, "users": [], "truncated": false }),
-        );
-    };
-    let users: Vec<&str> = r
-        .users
-        .keys()
-        .take(limit)
-        .filter_map(|&u| reg.user(u).map(|u| &*u.name))
-        .collect();
-    ok(json!({
-        "room": &*room,
-        "members": r.users.len(),
-        "connections": r.members.len(),
-        "truncated": users.len() < r.users.len(),
-        "users": users,
-    }))
+    view(&hub.room_view(&room, limit))
 }
 
-fn user_view(hub: &Hub, encoded: &str) -> ApiResponse {
+fn user_view(hub: &Hub, encoded: &str, peer: &dyn Fn(ConnId) -> Option<String>) -> ApiResponse {
     let Some(user) = percent_decode(encoded) else {
         return error(
             400,
@@ -278,23 +266,15 @@ fn user_view(hub: &Hub, encoded: &str) -> ApiResponse {
             "user is not valid percent-encoded UTF-8",
         );
     };
-    let reg = hub.registry();
-    let Some(u) = reg.user_key(&user).and_then(|k| reg.user(k)) else {
-        return ok(json!({ "user": &*user, "online": false, "connections": 0, "rooms": [] }));
-    };
-    let mut rooms: Vec<&str> = u
-        .conns
-        .iter()
-        .filter_map(|&c| reg.session(c))
-        .flat_map(|s| {
-            s.rooms
-                .iter()
-                .filter_map(|&(r, _)| reg.room(r).map(|r| &*r.name))
-        })
-        .collect();
-    rooms.sort_unstable();
-    rooms.dedup();
-    ok(json!({ "user": &*user, "online": true, "connections": u.conns.len(), "rooms": rooms }))
+    let mut view_of_user = hub.user_view(&user);
+    for c in &mut view_of_user.details {
+        c.remote_addr = peer(c.id);
+    }
+    view(&view_of_user)
+}
+
+fn view(v: &impl serde::Serialize) -> ApiResponse {
+    ok(serde_json::to_value(v).expect("views serialize"))
 }
 
 #[cfg(test)]
@@ -338,6 +318,7 @@ mod tests {
                 content_type: Some("application/json"),
                 body: body.as_bytes(),
             },
+            &|_| None,
         )
     }
 
@@ -427,12 +408,25 @@ mod tests {
             (Some(2), Some(2))
         );
         let r = call(&mut hub, "GET", "/api/users/a", "");
+        let mut body = r.body.clone();
+        let details = body.as_object_mut().unwrap().remove("details").unwrap();
         assert_eq!(
-            r.body,
+            body,
             json!({"user":"a","online":true,"connections":2,"rooms":["r","s"]})
         );
+        let details = details.as_array().unwrap();
+        assert_eq!(details.len(), 2);
+        assert_eq!(details[0]["connection_id"], "0.1");
+        assert_eq!(details[0]["rooms"], json!(["r"]));
+        assert_eq!(details[0]["url_room"], "r");
+        assert_eq!(details[0]["route"], "/ws");
+        assert!(details[0].get("info").is_none());
         let r = call(&mut hub, "GET", "/api/users/zed", "");
         assert_eq!(r.body["online"], false);
+        assert_eq!(r.body["details"], json!([]));
+        let r = call(&mut hub, "GET", "/api/rooms/r", "");
+        assert_eq!(r.body["details"].as_array().unwrap().len(), 2);
+        assert_eq!(r.body["details"][0]["connections"], 1);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct Conn {
     pub write_blocked: bool,
     /// The hub knows this connection (it reached `Open`).
     pub in_hub: bool,
+    /// An event saw the peer's FIN (or an error): a short read does not mean
+    /// the socket is drained, the end is still to be read. Sticky, so reads
+    /// resumed later (read budget, after an upgrade) know it too.
+    pub peer_closed: bool,
     /// Largest message this connection may send (route-dependent).
     pub max_message: usize,
     /// While in `Http`: the next request must be complete by then.
@@ -77,6 +81,7 @@ impl Conn {
             dirty: false,
             write_blocked: false,
             in_hub: false,
+            peer_closed: false,
             max_message: 0,
             http_deadline,
         }

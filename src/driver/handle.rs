@@ -4,11 +4,13 @@
 //! `mio::Waker`; the loop drains the whole channel per wake (wakes coalesce).
 
 use std::fmt;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+use crate::hub::{RoomView, UserView};
 
 /// One request from another thread.
 #[derive(Debug)]
@@ -32,6 +34,16 @@ pub(super) enum Command {
         user: String,
         code: u16,
         reason: Option<String>,
+    },
+    /// Answered on `reply` (room for one answer: the loop never waits).
+    QueryUser {
+        user: String,
+        reply: SyncSender<UserView>,
+    },
+    QueryRoom {
+        room: String,
+        limit: usize,
+        reply: SyncSender<RoomView>,
     },
     Shutdown,
 }
@@ -144,6 +156,31 @@ impl Handle {
             code,
             reason,
         })
+    }
+
+    /// `user` and each of their connections (times, rooms, info, address,
+    /// route), as `GET /api/users/<id>` answers. The answer arrives on the
+    /// returned channel once the loop has taken the question; the loop never
+    /// waits for the caller.
+    pub fn user(&self, user: &str) -> Result<Receiver<UserView>, HandleError> {
+        let (reply, answer) = sync_channel(1);
+        self.submit(Command::QueryUser {
+            user: user.to_string(),
+            reply,
+        })?;
+        Ok(answer)
+    }
+
+    /// `room` and up to `limit` of its users with their info, connections
+    /// there and arrival, as `GET /api/rooms/<room>?limit=` answers.
+    pub fn room(&self, room: &str, limit: usize) -> Result<Receiver<RoomView>, HandleError> {
+        let (reply, answer) = sync_channel(1);
+        self.submit(Command::QueryRoom {
+            room: room.to_string(),
+            limit,
+            reply,
+        })?;
+        Ok(answer)
     }
 
     /// Graceful shutdown: stop accepting, close everyone with 1001, return from `run`.

@@ -78,8 +78,11 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 enum Flow {
     /// The socket may have more: read again (within the budget).
     More,
-    /// The socket is drained; wait for the next readiness event.
+    /// A short read: the socket is drained unless the peer has closed
+    /// (then its end of stream is still to be read).
     Drained,
+    /// The read would block: nothing more is there.
+    Blocked,
     /// The connection was closed or dropped.
     Stop,
 }
@@ -187,6 +190,11 @@ impl Server {
             signals = Some(s);
         }
         let mut hub = Hub::new(self.config.hub.clone(), now);
+        let wall = std::time::SystemTime::now();
+        let unix_ms = wall
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        hub.set_unix_time(now, unix_ms);
         if let Some(handler) = self.handler {
             hub.set_handler(handler);
         }
@@ -196,10 +204,11 @@ impl Server {
                 self.config.auth,
                 self.config.jwt_keys.clone(),
                 self.config.jwt_leeway,
+                self.config.hub.max_info_bytes,
             ),
             commands: self.commands,
             _handle: self.handle,
-            clock: (now, std::time::SystemTime::now()),
+            clock: (now, wall),
             scratch: vec![0; SCRATCH],
             gather: Vec::with_capacity(outq::GATHER_MAX),
             config: self.config,
@@ -263,25 +272,43 @@ struct Driver {
     peak_conns: usize,
 }
 
+/// The remote address of connection `id`, if it is still open (a
+/// `getpeername` call: for operators' views, not per message).
+fn peer_addr(conns: &Slab<Conn>, id: ConnId) -> Option<String> {
+    let conn = conns.get(id.index as usize).filter(|c| c.id == id)?;
+    conn.tcp.peer_addr().ok().map(|a| a.to_string())
+}
+
 /// The slow-consumer rule: a connection may be given another frame unless
 /// its queue already holds `cap` bytes (`--max-output-queue`), once the
 /// socket has taken what it will take now. So one message the limits allow,
 /// of any size, never makes a prompt reader "slow", and a queue holds at
 /// most `cap` bytes plus one frame.
+#[inline]
 fn queue_is_full(
     conn: &mut Conn,
     cap: usize,
     gather: &mut Vec<u8>,
     counters: &mut DriverCounters,
 ) -> bool {
-    if conn.out.len() < cap {
-        return false;
-    }
+    conn.out.len() >= cap && still_full_after_flush(conn, cap, gather, counters)
+}
+
+#[cold]
+fn still_full_after_flush(
+    conn: &mut Conn,
+    cap: usize,
+    gather: &mut Vec<u8>,
+    counters: &mut DriverCounters,
+) -> bool {
     // Flush even if blocked: its writable event may not have been handled
     // yet this iteration.
     conn.write_blocked = false;
-    if let Ok(written) = conn.flush(gather) {
-        counters.bytes_out += written as u64;
+    match conn.flush(gather) {
+        Ok(written) => counters.bytes_out += written as u64,
+        // A dead socket is no slow consumer: the flush at the end of the
+        // iteration meets the same error and drops it.
+        Err(_) => return false,
     }
     conn.out.len() >= cap
 }
@@ -310,7 +337,7 @@ impl Driver {
             }
             let now = Instant::now();
             for key in std::mem::take(&mut self.again) {
-                self.conn_ready(key, now, true, false);
+                self.conn_ready(key, now, true);
             }
             for event in events.iter() {
                 match event.token() {
@@ -320,12 +347,17 @@ impl Driver {
                     Token(key) => {
                         let peer_closed = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || peer_closed;
+                        if peer_closed {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.peer_closed = true;
+                            }
+                        }
                         if event.is_writable() || event.is_write_closed() || event.is_error() {
                             if let Some(conn) = self.conns.get_mut(key) {
                                 conn.write_blocked = false;
                             }
                         }
-                        self.conn_ready(key, now, readable, peer_closed)
+                        self.conn_ready(key, now, readable)
                     }
                 }
             }
@@ -457,6 +489,18 @@ impl Driver {
                 Command::Disconnect { user, code, reason } => {
                     self.hub.disconnect_user(&user, code, reason.as_deref());
                 }
+                Command::QueryUser { user, reply } => {
+                    let mut view = self.hub.user_view(&user);
+                    for c in &mut view.details {
+                        c.remote_addr = peer_addr(&self.conns, c.id);
+                    }
+                    // Room for one answer: never blocks; a caller that
+                    // dropped its receiver just does not get it.
+                    let _ = reply.try_send(view);
+                }
+                Command::QueryRoom { room, limit, reply } => {
+                    let _ = reply.try_send(self.hub.room_view(&room, limit));
+                }
                 Command::Shutdown => self.begin_shutdown(now),
             }
             self.drain_hub();
@@ -502,9 +546,7 @@ impl Driver {
 
     /// A socket event (or leftover read budget). Writable-only events just
     /// mark the connection dirty: the flush at the end of the iteration writes.
-    /// `peer_closed`: the event saw the peer's FIN (or an error), so a short
-    /// read does not mean the socket is drained: the end is still to be read.
-    fn conn_ready(&mut self, key: usize, now: Instant, readable: bool, peer_closed: bool) {
+    fn conn_ready(&mut self, key: usize, now: Instant, readable: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -519,7 +561,7 @@ impl Driver {
         }
         match phase {
             0 => self.read_request(key, now),
-            1 => self.read_frames(key, now, peer_closed),
+            1 => self.read_frames(key, now),
             _ => {
                 if self.conns[key].drain_input() {
                     self.drop_conn(key);

@@ -12,10 +12,10 @@ use tungstenite::Error as WsError;
 
 use super::conn::State;
 use super::http::{self, RequestHead, Route};
-use super::request_reader::{Request, RequestReader};
+use super::request_reader::{Refusal, Request, RequestReader};
 use super::rx::FrameReader;
 use super::{api, Driver};
-use crate::hub::{Kind, OpenRequest};
+use crate::hub::{ConnId, Kind, OpenRequest};
 
 const JSON: &str = "application/json";
 
@@ -39,6 +39,9 @@ impl Driver {
                 }
                 Err(refusal) => {
                     log::debug!("{} request refused: {refusal:?}", conn.id);
+                    if refusal == Refusal::UpgradeWithBody {
+                        *self.counters.refused_by_status.entry(400).or_default() += 1;
+                    }
                     return self.respond(key, refusal.response());
                 }
                 Ok(None) => {}
@@ -155,7 +158,9 @@ impl Driver {
                     content_type: head.content_type.as_deref(),
                     body: request.body(),
                 };
-                let response = api::handle(&mut self.hub, &req);
+                let conns = &self.conns;
+                let peer = |id: ConnId| super::peer_addr(conns, id);
+                let response = api::handle(&mut self.hub, &req, &peer);
                 self.counters.api_requests += 1;
                 self.drain_hub();
                 let body = serde_json::to_vec(&response.body).expect("API bodies serialize");
@@ -289,6 +294,7 @@ impl Driver {
             kind,
             grants: identity.grants.clone(),
             expires_at: identity.expires_at.map(|at| self.instant_at(now, at)),
+            info: identity.info,
         };
         match self.hub.handle_open(now, id, req) {
             Ok(()) => {

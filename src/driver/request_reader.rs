@@ -119,7 +119,7 @@ impl RequestReader {
     /// when more bytes are needed (then call [`Self::read_from`]).
     pub fn next_request(&mut self) -> Result<Option<Request>, Refusal> {
         let head = match self.head.take() {
-            Some(head) => head,
+            Some(head) => *head,
             None => match http::parse_head(&self.buf) {
                 Parse::Partial if self.buf.len() >= self.max_head => {
                     return Err(Refusal::HeadTooLarge)
@@ -136,22 +136,24 @@ impl RequestReader {
                         max_body: self.max_body,
                     })
                 }
-                Parse::Complete(head) if head.wants_websocket && head.content_length > 0 => {
+                Parse::Complete(head)
+                    if head.wants_websocket && head.method == "GET" && head.content_length > 0 =>
+                {
                     return Err(Refusal::UpgradeWithBody)
                 }
-                Parse::Complete(head) => Box::new(head),
+                Parse::Complete(head) => head,
             },
         };
         // Both terms are bounded (the head by `max_head`, the body by
         // `max_body`); saturating all the same, whatever the settings.
         let total = head.len.saturating_add(head.content_length);
         if self.buf.len() < total {
-            self.head = Some(head);
+            self.head = Some(Box::new(head));
             return Ok(None);
         }
         let rest = self.buf.split_off(total);
         let bytes = std::mem::replace(&mut self.buf, rest);
-        Ok(Some(Request { head: *head, bytes }))
+        Ok(Some(Request { head, bytes }))
     }
 
     /// One read from `src`, of at most what the request being gathered may

@@ -145,6 +145,7 @@ impl FrameReader {
         let mut boxed = self.0.take();
         let mut partial = boxed.as_deref_mut().map(std::mem::take).unwrap_or_default();
         let mut eof = false;
+        let mut blocked = false;
         let (input, more) = if partial.need > 0 {
             // A frame bigger than what was read so far: read straight into
             // it (sized once, so a frame trickling in is not re-zeroed per read).
@@ -164,7 +165,10 @@ impl FrameReader {
                     partial.filled += n;
                     (Input::Nothing, false)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Nothing, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    (Input::Nothing, false)
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (Input::Nothing, true),
                 Err(e) => return Err(e),
             }
@@ -190,7 +194,10 @@ impl FrameReader {
                 }
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => (Input::Scratch(carried + n.min(room)), n >= room),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Input::Scratch(carried), false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    (Input::Scratch(carried), false)
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => (Input::Scratch(carried), true),
                 Err(e) => return Err(e),
             }
@@ -201,6 +208,7 @@ impl FrameReader {
             input,
             more,
             eof,
+            blocked,
         })
     }
 }
@@ -225,6 +233,7 @@ pub struct Fill {
     input: Input,
     more: bool,
     eof: bool,
+    blocked: bool,
 }
 
 impl Fill {
@@ -232,6 +241,11 @@ impl Fill {
     /// was interrupted).
     pub fn more(&self) -> bool {
         self.more
+    }
+
+    /// The read would have blocked: nothing more is in the socket now.
+    pub fn blocked(&self) -> bool {
+        self.blocked
     }
 
     /// The peer closed right behind the bytes of this fill: parse them,

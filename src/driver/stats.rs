@@ -77,7 +77,7 @@ impl Driver {
             .collect();
         let rooms: Map<String, Value> = reg
             .rooms()
-            .map(|r| (r.name.to_string(), json!(r.users.len())))
+            .map(|r| (r.name.to_string(), json!(r.user_count())))
             .collect();
         let hub = self.hub.counters();
         let Gauges {

@@ -12,16 +12,16 @@ use crate::protocol::CloseReason;
 
 impl Driver {
     /// Read from the socket into the shared scratch buffer and handle every
-    /// complete frame there, up to the read budget. With `peer_closed`, read
-    /// on to the end of stream: data and FIN that arrived together raise one
-    /// edge, and a short read would otherwise leave the FIN unseen.
-    pub(super) fn read_frames(&mut self, key: usize, now: Instant, peer_closed: bool) {
+    /// complete frame there, up to the read budget. Once the peer has
+    /// closed, a short read goes on to the end of stream: data and FIN that
+    /// arrived together raise one edge, and it would otherwise go unseen.
+    pub(super) fn read_frames(&mut self, key: usize, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..READ_BUDGET {
             match self.read_once(key, now, &mut scratch) {
                 Flow::More => continue,
-                Flow::Drained if peer_closed => continue,
-                Flow::Drained | Flow::Stop => {
+                Flow::Drained if self.conns.get(key).is_some_and(|c| c.peer_closed) => continue,
+                Flow::Drained | Flow::Blocked | Flow::Stop => {
                     self.scratch = scratch;
                     return;
                 }
@@ -50,6 +50,8 @@ impl Driver {
         let eof = fill.at_eof();
         let flow = if fill.more() {
             Flow::More
+        } else if fill.blocked() {
+            Flow::Blocked
         } else {
             Flow::Drained
         };

@@ -33,6 +33,8 @@ pub struct HubConfig {
     pub rate_limit_close_after: u32,
     /// Close code sent when a connection's token expires.
     pub token_expired_code: u16,
+    /// Largest connection `info` (a JSON object), in bytes as received.
+    pub max_info_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -51,6 +53,7 @@ impl Default for HubConfig {
             rate_burst: 2000,
             rate_limit_close_after: 100,
             token_expired_code: 4001,
+            max_info_bytes: 1024,
         }
     }
 }

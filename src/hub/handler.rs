@@ -15,6 +15,20 @@ pub trait Handler: Send {
         true
     }
 
+    /// A connection of `user` is opening with `info` (from its token or
+    /// URL, already checked); return the info it should have: the same,
+    /// another JSON object (e.g. looked up in the host's user database), or
+    /// none. What is returned is held to the same rules (an object of at
+    /// most `--max-info-bytes`); otherwise it is dropped with a warning.
+    fn connection_info(
+        &mut self,
+        user: &str,
+        info: Option<Box<RawValue>>,
+    ) -> Option<Box<RawValue>> {
+        let _ = user;
+        info
+    }
+
     /// A client message whose `type` the hub does not know. Return `true` if
     /// handled (use `ctx` to reply or publish); `false` answers `unknown_type`.
     fn on_message(&mut self, ctx: &mut Context<'_>, kind: &str, message: &RawValue) -> bool {

@@ -10,6 +10,10 @@ pub struct Welcome<'a> {
     pub kind: &'static str,
     pub connection_id: &'a str,
     pub user: &'a str,
+    /// Unix milliseconds.
+    pub connected_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
     pub heartbeat: HeartbeatInfo,
     pub limits: Limits,
 }
@@ -68,6 +72,9 @@ pub struct PresenceEvent<'a> {
     pub room: &'a str,
     pub user: &'a str,
     pub members: usize,
+    /// `user_joined`: the user's info, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
 }
 
 /// `joined` / `presence`: exact member count, bounded user list.
@@ -79,8 +86,25 @@ pub struct MemberList<'a> {
     pub members: usize,
     pub users: Vec<&'a str>,
     pub truncated: bool,
+    /// Asked for with `"details": true`: one per entry of `users`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a [MemberDetail<'a>]>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<&'a RawValue>,
+}
+
+/// One user of a room, in detail (`presence`/`joined` with `details`, the
+/// room view of the server API).
+#[derive(Serialize, Clone, Copy)]
+pub struct MemberDetail<'a> {
+    pub user: &'a str,
+    /// The user's connections in the room.
+    pub connections: u32,
+    /// When the user entered the room (their first connection there
+    /// joined), Unix milliseconds.
+    pub since: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]

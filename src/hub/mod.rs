@@ -13,6 +13,7 @@ mod heartbeat;
 mod limits;
 mod messages;
 mod registry;
+mod views;
 
 #[cfg(test)]
 mod tests;
@@ -29,7 +30,10 @@ pub use self::handler::{Context, Handler};
 pub use self::heartbeat::Heartbeats;
 pub use self::limits::{RateBucket, RateDecision};
 use self::messages as m;
-pub use self::registry::{ConnId, Joined, Kind, Registry, Room, RoomKey, Session, User, UserKey};
+pub use self::registry::{
+    ConnId, Joined, Kind, Presence, Registry, Room, RoomKey, Session, User, UserKey,
+};
+pub use self::views::{ConnectionView, MemberView, RoomView, UserView};
 use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
 
 /// Generated ids of connections without a user id start with this; the
@@ -81,6 +85,9 @@ pub struct OpenRequest<'a> {
     pub grants: Option<Arc<Grants>>,
     /// When the token expires: the connection is closed then.
     pub expires_at: Option<Instant>,
+    /// The connection's `info` (a JSON object, already checked against
+    /// `max_info_bytes`), from the token or the URL.
+    pub info: Option<Box<RawValue>>,
 }
 
 /// Counters kept by the hub.
@@ -114,6 +121,9 @@ pub struct Hub {
     counters: HubCounters,
     next_anonymous: u64,
     started: Instant,
+    /// An instant and the Unix time (ms) it was, given by the driver: the
+    /// hub reads no clock, yet answers `connected_at` and `since` in Unix time.
+    unix: (Instant, u64),
 }
 
 impl Hub {
@@ -129,6 +139,22 @@ impl Hub {
             counters: HubCounters::default(),
             next_anonymous: 0,
             started: now,
+            unix: (now, 0),
+        }
+    }
+
+    /// Tell the hub that `now` is `unix_ms` milliseconds after the Unix
+    /// epoch (the driver does at start; until then times count from 0).
+    pub fn set_unix_time(&mut self, now: Instant, unix_ms: u64) {
+        self.unix = (now, unix_ms);
+    }
+
+    /// The Unix time of `at`, in milliseconds.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        let (anchor, ms) = self.unix;
+        match at.checked_duration_since(anchor) {
+            Some(after) => ms.saturating_add(after.as_millis() as u64),
+            None => ms.saturating_sub(anchor.duration_since(at).as_millis() as u64),
         }
     }
 
@@ -223,8 +249,10 @@ impl Hub {
         id: ConnId,
         req: OpenRequest<'_>,
     ) -> Result<(), CloseReason> {
+        let connected_at = self.unix_ms(now);
         if req.kind == Kind::Echo {
-            self.registry.insert(id, Kind::Echo, None, now);
+            self.registry
+                .insert(id, Kind::Echo, None, None, now, connected_at);
             self.heartbeats
                 .schedule(now + self.config.ping_interval, id);
             self.counters.connections_opened += 1;
@@ -242,7 +270,23 @@ impl Hub {
         if self.registry.user_connections(user) >= self.config.max_connections_per_user {
             return Err(CloseReason::UserConnectionLimit);
         }
-        self.registry.insert(id, Kind::Hub, Some(user), now);
+        let info = match self.handler.as_mut() {
+            Some(handler) => {
+                let info = handler.connection_info(user, req.info);
+                // The host's hook is trusted code, but what it returns goes
+                // to other clients: held to the same rules as a token's.
+                info.and_then(|raw| {
+                    protocol::check_info(raw.get(), self.config.max_info_bytes)
+                        .map_err(|e| {
+                            log::warn!("{id}: Handler::connection_info gave {e:?} info; dropped")
+                        })
+                        .ok()
+                })
+            }
+            None => req.info,
+        };
+        self.registry
+            .insert(id, Kind::Hub, Some(user), info, now, connected_at);
         self.heartbeats
             .schedule(now + self.config.ping_interval, id);
         if let Some(at) = req.expires_at {
@@ -256,6 +300,8 @@ impl Hub {
             kind: "welcome",
             connection_id: &id.to_string(),
             user,
+            connected_at,
+            info: self.registry.info(id),
             heartbeat: m::HeartbeatInfo {
                 ping_interval: self.config.ping_interval.as_secs_f64(),
                 ping_timeout: self.config.ping_timeout.as_secs_f64(),
@@ -268,12 +314,8 @@ impl Hub {
         };
         self.send(Target::Conn(id), protocol::json_frame(&welcome));
         if let Some(room) = req.room {
-            match self.join(id, room, None) {
-                Ok(key) => {
-                    if let Some(s) = self.registry.session_mut(id) {
-                        s.home_room = Some(key);
-                    }
-                }
+            match self.join(now, id, room, false, None) {
+                Ok(key) => self.registry.set_home_room(id, key),
                 Err(e) => self.refuse(id, e),
             }
         }
@@ -298,7 +340,7 @@ impl Hub {
         }
         log::trace!("{id} text {} bytes", text.len());
         let result = match protocol::decode(text) {
-            Ok((msg, reference)) => self.dispatch(id, msg, reference),
+            Ok((msg, reference)) => self.dispatch(now, id, msg, reference),
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = result {
@@ -318,7 +360,8 @@ impl Hub {
         session.last_seen = now;
         self.counters.messages_in += 1;
         self.counters.bytes_in += data.len() as u64;
-        let (kind, home) = (session.kind, session.home_room);
+        let kind = session.kind;
+        let home = self.registry.home_room(id);
         if kind == Kind::Hub && !self.within_rate(now, id) {
             return;
         }
@@ -543,6 +586,7 @@ impl Hub {
 
     fn dispatch<'a>(
         &mut self,
+        now: Instant,
         id: ConnId,
         msg: ClientMsg<'a>,
         reference: Option<&'a RawValue>,
@@ -552,7 +596,10 @@ impl Hub {
             r
         };
         match msg {
-            ClientMsg::Join { room } => self.join(id, &room, reference).map(drop).map_err(with_ref),
+            ClientMsg::Join { room, details } => self
+                .join(now, id, &room, details, reference)
+                .map(drop)
+                .map_err(with_ref),
             ClientMsg::Leave { room } => {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
                 self.leave(id, key, reference);
@@ -626,10 +673,10 @@ impl Hub {
                 );
                 Ok(())
             }
-            ClientMsg::Presence { room } => {
+            ClientMsg::Presence { room, details } => {
                 self.check_room_name(&room).map_err(with_ref)?;
                 self.check_may_join(id, &room).map_err(with_ref)?;
-                let frame = self.member_list("presence", &room, reference);
+                let frame = self.member_list("presence", &room, details, reference);
                 self.send(Target::Conn(id), frame);
                 Ok(())
             }
@@ -731,19 +778,21 @@ impl Hub {
         }
     }
 
-    /// Join `room` and answer `joined`; returns the room's key.
+    /// Join `room` and answer `joined` (with `details` if asked); returns
+    /// the room's key.
     fn join<'a>(
         &mut self,
+        now: Instant,
         id: ConnId,
         room: &str,
+        details: bool,
         reference: Option<&'a RawValue>,
     ) -> Result<RoomKey, Refusal<'a>> {
         self.check_room_name(room)?;
         self.check_may_join(id, room)?;
-        let key = match self
-            .registry
-            .join(id, room, self.config.max_rooms_per_connection)
-        {
+        let now_ms = self.unix_ms(now);
+        let max_rooms = self.config.max_rooms_per_connection;
+        let key = match self.registry.join(id, room, max_rooms, now_ms) {
             Joined::TooManyRooms => {
                 return Err(Refusal::new(
                     ErrorCode::TooManyRooms,
@@ -767,7 +816,7 @@ impl Hub {
             }
             | Joined::Already(key) => key,
         };
-        let frame = self.member_list("joined", room, reference);
+        let frame = self.member_list("joined", room, details, reference);
         self.send(Target::Conn(id), frame);
         Ok(key)
     }
@@ -778,7 +827,7 @@ impl Hub {
         if last {
             self.announce("user_left", key, id);
         }
-        let members = self.registry.room(key).map_or(0, |r| r.users.len());
+        let members = self.registry.room(key).map_or(0, |r| r.user_count());
         let frame = protocol::json_frame(&m::Left {
             kind: "left",
             room: &name,
@@ -794,7 +843,7 @@ impl Hub {
         let Some(room) = self.registry.room(key) else {
             return;
         };
-        let members = room.users.len();
+        let members = room.user_count();
         // Judge by the room's size with the user in it, so a user announced
         // on arrival is announced on departure too (and vice versa).
         let with_user = if kind == "user_left" {
@@ -805,12 +854,19 @@ impl Hub {
         if with_user > self.config.presence_announce_limit {
             return;
         }
-        let user = self.user_name_of(id);
+        let session = self.registry.session(id).expect("announced session");
+        let user_key = session.user.expect("hub sessions have a user");
+        let user = &*self.registry.user(user_key).expect("session's user").name;
+        let info = match kind {
+            "user_joined" => self.registry.user_info(user_key),
+            _ => None,
+        };
         let frame = protocol::json_frame(&m::PresenceEvent {
             kind,
             room: &room.name,
             user,
             members,
+            info,
         });
         self.send(
             Target::Room {
@@ -821,24 +877,20 @@ impl Hub {
         );
     }
 
-    /// A `joined` / `presence` reply: exact count, user list bounded.
+    /// A `joined` / `presence` reply: exact count, user list bounded, and
+    /// with `details` each listed user's info, connections and arrival.
     fn member_list(
         &self,
         kind: &'static str,
         room: &str,
+        details: bool,
         reference: Option<&RawValue>,
     ) -> SharedFrame {
         let limit = self.config.member_list_limit;
-        let (members, users): (usize, Vec<&str>) = match self.registry.room_key(room) {
+        let (members, listed) = match self.registry.room_key(room) {
             Some(key) => {
                 let r = self.registry.room(key).expect("indexed room");
-                let users = r
-                    .users
-                    .keys()
-                    .take(limit)
-                    .map(|&u| &*self.registry.user(u).expect("counted user").name)
-                    .collect();
-                (r.users.len(), users)
+                (r.user_count(), self.member_details(r, limit))
             }
             None => (0, Vec::new()),
         };
@@ -846,10 +898,25 @@ impl Hub {
             kind,
             room,
             members,
-            truncated: members > users.len(),
-            users,
+            truncated: members > listed.len(),
+            users: listed.iter().map(|d| d.user).collect(),
+            details: details.then_some(listed.as_slice()),
             reference,
         })
+    }
+
+    /// Up to `limit` users of `room`, with their info, connections there and
+    /// arrival. O(listed users × their connections).
+    fn member_details<'r>(&'r self, room: &'r Room, limit: usize) -> Vec<m::MemberDetail<'r>> {
+        room.presences()
+            .take(limit)
+            .map(|(u, presence)| m::MemberDetail {
+                user: &self.registry.user(u).expect("counted user").name,
+                connections: presence.connections,
+                since: presence.since,
+                info: self.registry.user_info(u),
+            })
+            .collect()
     }
 
     /// Remove `id` from every index, announcing `user_left` where it was the
@@ -865,7 +932,7 @@ impl Hub {
         let outputs = &mut self.outputs;
         let removed = self.registry.remove(id, |reg, key, last_of_user| {
             let Some(room) = reg.room(key) else { return };
-            let members = room.users.len();
+            let members = room.user_count();
             let Some(user) = &user else { return };
             if last_of_user && members < limit {
                 let frame = protocol::json_frame(&m::PresenceEvent {
@@ -873,6 +940,7 @@ impl Hub {
                     room: &room.name,
                     user,
                     members,
+                    info: None,
                 });
                 outputs.push_back(Output::Send {
                     to: Target::Room {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use slab::Slab;
 
 /// A connection: an index chosen by the caller (the driver's socket slot) plus
@@ -49,8 +50,12 @@ pub struct Session {
     pub user: Option<UserKey>,
     /// Rooms this connection is in, with its position in each room's member list.
     pub rooms: Vec<(RoomKey, u32)>,
-    /// The room named in the connection URL: where binary frames go.
-    pub home_room: Option<RoomKey>,
+    /// The room named in the connection URL, while joined: where binary
+    /// frames go (a `u32`, so the session did not grow with `connected_at`).
+    home_room: Option<u32>,
+    /// When the connection opened, Unix milliseconds.
+    pub connected_at: u64,
+    /// The last frame received.
     pub last_seen: Instant,
     /// The message rate limit's bucket.
     pub rate: super::RateBucket,
@@ -58,13 +63,42 @@ pub struct Session {
     pub grants: Option<std::sync::Arc<super::Grants>>,
 }
 
-/// A room: members in a dense list (fan-out walks it), and the number of
-/// connections each user has in it (presence is per user, not per socket).
+/// A room: members in a dense list (fan-out walks it), and each user's
+/// presence in it (presence is per user, not per socket).
 #[derive(Debug)]
 pub struct Room {
     pub name: Arc<str>,
     pub members: Vec<ConnId>,
-    pub users: HashMap<UserKey, u32>,
+    /// Keyed by `UserKey` as `u32`, so an entry with its arrival time takes
+    /// the 16 bytes the bare count took before (`(usize, u32)` padded).
+    users: HashMap<u32, Presence>,
+}
+
+impl Room {
+    /// Distinct users in the room.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Each user in the room with their presence there.
+    pub fn presences(&self) -> impl Iterator<Item = (UserKey, Presence)> + '_ {
+        self.users.iter().map(|(&u, &p)| (u as UserKey, p))
+    }
+
+    /// `user`'s presence in the room.
+    pub fn presence(&self, user: UserKey) -> Option<Presence> {
+        self.users.get(&(user as u32)).copied()
+    }
+}
+
+/// One user in one room: twelve bytes, four-aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
+pub struct Presence {
+    /// The user's connections in the room.
+    pub connections: u32,
+    /// When the first of them joined, Unix milliseconds.
+    pub since: u64,
 }
 
 /// A user: every connection they hold (all their devices).
@@ -94,6 +128,9 @@ pub struct Registry {
     room_index: HashMap<Arc<str>, RoomKey>,
     users: Slab<User>,
     user_index: HashMap<Arc<str>, UserKey>,
+    /// The `info` of the connections that have one (most have none, and pay
+    /// nothing), as the bytes received.
+    infos: HashMap<ConnId, Box<RawValue>>,
 }
 
 impl Registry {
@@ -166,9 +203,45 @@ impl Registry {
         self.user_key(name).map_or(0, |k| self.users[k].conns.len())
     }
 
-    /// Add a session. The caller has checked that `id.index` is free and the
-    /// per-user cap; echo sessions get a user entry too (their own anonymous id).
-    pub fn insert(&mut self, id: ConnId, kind: Kind, user: Option<&str>, now: Instant) {
+    /// The `info` of connection `id`, if it has one.
+    pub fn info(&self, id: ConnId) -> Option<&RawValue> {
+        self.infos.get(&id).map(|b| &**b)
+    }
+
+    /// A user's info: that of their most recently opened connection (none
+    /// if that one has none). O(the user's connections).
+    pub fn user_info(&self, key: UserKey) -> Option<&RawValue> {
+        let newest = self.users.get(key)?.conns.iter().max_by_key(|&&c| {
+            let opened = self.session(c).map_or(0, |s| s.connected_at);
+            (opened, c.generation)
+        })?;
+        self.info(*newest)
+    }
+
+    /// The room named in the connection URL, while the connection is in it.
+    pub fn home_room(&self, id: ConnId) -> Option<RoomKey> {
+        self.session(id)?.home_room.map(|k| k as RoomKey)
+    }
+
+    /// Make `key` (a room `id` is in) its URL room.
+    pub(crate) fn set_home_room(&mut self, id: ConnId, key: RoomKey) {
+        let Ok(key) = u32::try_from(key) else { return };
+        if let Some(s) = self.session_mut(id) {
+            s.home_room = Some(key);
+        }
+    }
+
+    /// Add a session, opened at `now` (Unix milliseconds `connected_at`).
+    /// The caller has checked that `id.index` is free and the per-user cap.
+    pub fn insert(
+        &mut self,
+        id: ConnId,
+        kind: Kind,
+        user: Option<&str>,
+        info: Option<Box<RawValue>>,
+        now: Instant,
+        connected_at: u64,
+    ) {
         let user = user.map(|user| {
             let key = match self.user_index.get(user) {
                 Some(&k) => k,
@@ -199,15 +272,20 @@ impl Registry {
             user,
             rooms: Vec::new(),
             home_room: None,
+            connected_at,
             last_seen: now,
             rate: super::RateBucket::new(now),
             grants: None,
         });
+        if let Some(info) = info {
+            self.infos.insert(id, info);
+        }
         self.live += 1;
     }
 
-    /// Put `id` in the room `name`, creating the room if needed.
-    pub fn join(&mut self, id: ConnId, name: &str, max_rooms: usize) -> Joined {
+    /// Put `id` in the room `name`, creating the room if needed; `now_ms`
+    /// is the Unix time in milliseconds (a user's arrival in the room).
+    pub fn join(&mut self, id: ConnId, name: &str, max_rooms: usize, now_ms: u64) -> Joined {
         let existing = self.room_index.get(name).copied();
         let Some(session) = self.sessions[id.index as usize].as_ref() else {
             unreachable!("join on a closed session")
@@ -236,9 +314,12 @@ impl Registry {
         let room = &mut self.rooms[key];
         let pos = room.members.len() as u32;
         room.members.push(id);
-        let count = room.users.entry(user).or_insert(0);
-        *count += 1;
-        let first_of_user = *count == 1;
+        let presence = room.users.entry(user as u32).or_insert(Presence {
+            connections: 0,
+            since: now_ms,
+        });
+        presence.connections += 1;
+        let first_of_user = { presence.connections } == 1;
         let session = self.sessions[id.index as usize]
             .as_mut()
             .expect("checked above");
@@ -253,7 +334,7 @@ impl Registry {
         let at = session.rooms.iter().position(|&(r, _)| r == key)?;
         let (_, pos) = session.rooms.swap_remove(at);
         let user = session.user.expect("room members have a user");
-        if session.home_room == Some(key) {
+        if session.home_room.map(|k| k as RoomKey) == Some(key) {
             session.home_room = None;
         }
         let room = &mut self.rooms[key];
@@ -270,11 +351,14 @@ impl Registry {
                 .expect("back-link");
             link.1 = pos;
         }
-        let count = room.users.get_mut(&user).expect("member's user is counted");
-        *count -= 1;
-        let last_of_user = *count == 0;
+        let presence = room
+            .users
+            .get_mut(&(user as u32))
+            .expect("member's user is counted");
+        presence.connections -= 1;
+        let last_of_user = { presence.connections } == 0;
         if last_of_user {
-            room.users.remove(&user);
+            room.users.remove(&(user as u32));
         }
         if room.members.is_empty() {
             let room = self.rooms.remove(key);
@@ -306,6 +390,7 @@ impl Registry {
                 self.user_index.remove(&u.name);
             }
         }
+        self.infos.remove(&id);
         self.sessions[id.index as usize] = None;
         self.live -= 1;
         true
@@ -321,6 +406,7 @@ impl Registry {
         self.room_index.shrink_to_fit();
         self.users.shrink_to_fit();
         self.user_index.shrink_to_fit();
+        self.infos.shrink_to_fit();
     }
 
     /// Check every cross-link; panics with a description on the first broken one.
@@ -343,7 +429,7 @@ impl Registry {
             }
             if let Some(home) = s.home_room {
                 assert!(
-                    s.rooms.iter().any(|&(r, _)| r == home),
+                    s.rooms.iter().any(|&(r, _)| r == home as RoomKey),
                     "home room not joined"
                 );
             }
@@ -360,7 +446,9 @@ impl Registry {
                     .entry(s.user.expect("member has a user"))
                     .or_default() += 1;
             }
-            assert_eq!(per_user, room.users, "user counts of room {}", room.name);
+            let counted: HashMap<UserKey, u32> =
+                room.presences().map(|(u, p)| (u, p.connections)).collect();
+            assert_eq!(per_user, counted, "user counts of room {}", room.name);
         }
         assert_eq!(self.room_index.len(), self.rooms.len());
         for (key, user) in &self.users {
@@ -375,5 +463,22 @@ impl Registry {
             }
         }
         assert_eq!(self.user_index.len(), self.users.len());
+        for id in self.infos.keys() {
+            assert!(self.session(*id).is_some(), "info kept for closed {id}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_info_and_times_cost_an_idle_connection_nothing() {
+        // 120 bytes a session, and 16 a user's entry in a room, as before
+        // `connected_at`, `since` and `info` existed (info lives in a side
+        // table: only connections that have one pay for it).
+        assert!(std::mem::size_of::<Session>() <= 120);
+        assert_eq!(std::mem::size_of::<(u32, Presence)>(), 16);
     }
 }

@@ -379,7 +379,7 @@ fn open_with_url_room_joins_and_replies_joined() {
         vec![&json!({"type":"user_joined","room":"lobby","user":"alice","members":2})]
     );
     let key = t.hub.registry().room_key("lobby").unwrap();
-    assert_eq!(t.hub.registry().session(id).unwrap().home_room, Some(key));
+    assert_eq!(t.hub.registry().home_room(id), Some(key));
 }
 
 #[test]
