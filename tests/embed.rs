@@ -142,3 +142,57 @@ fn upload_progress_example_runs() {
     assert!(stdout.contains("upload 42: 100%"), "{stdout}");
     assert!(stdout.contains("done"));
 }
+
+/// A host that looks users' display names up in its own directory.
+struct Directory;
+
+impl Handler for Directory {
+    fn connection_info(
+        &mut self,
+        user: &str,
+        info: Option<Box<serde_json::value::RawValue>>,
+    ) -> Option<Box<serde_json::value::RawValue>> {
+        match user {
+            "ann" => serde_json::value::to_raw_value(&json!({"name": "Ann (directory)"})).ok(),
+            _ => info,
+        }
+    }
+}
+
+#[test]
+fn handle_answers_who_is_connected_and_the_handler_sets_info() {
+    let server = Server::bind(config()).unwrap().handler(Directory);
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let running = thread::spawn(move || server.run());
+    let mut ann = Client::connect(addr, "/ws/lobby?user=ann");
+    let welcome = ann.expect("welcome");
+    assert_eq!(welcome["info"], json!({"name": "Ann (directory)"}));
+    ann.expect("joined");
+    let mut bob = Client::connect(addr, "/ws/lobby?user=bob&info=%7B%22name%22%3A%22Bob%22%7D");
+    assert_eq!(bob.expect("welcome")["info"], json!({"name": "Bob"}));
+    bob.expect("joined");
+    assert_eq!(ann.expect("user_joined")["info"], json!({"name": "Bob"}));
+    let wait = std::time::Duration::from_secs(10);
+    let view = handle.user("ann").unwrap().recv_timeout(wait).unwrap();
+    assert!(view.online);
+    assert_eq!(view.details.len(), 1);
+    let conn = &view.details[0];
+    assert_eq!(
+        conn.connection_id,
+        welcome["connection_id"].as_str().unwrap()
+    );
+    assert_eq!(conn.url_room.as_deref(), Some("lobby"));
+    let local = ann.ws.get_ref().local_addr().unwrap().to_string();
+    assert_eq!(conn.remote_addr.as_deref(), Some(local.as_str()));
+    let room = handle.room("lobby", 1).unwrap().recv_timeout(wait).unwrap();
+    assert_eq!(
+        (room.members, room.details.len(), room.truncated),
+        (2, 1, true)
+    );
+    assert!(room.details[0].info.is_some());
+    let nobody = handle.user("nobody").unwrap().recv_timeout(wait).unwrap();
+    assert!(!nobody.online && nobody.details.is_empty());
+    handle.shutdown().unwrap();
+    running.join().unwrap().unwrap();
+}

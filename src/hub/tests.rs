@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::HubConfig;
@@ -1827,4 +1828,263 @@ fn rate_limit_refills_over_time_and_spares_echo() {
         t.text(e, "x");
     }
     assert_eq!(t.drain_frames().len(), 50, "echo is not rate limited");
+}
+
+// ------------------------------------------------- connection info and times
+
+fn info(text: &str) -> Option<Box<RawValue>> {
+    Some(RawValue::from_string(text.to_string()).unwrap())
+}
+
+impl T {
+    /// Open `user` (in `room` if given) with `info`; its welcome is returned.
+    fn open_with_info(&mut self, user: &str, room: Option<&str>, info: &str) -> (ConnId, Value) {
+        let id = self.fresh_id();
+        self.hub
+            .handle_open(
+                self.now,
+                id,
+                OpenRequest {
+                    user: Some(user),
+                    room,
+                    info: self::info(info),
+                    ..Default::default()
+                },
+            )
+            .expect("open");
+        self.step();
+        // Take the opener's replies; leave what others got for the test.
+        let (mine, others): (Vec<Frame>, Vec<Frame>) =
+            self.frames.drain(..).partition(|f| f.to == id);
+        self.frames = others;
+        (id, mine[0].json())
+    }
+
+    /// The `details` of a `presence` reply to `asker` about `room`.
+    fn details(&mut self, asker: ConnId, room: &str) -> Value {
+        self.text(
+            asker,
+            &format!(r#"{{"type":"presence","room":"{room}","details":true}}"#),
+        );
+        let reply = self.only(asker);
+        assert_eq!(
+            reply["users"].as_array().unwrap().len(),
+            reply["details"].as_array().unwrap().len()
+        );
+        reply["details"].clone()
+    }
+}
+
+fn detail<'a>(details: &'a Value, user: &str) -> &'a Value {
+    details
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["user"] == user)
+        .unwrap_or_else(|| panic!("{user} not in {details}"))
+}
+
+#[test]
+fn open_with_info_echoes_it_and_the_connection_time_in_welcome() {
+    let mut t = T::new();
+    t.hub.set_unix_time(t.now, 1_700_000_000_000);
+    t.now += Duration::from_millis(1500);
+    let (id, welcome) = t.open_with_info("ann", None, r#"{"name":"Ann"}"#);
+    assert_eq!(welcome["info"], json!({"name":"Ann"}));
+    assert_eq!(welcome["connected_at"], 1_700_000_001_500u64);
+    assert_eq!(
+        t.hub.registry().info(id).map(RawValue::get),
+        Some(r#"{"name":"Ann"}"#)
+    );
+    let plain = t.try_open(Some("bob"), None).unwrap();
+    let welcome = t.only(plain);
+    assert!(welcome.get("info").is_none(), "{welcome}");
+    t.closed(id);
+    assert!(
+        t.hub.registry().info(id).is_none(),
+        "freed with its connection"
+    );
+}
+
+#[test]
+fn info_is_sent_as_the_bytes_received() {
+    let mut t = T::new();
+    let raw = r#"{"b": 1,  "a":[1.50, "x"]}"#;
+    let (_, welcome) = t.open_with_info("ann", None, raw);
+    assert_eq!(welcome["info"], json!({"b": 1, "a": [1.5, "x"]}));
+    let (a, _) = t.open_with_info("cat", None, r#"{"n":0}"#);
+    t.text(a, r#"{"type":"join","room":"r"}"#);
+    t.drain();
+    let (_, _) = t.open_with_info("ann", Some("r"), raw);
+    let frames = t.drain_frames();
+    let joined = frames
+        .iter()
+        .find(|f| f.to == a && f.json()["type"] == "user_joined")
+        .expect("user_joined");
+    assert!(joined.text().contains(raw), "verbatim: {}", joined.text());
+}
+
+#[test]
+fn user_joined_carries_the_users_info_and_only_when_there_is_one() {
+    let mut t = T::new();
+    let a = t.open_in("a", "r");
+    let _ = t.open_with_info("b", Some("r"), r#"{"name":"Bee"}"#);
+    t.text(a, r#"{"type":"ping"}"#);
+    let out = t.drain();
+    let joined: Vec<&Value> = out
+        .iter()
+        .filter(|(to, v)| *to == a && v["type"] == "user_joined")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0]["info"], json!({"name":"Bee"}));
+    let b2 = t.open_in("c", "r");
+    let out = t.drain();
+    let joined = out
+        .iter()
+        .find(|(to, v)| *to == a && v["type"] == "user_joined")
+        .expect("user_joined for c");
+    assert!(joined.1.get("info").is_none(), "{}", joined.1);
+    t.closed(b2);
+    let left = t.drain();
+    assert!(
+        left.iter().all(|(_, v)| v.get("info").is_none()),
+        "user_left carries no info"
+    );
+}
+
+#[test]
+fn presence_details_give_info_connections_and_arrival() {
+    let mut t = T::new();
+    t.hub.set_unix_time(t.now, 1_000_000);
+    let (a1, _) = t.open_with_info("ann", Some("r"), r#"{"v":1}"#);
+    t.now += Duration::from_secs(2);
+    let b = t.open_in("bob", "r");
+    t.drain();
+    let d = t.details(b, "r");
+    assert_eq!(detail(&d, "ann")["info"], json!({"v":1}));
+    assert_eq!(detail(&d, "ann")["connections"], 1);
+    assert_eq!(detail(&d, "ann")["since"], 1_000_000);
+    assert_eq!(detail(&d, "bob")["since"], 1_002_000);
+    assert!(detail(&d, "bob").get("info").is_none());
+    // A second device: counted, and arrival is the user's first.
+    t.now += Duration::from_secs(1);
+    let (a2, _) = t.open_with_info("ann", Some("r"), r#"{"v":2}"#);
+    t.drain();
+    let d = t.details(b, "r");
+    assert_eq!(detail(&d, "ann")["connections"], 2);
+    assert_eq!(detail(&d, "ann")["since"], 1_000_000);
+    assert_eq!(
+        detail(&d, "ann")["info"],
+        json!({"v":2}),
+        "the newest connection's"
+    );
+    t.closed(a2);
+    t.drain();
+    let d = t.details(b, "r");
+    assert_eq!(
+        detail(&d, "ann")["info"],
+        json!({"v":1}),
+        "back to the one still open"
+    );
+    assert_eq!(detail(&d, "ann")["connections"], 1);
+    // The user's newest connection has no info: the user has none.
+    let _a3 = t.open("ann");
+    let d = t.details(b, "r");
+    assert!(detail(&d, "ann").get("info").is_none());
+    // Without details: the reply's shape is unchanged.
+    t.text(b, r#"{"type":"presence","room":"r"}"#);
+    assert!(t.only(b).get("details").is_none());
+    t.closed(a1);
+}
+
+#[test]
+fn details_in_joined_are_bounded_like_users() {
+    let mut t = T::with(HubConfig {
+        member_list_limit: 2,
+        ..HubConfig::default()
+    });
+    for u in ["a", "b", "c"] {
+        t.open_in(u, "r");
+    }
+    t.drain();
+    let d = t.open("d");
+    t.text(d, r#"{"type":"join","room":"r","details":true,"ref":1}"#);
+    let joined = t
+        .drain()
+        .into_iter()
+        .find(|(to, v)| *to == d && v["type"] == "joined")
+        .unwrap()
+        .1;
+    assert_eq!(joined["members"], 4);
+    assert_eq!(joined["truncated"], true);
+    assert_eq!(joined["users"].as_array().unwrap().len(), 2);
+    assert_eq!(joined["details"].as_array().unwrap().len(), 2);
+    assert_eq!(joined["ref"], 1);
+}
+
+struct Directory;
+
+impl Handler for Directory {
+    fn connection_info(
+        &mut self,
+        user: &str,
+        info: Option<Box<RawValue>>,
+    ) -> Option<Box<RawValue>> {
+        match user {
+            "set" => self::info(r#"{"from":"directory"}"#),
+            "drop" => None,
+            "bad" => self::info("[1,2]"),
+            "huge" => self::info(&format!(r#"{{"x":"{}"}}"#, "y".repeat(2000))),
+            _ => info,
+        }
+    }
+}
+
+#[test]
+fn the_handler_may_set_replace_or_drop_info_within_the_rules() {
+    let mut t = T::new();
+    t.hub.set_handler(Box::new(Directory));
+    let (_, w) = t.open_with_info("set", None, r#"{"from":"token"}"#);
+    assert_eq!(w["info"], json!({"from":"directory"}));
+    let (_, w) = t.open_with_info("drop", None, r#"{"from":"token"}"#);
+    assert!(w.get("info").is_none());
+    let (_, w) = t.open_with_info("keep", None, r#"{"from":"token"}"#);
+    assert_eq!(w["info"], json!({"from":"token"}));
+    let (_, w) = t.open_with_info("bad", None, r#"{"k":1}"#);
+    assert!(w.get("info").is_none(), "not an object: dropped");
+    let (_, w) = t.open_with_info("huge", None, r#"{"k":1}"#);
+    assert!(w.get("info").is_none(), "over max_info_bytes: dropped");
+}
+
+#[test]
+fn views_list_connections_with_times_rooms_route_and_info() {
+    let mut t = T::new();
+    t.hub.set_unix_time(t.now, 5_000);
+    let (a, _) = t.open_with_info("ann", Some("home"), r#"{"v":1}"#);
+    t.now += Duration::from_millis(250);
+    let b = t.open("ann");
+    t.join(b, "other");
+    t.now += Duration::from_millis(250);
+    t.text(a, r#"{"type":"ping"}"#);
+    t.drain();
+    let v = t.hub.user_view("ann");
+    assert!(v.online);
+    assert_eq!(v.connections, 2);
+    assert_eq!(v.rooms, ["home", "other"]);
+    let ca = v.details.iter().find(|c| c.id == a).unwrap();
+    assert_eq!((ca.connected_at, ca.last_seen), (5_000, 5_500));
+    assert_eq!(ca.url_room.as_deref(), Some("home"));
+    assert_eq!(ca.info.as_ref().map(|i| i.get()), Some(r#"{"v":1}"#));
+    let cb = v.details.iter().find(|c| c.id == b).unwrap();
+    assert_eq!(
+        (cb.connected_at, cb.route, cb.url_room.as_deref()),
+        (5_250, "/ws", None)
+    );
+    assert!(cb.info.is_none());
+    let r = t.hub.room_view("home", 10);
+    assert_eq!((r.members, r.connections, r.truncated), (1, 1, false));
+    assert_eq!(r.details[0].since, 5_000);
+    assert!(!t.hub.user_view("nobody").online);
+    assert_eq!(t.hub.room_view("nowhere", 10).members, 0);
 }
