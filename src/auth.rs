@@ -249,17 +249,20 @@ impl Authenticator {
     }
 }
 
-/// Identify by `?user=<id>`, bounded by `max_user_id_len` (auth off).
 /// What is wrong with an `info`, for the refusal's body.
 fn info_problem(source: &str, problem: BadInfo, max: usize) -> String {
     let what = match problem {
-        BadInfo::NotJson => "is not valid JSON (or is nested too deep)",
+        BadInfo::NotJson => {
+            "is not valid JSON (or is nested too deep, or has a number out of range)"
+        }
         BadInfo::NotObject => "is not a JSON object",
         BadInfo::TooLong => "is too long",
     };
     format!("the {source} {what}: info must be a JSON object of at most {max} bytes")
 }
 
+/// Identify by `?user=<id>`, bounded by `max_user_id_len`, with `?info=`
+/// (auth off).
 fn identify_by_query(
     query: Option<&str>,
     max_user_id_len: usize,

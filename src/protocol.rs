@@ -160,8 +160,9 @@ pub fn check_info(text: &str, max: usize) -> Result<Box<RawValue>, BadInfo> {
     if check_json_limits(text).is_err() {
         return Err(BadInfo::NotJson);
     }
-    let raw = RawValue::from_string(text.trim().to_owned()).map_err(|_| BadInfo::NotJson)?;
-    if !raw.get().starts_with('{') {
+    let raw = RawValue::from_string(text.to_owned()).map_err(|_| BadInfo::NotJson)?;
+    let json_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    if !raw.get().trim_start_matches(json_space).starts_with('{') {
         return Err(BadInfo::NotObject);
     }
     Ok(raw)

@@ -190,7 +190,26 @@ fn handle_answers_who_is_connected_and_the_handler_sets_info() {
         (room.members, room.details.len(), room.truncated),
         (2, 1, true)
     );
-    assert!(room.details[0].info.is_some());
+    let room = handle
+        .room("lobby", 10)
+        .unwrap()
+        .recv_timeout(wait)
+        .unwrap();
+    for d in &room.details {
+        let name = serde_json::from_str::<Value>(d.info.as_ref().unwrap().get()).unwrap();
+        let expected = if d.user == "ann" {
+            "Ann (directory)"
+        } else {
+            "Bob"
+        };
+        assert_eq!(name["name"], expected);
+        assert_eq!(d.connections, 1);
+        assert!(d.since > 0);
+    }
+    // An asker that went away does not hold the loop up.
+    drop(handle.user("ann").unwrap());
+    handle.publish("lobby", &"still served").unwrap();
+    assert_eq!(bob.expect("message")["data"], "still served");
     let nobody = handle.user("nobody").unwrap().recv_timeout(wait).unwrap();
     assert!(!nobody.online && nobody.details.is_empty());
     handle.shutdown().unwrap();

@@ -26,21 +26,38 @@ pub struct ApiRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Status and JSON body.
+/// Status and JSON body: a value, or (the views) text already encoded, so
+/// connection info goes out as the bytes received.
 #[derive(Debug)]
 pub struct ApiResponse {
     pub status: u16,
     pub body: Value,
+    pub encoded: Option<Vec<u8>>,
+}
+
+impl ApiResponse {
+    /// The body's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match &self.encoded {
+            Some(bytes) => bytes.clone(),
+            None => serde_json::to_vec(&self.body).expect("API bodies serialize"),
+        }
+    }
 }
 
 fn ok(body: Value) -> ApiResponse {
-    ApiResponse { status: 200, body }
+    ApiResponse {
+        status: 200,
+        body,
+        encoded: None,
+    }
 }
 
 fn error(status: u16, code: &str, message: impl Into<String>) -> ApiResponse {
     ApiResponse {
         status,
         body: json!({ "error": code, "message": message.into() }),
+        encoded: None,
     }
 }
 
@@ -86,7 +103,6 @@ struct Op<'a> {
     op: std::borrow::Cow<'a, str>,
 }
 
-/// Answer one API request.
 /// Answer `req`. `peer` gives a connection's remote address (the driver's
 /// sockets; the hub has none).
 pub fn handle(
@@ -273,8 +289,14 @@ fn user_view(hub: &Hub, encoded: &str, peer: &dyn Fn(ConnId) -> Option<String>) 
     view(&view_of_user)
 }
 
+/// A view, encoded straight to bytes (no `Value` tree: info is copied as
+/// the bytes received, not parsed and re-encoded).
 fn view(v: &impl serde::Serialize) -> ApiResponse {
-    ok(serde_json::to_value(v).expect("views serialize"))
+    ApiResponse {
+        status: 200,
+        body: Value::Null,
+        encoded: Some(serde_json::to_vec(v).expect("views serialize")),
+    }
 }
 
 #[cfg(test)]
@@ -397,18 +419,26 @@ mod tests {
         assert_eq!(results[3]["status"], 400);
     }
 
+    /// The body as JSON, whichever way it was built.
+    fn json(r: &ApiResponse) -> Value {
+        serde_json::from_slice(&r.to_bytes()).unwrap()
+    }
+
     #[test]
     fn views_of_rooms_and_users() {
         let mut hub = hub_with(&[("a", Some("r")), ("a", Some("s")), ("b", Some("r"))]);
         let r = call(&mut hub, "GET", "/api/rooms", "");
-        assert_eq!(r.body["rooms"].as_array().unwrap().len(), 2);
+        assert_eq!(json(&r)["rooms"].as_array().unwrap().len(), 2);
         let r = call(&mut hub, "GET", "/api/rooms/r", "");
         assert_eq!(
-            (r.body["members"].as_u64(), r.body["connections"].as_u64()),
+            (
+                json(&r)["members"].as_u64(),
+                json(&r)["connections"].as_u64()
+            ),
             (Some(2), Some(2))
         );
         let r = call(&mut hub, "GET", "/api/users/a", "");
-        let mut body = r.body.clone();
+        let mut body = json(&r);
         let details = body.as_object_mut().unwrap().remove("details").unwrap();
         assert_eq!(
             body,
@@ -422,11 +452,11 @@ mod tests {
         assert_eq!(details[0]["route"], "/ws");
         assert!(details[0].get("info").is_none());
         let r = call(&mut hub, "GET", "/api/users/zed", "");
-        assert_eq!(r.body["online"], false);
-        assert_eq!(r.body["details"], json!([]));
+        assert_eq!(json(&r)["online"], false);
+        assert_eq!(json(&r)["details"], json!([]));
         let r = call(&mut hub, "GET", "/api/rooms/r", "");
-        assert_eq!(r.body["details"].as_array().unwrap().len(), 2);
-        assert_eq!(r.body["details"][0]["connections"], 1);
+        assert_eq!(json(&r)["details"].as_array().unwrap().len(), 2);
+        assert_eq!(json(&r)["details"][0]["connections"], 1);
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Handle {
     /// `user` and each of their connections (times, rooms, info, address,
     /// route), as `GET /api/users/<id>` answers. The answer arrives on the
     /// returned channel once the loop has taken the question; the loop never
-    /// waits for the caller.
+    /// waits for the caller (and a `Handler` must not wait for the answer).
     pub fn user(&self, user: &str) -> Result<Receiver<UserView>, HandleError> {
         let (reply, answer) = sync_channel(1);
         self.submit(Command::QueryUser {
@@ -171,8 +171,10 @@ impl Handle {
         Ok(answer)
     }
 
-    /// `room` and up to `limit` of its users with their info, connections
-    /// there and arrival, as `GET /api/rooms/<room>?limit=` answers.
+    /// `room` and up to `limit` (at most 10,000) of its users with their
+    /// info, connections there and arrival, as `GET /api/rooms/<room>?limit=`
+    /// answers. Never wait for the answer on the server's own thread (in a
+    /// `Handler` method): the loop answers only after the method returns.
     pub fn room(&self, room: &str, limit: usize) -> Result<Receiver<RoomView>, HandleError> {
         let (reply, answer) = sync_channel(1);
         self.submit(Command::QueryRoom {

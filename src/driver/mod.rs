@@ -499,6 +499,7 @@ impl Driver {
                     let _ = reply.try_send(view);
                 }
                 Command::QueryRoom { room, limit, reply } => {
+                    let limit = limit.min(api::MAX_LISTED_USERS);
                     let _ = reply.try_send(self.hub.room_view(&room, limit));
                 }
                 Command::Shutdown => self.begin_shutdown(now),

@@ -163,7 +163,7 @@ impl Driver {
                 let response = api::handle(&mut self.hub, &req, &peer);
                 self.counters.api_requests += 1;
                 self.drain_hub();
-                let body = serde_json::to_vec(&response.body).expect("API bodies serialize");
+                let body = response.to_bytes();
                 self.json_reply(key, head, response.status, &body, reader, now);
             }
             _ if head.method != "GET" => {

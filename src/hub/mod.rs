@@ -360,8 +360,7 @@ impl Hub {
         session.last_seen = now;
         self.counters.messages_in += 1;
         self.counters.bytes_in += data.len() as u64;
-        let kind = session.kind;
-        let home = self.registry.home_room(id);
+        let (kind, home) = (session.kind, session.home_room());
         if kind == Kind::Hub && !self.within_rate(now, id) {
             return;
         }
@@ -890,7 +889,7 @@ impl Hub {
         let (members, listed) = match self.registry.room_key(room) {
             Some(key) => {
                 let r = self.registry.room(key).expect("indexed room");
-                (r.user_count(), self.member_details(r, limit))
+                (r.user_count(), self.member_details(r, limit, details))
             }
             None => (0, Vec::new()),
         };
@@ -905,16 +904,21 @@ impl Hub {
         })
     }
 
-    /// Up to `limit` users of `room`, with their info, connections there and
-    /// arrival. O(listed users × their connections).
-    fn member_details<'r>(&'r self, room: &'r Room, limit: usize) -> Vec<m::MemberDetail<'r>> {
+    /// Up to `limit` users of `room`, with their connections there and
+    /// arrival, and (`with_info`) their info. O(listed users).
+    fn member_details<'r>(
+        &'r self,
+        room: &'r Room,
+        limit: usize,
+        with_info: bool,
+    ) -> Vec<m::MemberDetail<'r>> {
         room.presences()
             .take(limit)
             .map(|(u, presence)| m::MemberDetail {
                 user: &self.registry.user(u).expect("counted user").name,
-                connections: presence.connections,
-                since: presence.since,
-                info: self.registry.user_info(u),
+                connections: presence.connections(),
+                since: presence.since(),
+                info: with_info.then(|| self.registry.user_info(u)).flatten(),
             })
             .collect()
     }

@@ -74,6 +74,14 @@ pub struct Room {
     users: HashMap<u32, Presence>,
 }
 
+impl Session {
+    /// The room named in the connection URL, while the connection is in it:
+    /// where binary frames go.
+    pub fn home_room(&self) -> Option<RoomKey> {
+        self.home_room.map(|k| k as RoomKey)
+    }
+}
+
 impl Room {
     /// Distinct users in the room.
     pub fn user_count(&self) -> usize {
@@ -84,24 +92,30 @@ impl Room {
     pub fn presences(&self) -> impl Iterator<Item = (UserKey, Presence)> + '_ {
         self.users.iter().map(|(&u, &p)| (u as UserKey, p))
     }
-
-    /// `user`'s presence in the room.
-    pub fn presence(&self, user: UserKey) -> Option<Presence> {
-        self.users.get(&(user as u32)).copied()
-    }
 }
 
-/// One user in one room: twelve bytes, four-aligned.
+/// One user in one room: twelve bytes, four-aligned (packed: its fields are
+/// read through the methods, by value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, packed(4))]
 pub struct Presence {
-    /// The user's connections in the room.
-    pub connections: u32,
-    /// When the first of them joined, Unix milliseconds.
-    pub since: u64,
+    connections: u32,
+    since: u64,
 }
 
-/// A user: every connection they hold (all their devices).
+impl Presence {
+    /// The user's connections in the room.
+    pub fn connections(self) -> u32 {
+        self.connections
+    }
+
+    /// When the first of them joined, Unix milliseconds.
+    pub fn since(self) -> u64 {
+        self.since
+    }
+}
+
+/// A user: every connection they hold (all their devices), oldest first.
 #[derive(Debug)]
 pub struct User {
     pub name: Arc<str>,
@@ -208,19 +222,18 @@ impl Registry {
         self.infos.get(&id).map(|b| &**b)
     }
 
-    /// A user's info: that of their most recently opened connection (none
-    /// if that one has none). O(the user's connections).
+    /// A user's info: that of their most recently opened connection still
+    /// open (none if that one has none). O(1) when nobody has info.
     pub fn user_info(&self, key: UserKey) -> Option<&RawValue> {
-        let newest = self.users.get(key)?.conns.iter().max_by_key(|&&c| {
-            let opened = self.session(c).map_or(0, |s| s.connected_at);
-            (opened, c.generation)
-        })?;
-        self.info(*newest)
+        if self.infos.is_empty() {
+            return None;
+        }
+        self.info(*self.users.get(key)?.conns.last()?)
     }
 
     /// The room named in the connection URL, while the connection is in it.
     pub fn home_room(&self, id: ConnId) -> Option<RoomKey> {
-        self.session(id)?.home_room.map(|k| k as RoomKey)
+        self.session(id)?.home_room()
     }
 
     /// Make `key` (a room `id` is in) its URL room.
@@ -384,7 +397,8 @@ impl Registry {
                 .iter()
                 .position(|&c| c == id)
                 .expect("session in its user's set");
-            conns.swap_remove(at);
+            // Keep the order of opening: the newest is last (`user_info`).
+            conns.remove(at);
             if conns.is_empty() {
                 let u = self.users.remove(user);
                 self.user_index.remove(&u.name);

@@ -2088,3 +2088,58 @@ fn views_list_connections_with_times_rooms_route_and_info() {
     assert!(!t.hub.user_view("nobody").online);
     assert_eq!(t.hub.room_view("nowhere", 10).members, 0);
 }
+
+#[test]
+fn arrival_is_new_after_a_user_left_the_room_entirely() {
+    let mut t = T::new();
+    t.hub.set_unix_time(t.now, 0);
+    let watcher = t.open_in("w", "r");
+    let a = t.open_in("ann", "r");
+    t.drain();
+    t.now += Duration::from_secs(5);
+    t.text(a, r#"{"type":"leave","room":"r"}"#);
+    t.text(a, r#"{"type":"join","room":"r"}"#);
+    t.drain();
+    let d = t.details(watcher, "r");
+    assert_eq!(detail(&d, "ann")["since"], 5_000);
+}
+
+#[test]
+fn the_newest_connection_wins_even_when_opened_in_the_same_instant() {
+    // Same clock reading for all three; closing the middle one reorders
+    // nothing: the user's info stays that of the last opened.
+    let mut t = T::new();
+    let watcher = t.open_in("w", "r");
+    let (_a1, _) = t.open_with_info("ann", Some("r"), r#"{"v":1}"#);
+    let (a2, _) = t.open_with_info("ann", Some("r"), r#"{"v":2}"#);
+    let (a3, _) = t.open_with_info("ann", Some("r"), r#"{"v":3}"#);
+    t.drain();
+    t.closed(a2);
+    t.drain();
+    assert_eq!(
+        detail(&t.details(watcher, "r"), "ann")["info"],
+        json!({"v":3})
+    );
+    t.closed(a3);
+    t.drain();
+    assert_eq!(
+        detail(&t.details(watcher, "r"), "ann")["info"],
+        json!({"v":1})
+    );
+}
+
+#[test]
+fn a_reused_slot_does_not_inherit_info() {
+    let mut t = T::new();
+    let (old, _) = t.open_with_info("ann", None, r#"{"v":1}"#);
+    t.closed(old);
+    let new = ConnId {
+        index: old.index,
+        generation: old.generation + 1,
+    };
+    t.try_open_at(new, Some("bob"), None).unwrap();
+    assert!(t.hub.registry().info(new).is_none());
+    assert!(t.hub.registry().info(old).is_none());
+    let welcome = t.only(new);
+    assert!(welcome.get("info").is_none(), "{welcome}");
+}

@@ -128,7 +128,7 @@ impl Hub {
             };
         };
         let details: Vec<MemberView> = self
-            .member_details(r, limit)
+            .member_details(r, limit, true)
             .into_iter()
             .map(|d| MemberView {
                 user: d.user.to_string(),
