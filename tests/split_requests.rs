@@ -460,7 +460,7 @@ fn describe(raw: &[u8], shape: Shape) -> Answer {
 fn describe_body(body: &[u8], shape: Shape) -> String {
     let text = lossy(body);
     match shape {
-        Shape::Exact => format!("body {text:?}"),
+        Shape::Exact => format!("body {:?}", blank_varying(&text)),
         Shape::StatsJson => match serde_json::from_str::<Value>(&text) {
             Ok(Value::Object(map)) => {
                 let mut keys: Vec<&String> = map.keys().collect();
@@ -491,7 +491,7 @@ fn describe_frames(bytes: &[u8], lines: &mut Vec<String>) {
             (bits, masked) => format!("(flags {bits:#x}, masked {masked}) "),
         };
         lines.push(match first & 0x0f {
-            0x1 => format!("{flags}text {}", without_connection_id(&lossy(&payload))),
+            0x1 => format!("{flags}text {}", blank_varying(&lossy(&payload))),
             0x2 => format!("{flags}binary {payload:?}"),
             0x8 => match payload.get(..2) {
                 Some(&[a, b]) => format!(
@@ -510,15 +510,36 @@ fn describe_frames(bytes: &[u8], lines: &mut Vec<String>) {
 }
 
 /// A `welcome` carries a per-connection id: blank it (the rest stays as sent).
-fn without_connection_id(text: &str) -> String {
-    const KEY: &str = r#""connection_id":""#;
-    match text.find(KEY).map(|at| at + KEY.len()) {
-        Some(start) => {
-            let end = text[start..].find('"').map_or(text.len(), |n| start + n);
-            format!("{}<id>{}", &text[..start], &text[end..])
+/// `text` with what differs from run to run blanked: connection ids,
+/// times (Unix ms) and the client's address.
+fn blank_varying(text: &str) -> String {
+    let mut out = text.to_string();
+    for (key, quoted) in [
+        ("connection_id", true),
+        ("remote_addr", true),
+        ("connected_at", false),
+        ("last_seen", false),
+        ("since", false),
+    ] {
+        let pattern = if quoted {
+            format!(r#""{key}":""#)
+        } else {
+            format!(r#""{key}":"#)
+        };
+        let mut from = 0;
+        while let Some(at) = out[from..].find(&pattern) {
+            let start = from + at + pattern.len();
+            let len = if quoted {
+                out[start..].find('"')
+            } else {
+                out[start..].find(|c: char| !c.is_ascii_digit())
+            }
+            .unwrap_or(out.len() - start);
+            out.replace_range(start..start + len, "<blanked>");
+            from = start;
         }
-        None => text.to_string(),
     }
+    out
 }
 
 fn lossy(bytes: &[u8]) -> String {
