@@ -46,6 +46,11 @@ pub struct Config {
     pub api_key: Option<Secret>,
     /// Put `/metrics` behind the API key too.
     pub metrics_require_key: bool,
+    /// `SO_REUSEPORT`: several processes (one per core) share one address.
+    pub reuse_port: bool,
+    /// This node's name (default: the listen address); its id adds a random
+    /// part drawn at every start.
+    pub node_name: Option<String>,
     /// Browser origins allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// `none` (trust `?user=`) or `jwt` (HS256 token required).
@@ -74,6 +79,8 @@ impl Default for Config {
             api_key: None,
             metrics_require_key: false,
             allowed_origins: Vec::new(),
+            reuse_port: false,
+            node_name: None,
             auth: AuthMode::None,
             jwt_keys: Vec::new(),
             jwt_leeway: 5,
@@ -157,6 +164,18 @@ pub const SETTINGS: &[Setting] = &[
         value: "N",
         help: "total connections; over it the handshake gets 503",
         default: "10000",
+    },
+    Setting {
+        name: "reuse_port",
+        value: "BOOL",
+        help: "SO_REUSEPORT: N processes share one address (one per core)",
+        default: "false",
+    },
+    Setting {
+        name: "node_name",
+        value: "NAME",
+        help: "this node's name; its id adds a random part at every start",
+        default: "the listen address",
     },
     Setting {
         name: "listen_backlog",
@@ -410,12 +429,13 @@ impl Config {
                 }
                 self.api_key = Some(Secret::new(value));
             }
-            "metrics_require_key" => {
-                self.metrics_require_key = match value {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(err(format!("`{value}` is not true or false"))),
+            "metrics_require_key" => self.metrics_require_key = boolean(value).map_err(err)?,
+            "reuse_port" => self.reuse_port = boolean(value).map_err(err)?,
+            "node_name" => {
+                if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+                    return Err(err("1 to 64 printable characters".into()));
                 }
+                self.node_name = Some(value.to_string());
             }
             "allowed_origins" => {
                 self.allowed_origins = value
@@ -678,6 +698,14 @@ pub fn help_text() -> String {
         "-V, --version", "print the version"
     ));
     out
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{value}` is not true or false")),
+    }
 }
 
 fn secs(value: &str, min: f64) -> Result<Duration, String> {

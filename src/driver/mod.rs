@@ -36,7 +36,7 @@ mod ws;
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,25 +121,73 @@ pub struct Server {
     handle: Handle,
     commands: Commands,
     handler: Option<Box<dyn Handler>>,
+    node_id: Arc<str>,
+}
+
+/// The listening socket: `SO_REUSEADDR` (a restarted daemon binds at once),
+/// `SO_REUSEPORT` with `--reuse-port` (several processes share one address,
+/// the kernel spreading connections over them), non-blocking, and a backlog
+/// of `--listen-backlog`: std's 128 loses SYNs in a burst of connects, and
+/// each lost SYN is a one-second stall for its client.
+fn listen(config: &Config) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(config.listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if config.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&config.listen.into())?;
+    socket.listen(config.listen_backlog.min(i32::MAX as u32) as i32)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// The machine's host name (`localhost` if it has none).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if ok && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+/// `name` and eight random hex digits (from the kernel's random source;
+/// the time and process id if it cannot be read).
+fn node_id(name: &str) -> Arc<str> {
+    let mut bytes = [0u8; 4];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes))
+        .map(|()| u32::from_ne_bytes(bytes));
+    let part = random.unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    });
+    Arc::from(format!("{name}-{part:08x}"))
 }
 
 impl Server {
     /// Bind the listening socket (port 0 picks a free port).
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
-        // mio listens with std's backlog of 128: a burst of connects beyond
-        // it loses SYNs, and each lost SYN is a one-second stall for its
-        // client. A second listen(2) only resizes the queue.
-        // SAFETY: listen on the descriptor the listener owns.
-        if unsafe { libc::listen(listener.as_raw_fd(), config.listen_backlog as libc::c_int) } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        let mut listener = listen(&config)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
-        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let name = match &config.node_name {
+            Some(name) => name.clone(),
+            None => format!("{}:{}", hostname(), local_addr.port()),
+        };
+        let node_id = node_id(&name);
         let (tx, commands) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
         Ok(Server {
             config,
@@ -150,6 +198,7 @@ impl Server {
             handle: Handle { tx, waker },
             commands,
             handler: None,
+            node_id,
         })
     }
 
@@ -168,6 +217,12 @@ impl Server {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// This run's node id: `--node-name` (default the listen address) and a
+    /// random part drawn at every start, so a restarted node is a new node.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Shut down gracefully on SIGINT/SIGTERM (the daemon turns this on).
@@ -190,6 +245,7 @@ impl Server {
             signals = Some(s);
         }
         let mut hub = Hub::new(self.config.hub.clone(), now);
+        hub.set_node_id(self.node_id.clone());
         let wall = std::time::SystemTime::now();
         let unix_ms = wall
             .duration_since(std::time::UNIX_EPOCH)

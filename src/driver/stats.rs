@@ -86,6 +86,9 @@ impl Driver {
             queued_bytes,
         } = self.gauges();
         let stats = json!({
+            "node": self.hub.node_id(),
+            // Single node until the cluster (DESIGN.md §6) arrives.
+            "cluster": { "state": "off", "nodes": 1 },
             "total_connections": reg.len(),
             "echo_connections": echo,
             "handshaking": handshaking,

@@ -12,6 +12,8 @@ pub struct Welcome<'a> {
     pub user: &'a str,
     /// Unix milliseconds.
     pub connected_at: u64,
+    /// The node the connection is on.
+    pub node: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<&'a RawValue>,
     pub heartbeat: HeartbeatInfo,

@@ -124,6 +124,8 @@ pub struct Hub {
     /// An instant and the Unix time (ms) it was, given by the driver: the
     /// hub reads no clock, yet answers `connected_at` and `since` in Unix time.
     unix: (Instant, u64),
+    /// This run's node id, in every `welcome`.
+    node_id: Arc<str>,
 }
 
 impl Hub {
@@ -140,7 +142,18 @@ impl Hub {
             next_anonymous: 0,
             started: now,
             unix: (now, 0),
+            node_id: Arc::from(""),
         }
+    }
+
+    /// Name this run's node (its id is in every `welcome`).
+    pub fn set_node_id(&mut self, id: Arc<str>) {
+        self.node_id = id;
+    }
+
+    /// This run's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Tell the hub that `now` is `unix_ms` milliseconds after the Unix
@@ -301,6 +314,7 @@ impl Hub {
             connection_id: &id.to_string(),
             user,
             connected_at,
+            node: &self.node_id,
             info: self.registry.info(id),
             heartbeat: m::HeartbeatInfo {
                 ping_interval: self.config.ping_interval.as_secs_f64(),
