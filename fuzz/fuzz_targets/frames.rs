@@ -122,38 +122,20 @@ fn run(carried: &[u8], segments: &[&[u8]], scratch_len: usize, max: usize) -> Ou
         closed: false,
     };
     let mut go = || -> Result<(usize, bool), Violation> {
+        let mut pass = |socket: &mut Socket<'_>, events: &mut Vec<Ev>, reader: &mut FrameReader| {
+            readable(reader, socket, &mut scratch, max, bound, events)
+        };
         // The driver's first look after the upgrade, before any new data.
-        readable(
-            &mut reader,
-            &mut socket,
-            &mut scratch,
-            max,
-            bound,
-            &mut events,
-        )?;
+        pass(&mut socket, &mut events, &mut reader)?;
         for segment in segments {
             socket.arrived = segment;
-            readable(
-                &mut reader,
-                &mut socket,
-                &mut scratch,
-                max,
-                bound,
-                &mut events,
-            )?;
+            pass(&mut socket, &mut events, &mut reader)?;
             assert!(socket.arrived.is_empty(), "a drained socket still had data");
         }
         socket.closed = true;
         let (pending, idle) = (reader.buffered(), reader.is_idle());
         // End of stream ends the reading in the pass that meets it.
-        let more = readable(
-            &mut reader,
-            &mut socket,
-            &mut scratch,
-            max,
-            bound,
-            &mut events,
-        )?;
+        let more = pass(&mut socket, &mut events, &mut reader)?;
         assert!(!more, "the reader goes on after end of stream");
         Ok((pending, idle))
     };

@@ -33,7 +33,7 @@ use libfuzzer_sys::fuzz_target;
 
 mod common;
 use common::{segments, Socket};
-use switchboard::driver::http::{parse_head, Parse};
+use switchboard::driver::http::{parse_head, Parse, RequestHead};
 use switchboard::driver::request_reader::{Refusal, RequestReader};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +48,23 @@ struct Seen {
     content_type: Option<String>,
     head: Vec<u8>,
     body: Vec<u8>,
+}
+
+impl Seen {
+    fn new(h: &RequestHead, head: &[u8], body: &[u8]) -> Seen {
+        Seen {
+            method: h.method.clone(),
+            path: h.path.clone(),
+            query: h.query.clone(),
+            keep_alive: h.keep_alive,
+            wants_websocket: h.wants_websocket,
+            authorization: h.authorization.clone(),
+            origin: h.origin.clone(),
+            content_type: h.content_type.clone(),
+            head: head.to_vec(),
+            body: body.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -69,18 +86,7 @@ fn readable(
         while let Some(r) = reader.next_request()? {
             let h = &r.head;
             assert_eq!(r.body().len(), h.content_length, "body of the wrong length");
-            out.push(Seen {
-                method: h.method.clone(),
-                path: h.path.clone(),
-                query: h.query.clone(),
-                keep_alive: h.keep_alive,
-                wants_websocket: h.wants_websocket,
-                authorization: h.authorization.clone(),
-                origin: h.origin.clone(),
-                content_type: h.content_type.clone(),
-                head: r.head_bytes().to_vec(),
-                body: r.body().to_vec(),
-            });
+            out.push(Seen::new(h, r.head_bytes(), r.body()));
         }
         match reader.read_from(socket) {
             Ok(0) => return Ok(false),
@@ -144,18 +150,7 @@ fn reference(stream: &[u8], max_head: usize, max_body: usize) -> Outcome {
         if rest.len() < total {
             break Ok(rest.len());
         }
-        requests.push(Seen {
-            method: h.method.clone(),
-            path: h.path.clone(),
-            query: h.query.clone(),
-            keep_alive: h.keep_alive,
-            wants_websocket: h.wants_websocket,
-            authorization: h.authorization.clone(),
-            origin: h.origin.clone(),
-            content_type: h.content_type.clone(),
-            head: rest[..h.len].to_vec(),
-            body: rest[h.len..total].to_vec(),
-        });
+        requests.push(Seen::new(&h, &rest[..h.len], &rest[h.len..total]));
         rest = &rest[total..];
     };
     Outcome { requests, end }
