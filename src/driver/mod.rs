@@ -20,6 +20,7 @@
 //! stays pure and the cluster's state machines are tested like the hub's.
 
 pub mod api;
+pub mod cluster;
 mod conn;
 mod handle;
 pub mod http;
