@@ -142,8 +142,7 @@ impl T {
         user: Option<&str>,
         room: Option<&str>,
     ) -> Result<ConnId, CloseReason> {
-        let r = self.hub.handle_open(
-            self.now,
+        self.try_open_with(
             id,
             OpenRequest {
                 user,
@@ -151,7 +150,11 @@ impl T {
                 kind: Kind::Hub,
                 ..Default::default()
             },
-        );
+        )
+    }
+
+    fn try_open_with(&mut self, id: ConnId, req: OpenRequest<'_>) -> Result<ConnId, CloseReason> {
+        let r = self.hub.handle_open(self.now, id, req);
         self.step();
         r.map(|()| id)
     }
@@ -1840,19 +1843,13 @@ impl T {
     /// Open `user` (in `room` if given) with `info`; its welcome is returned.
     fn open_with_info(&mut self, user: &str, room: Option<&str>, info: &str) -> (ConnId, Value) {
         let id = self.fresh_id();
-        self.hub
-            .handle_open(
-                self.now,
-                id,
-                OpenRequest {
-                    user: Some(user),
-                    room,
-                    info: self::info(info),
-                    ..Default::default()
-                },
-            )
-            .expect("open");
-        self.step();
+        let req = OpenRequest {
+            user: Some(user),
+            room,
+            info: self::info(info),
+            ..Default::default()
+        };
+        self.try_open_with(id, req).expect("open");
         // Take the opener's replies; leave what others got for the test.
         let (mine, others): (Vec<Frame>, Vec<Frame>) =
             self.frames.drain(..).partition(|f| f.to == id);
