@@ -18,4 +18,7 @@ fi
 if [ ! -d tests/interop/node_modules/ws ]; then
   (cd tests/interop && npm ci --silent --no-audit --no-fund)
 fi
+# README's run command (`cargo run --release`) must find the daemon among
+# the crate's binaries (Cargo.toml's default-run); checked here in debug.
+cargo run --quiet -- --version
 cargo test "$@"
