@@ -21,4 +21,8 @@ fi
 # README's run command (`cargo run --release`) must find the daemon among
 # the crate's binaries (Cargo.toml's default-run); checked here in debug.
 cargo run --quiet -- --version
-cargo test "$@"
+# cargo test ends with the doc tests' "0 passed": close with the sum.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test "$@" 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
