@@ -36,10 +36,10 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
-    /// The body's bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match &self.encoded {
-            Some(bytes) => bytes.clone(),
+    /// The body's bytes (a view's, as encoded: no copy).
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self.encoded {
+            Some(bytes) => bytes,
             None => serde_json::to_vec(&self.body).expect("API bodies serialize"),
         }
     }
@@ -421,7 +421,10 @@ mod tests {
 
     /// The body as JSON, whichever way it was built.
     fn json(r: &ApiResponse) -> Value {
-        serde_json::from_slice(&r.to_bytes()).unwrap()
+        match &r.encoded {
+            Some(bytes) => serde_json::from_slice(bytes).unwrap(),
+            None => r.body.clone(),
+        }
     }
 
     #[test]

@@ -163,8 +163,9 @@ impl Driver {
                 let response = api::handle(&mut self.hub, &req, &peer);
                 self.counters.api_requests += 1;
                 self.drain_hub();
-                let body = response.to_bytes();
-                self.json_reply(key, head, response.status, &body, reader, now);
+                let status = response.status;
+                let body = response.into_bytes();
+                self.json_reply(key, head, status, &body, reader, now);
             }
             _ if head.method != "GET" => {
                 let status = if route == Route::NotFound { 404 } else { 405 };
