@@ -51,6 +51,13 @@ pub struct Config {
     /// This node's name (default: the listen address); its id adds a random
     /// part drawn at every start.
     pub node_name: Option<String>,
+    /// Cluster mode: one Redis per shard (empty: a single node).
+    pub cluster: Vec<RedisUrl>,
+    /// The start of every Redis key and channel name.
+    pub cluster_prefix: String,
+    /// Bytes of commands one Redis link may hold unsent; past it a publish
+    /// is dropped (and counted), never queued without limit.
+    pub cluster_max_pending: usize,
     /// Browser origins allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// `none` (trust `?user=`) or `jwt` (HS256 token required).
@@ -81,6 +88,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             reuse_port: false,
             node_name: None,
+            cluster: Vec::new(),
+            cluster_prefix: "switchboard".into(),
+            cluster_max_pending: 16 * 1024 * 1024,
             auth: AuthMode::None,
             jwt_keys: Vec::new(),
             jwt_leeway: 5,
@@ -107,6 +117,104 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// A Redis server: `redis://[user:password@]host:port[/db]`. Its
+/// `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub db: u32,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
+
+impl RedisUrl {
+    /// Parse one URL; the reason it is refused never quotes it.
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or("must start with redis:// (TLS to Redis is not supported)")?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, db)) => (h, db.parse().map_err(|_| "the database is not a number")?),
+            None => (rest, 0),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or("an unclosed [ in the host")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| "the port is not a number")?,
+            None => 6379,
+        };
+        let decode = |s: &str| {
+            crate::percent::percent_decode(s)
+                .map(|c| c.into_owned())
+                .ok_or("a broken %-escape in the user or password")
+        };
+        let (user, password) = match auth {
+            None => (None, None),
+            Some(auth) => match auth.split_once(':') {
+                Some((u, p)) => (
+                    (!u.is_empty()).then(|| decode(u)).transpose()?,
+                    Some(Secret::new(decode(p)?)),
+                ),
+                None => (Some(decode(auth)?), None),
+            },
+        };
+        Ok(RedisUrl {
+            host: host.to_string(),
+            port,
+            user,
+            password,
+            db,
+        })
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("redis://")?;
+        match (&self.user, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:<redacted>@")?,
+            (None, Some(_)) => f.write_str(":<redacted>@")?,
+            (Some(u), None) => write!(f, "{u}@")?,
+            (None, None) => {}
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}/{}", self.host, self.port, self.db)
+        } else {
+            write!(f, "{}:{}/{}", self.host, self.port, self.db)
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -176,6 +284,24 @@ pub const SETTINGS: &[Setting] = &[
         value: "NAME",
         help: "this node's name; its id adds a random part at every start",
         default: "the listen address",
+    },
+    Setting {
+        name: "cluster",
+        value: "URLS",
+        help: "cluster mode: comma-separated redis://[user:password@]host:port[/db], one per shard",
+        default: "empty (a single node)",
+    },
+    Setting {
+        name: "cluster_prefix",
+        value: "P",
+        help: "start of every Redis key and channel name (apps may share a Redis)",
+        default: "switchboard",
+    },
+    Setting {
+        name: "cluster_max_pending",
+        value: "BYTES",
+        help: "commands one Redis link may hold unsent; past it publishes are dropped and counted",
+        default: "16777216",
     },
     Setting {
         name: "listen_backlog",
@@ -432,10 +558,37 @@ impl Config {
             "metrics_require_key" => self.metrics_require_key = boolean(value).map_err(err)?,
             "reuse_port" => self.reuse_port = boolean(value).map_err(err)?,
             "node_name" => {
-                if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
-                    return Err(err("1 to 64 printable characters".into()));
+                if !crate::hub::cluster::valid_node_name(value) {
+                    return Err(err(
+                        "1 to 64 letters, digits and . _ : - (it names Redis keys)".into(),
+                    ));
                 }
                 self.node_name = Some(value.to_string());
+            }
+            "cluster" => {
+                self.cluster = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .enumerate()
+                    .map(|(i, u)| {
+                        // Never quote the URL: it may hold a password.
+                        RedisUrl::parse(u).map_err(|why| err(format!("URL {}: {why}", i + 1)))
+                    })
+                    .collect::<Result<_, _>>()?;
+                if self.cluster.len() > 64 {
+                    return Err(err("at most 64 shards".into()));
+                }
+                self.hub.cluster = !self.cluster.is_empty();
+            }
+            "cluster_prefix" => {
+                if !crate::hub::cluster::valid_node_name(value) {
+                    return Err(err("1 to 64 letters, digits and . _ : -".into()));
+                }
+                self.cluster_prefix = value.to_string();
+            }
+            "cluster_max_pending" => {
+                self.cluster_max_pending = count(value, 64 * 1024).map_err(err)?
             }
             "allowed_origins" => {
                 self.allowed_origins = value
@@ -765,11 +918,59 @@ mod tests {
         assert_eq!(c.hub.max_message_size, 65536);
         assert_eq!(c.max_output_queue, 1 << 20);
         assert_eq!(c.listen_backlog, 4096);
-        let descriptive = ["api_key", "allowed_origins", "jwt_secret", "jwt_keys"];
+        let descriptive = [
+            "api_key",
+            "allowed_origins",
+            "jwt_secret",
+            "jwt_keys",
+            "node_name",
+            "cluster",
+        ];
         for s in SETTINGS.iter().filter(|s| !descriptive.contains(&s.name)) {
             let mut probe = Config::default();
             probe.set(s.name, s.default).unwrap();
         }
+    }
+
+    #[test]
+    fn redis_urls_parse_and_never_show_their_password() {
+        let u = RedisUrl::parse("redis://app:s3cr%40t@10.0.0.5:6380/2").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.as_deref(), u.db),
+            ("10.0.0.5", 6380, Some("app"), 2)
+        );
+        assert_eq!(u.password.as_ref().map(Secret::expose), Some("s3cr@t"));
+        assert_eq!(u.to_string(), "redis://app:<redacted>@10.0.0.5:6380/2");
+        assert!(!format!("{u:?}").contains("s3cr"));
+        let u = RedisUrl::parse("redis://:pw@[::1]").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.is_none()),
+            ("::1", 6379, true)
+        );
+        assert_eq!(u.to_string(), "redis://:<redacted>@[::1]:6379/0");
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h:port",
+            "redis://h/db",
+            "redis://:%zz@h",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+        // A refused URL is named by position, never quoted.
+        let Err(e) = parse(
+            &["--cluster", "redis://127.0.0.1,redis://:hunter2@h:x"],
+            &[],
+        ) else {
+            panic!("accepted")
+        };
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("URL 2"), "{e}");
+        let c = run(&["--cluster", "redis://a:1, redis://b:2"], &[]);
+        assert_eq!(c.cluster.len(), 2);
+        assert!(c.hub.cluster);
+        assert!(!run(&[], &[]).hub.cluster);
+        assert!(parse(&["--node-name", "a b"], &[]).is_err());
     }
 
     #[test]

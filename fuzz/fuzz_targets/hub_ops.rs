@@ -453,6 +453,7 @@ impl Harness {
                     slot.open = false;
                     closed.push((conn, reason));
                 }
+                other => panic!("a single-node hub emitted {other:?}"),
             }
             first = false;
         }

@@ -52,7 +52,7 @@ pub use self::outq::OutQueue;
 use self::request_reader::RequestReader;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::{ConnId, Handler, Hub, Output};
+use crate::hub::{ChannelName, ClusterAnswer, ConnId, Handler, Hub, Output};
 use crate::protocol::CloseReason;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -186,7 +186,21 @@ impl Server {
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let name = match &config.node_name {
             Some(name) => name.clone(),
-            None => format!("{}:{}", hostname(), local_addr.port()),
+            None => {
+                // A host name may hold what keys must not: keep it safe.
+                let host: String = hostname()
+                    .chars()
+                    .take(48)
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                format!("{host}:{}", local_addr.port())
+            }
         };
         let node_id = node_id(&name);
         let (tx, commands) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
@@ -245,6 +259,15 @@ impl Server {
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
             signals = Some(s);
         }
+        let cluster = if self.config.cluster.is_empty() {
+            None
+        } else {
+            Some(cluster::Cluster::new(
+                &self.config,
+                self.node_id.clone(),
+                now,
+            )?)
+        };
         let mut hub = Hub::new(self.config.hub.clone(), now);
         hub.set_node_id(self.node_id.clone());
         let wall = std::time::SystemTime::now();
@@ -284,6 +307,7 @@ impl Server {
             accept_paused_until: None,
             accept_failing: false,
             peak_conns: 0,
+            cluster,
         };
         driver.run()
     }
@@ -327,6 +351,18 @@ struct Driver {
     /// Most sockets open since memory was last handed back (see
     /// `release_memory_after_load`).
     peak_conns: usize,
+    /// Cluster mode: the Redis links.
+    cluster: Option<cluster::Cluster>,
+}
+
+/// The name of a channel, as the hub takes it.
+fn channel_name(channel: &crate::hub::cluster::Channel) -> ChannelName<'_> {
+    use crate::hub::cluster::Channel;
+    match channel {
+        Channel::Room(room) => ChannelName::Room(room),
+        Channel::User(user) => ChannelName::User(user),
+        Channel::All => ChannelName::All,
+    }
 }
 
 /// The remote address of connection `id`, if it is still open (a
@@ -401,6 +437,12 @@ impl Driver {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
                     WAKER => self.on_commands(now),
+                    token if self.cluster.as_ref().is_some_and(|c| c.owns(token)) => {
+                        if let Some(c) = &mut self.cluster {
+                            c.on_ready(self.poll.registry(), token, now);
+                        }
+                        self.drain_hub();
+                    }
                     Token(key) => {
                         let peer_closed = event.is_read_closed() || event.is_error();
                         let readable = event.is_readable() || peer_closed;
@@ -419,10 +461,15 @@ impl Driver {
                 }
             }
             self.on_deadlines(now);
+            if let Some(c) = &mut self.cluster {
+                c.flush(self.poll.registry(), now);
+                self.drain_hub();
+            }
             self.flush_dirty();
             self.counters.loop_time.observe(now.elapsed());
             if let Some(at) = self.shutdown_at {
-                if self.conns.is_empty() || now >= at {
+                let settled = self.cluster.as_ref().is_none_or(|c| c.settled());
+                if (self.conns.is_empty() && settled) || now >= at {
                     log::info!("shutdown complete ({} connections left)", self.conns.len());
                     return Ok(());
                 }
@@ -440,6 +487,7 @@ impl Driver {
             self.closings.front().map(|d| d.0),
             self.shutdown_at,
             self.accept_paused_until,
+            self.cluster.as_ref().and_then(|c| c.poll_timeout()),
         ];
         let next = candidates.into_iter().flatten().min()?;
         // Round up to the next millisecond so we never wake just before a deadline.
@@ -600,6 +648,9 @@ impl Driver {
         }
         self.hub.close_all(CloseReason::GoingAway);
         self.drain_hub();
+        if let Some(c) = &mut self.cluster {
+            c.begin_shutdown();
+        }
     }
 
     /// A socket event (or leftover read budget). Writable-only events just
@@ -637,11 +688,64 @@ impl Driver {
         }
     }
 
-    /// Carry out every pending hub output.
+    /// Carry out every pending hub output, and hand the hub what the
+    /// cluster gave back (which may cause more outputs).
     fn drain_hub(&mut self) {
         loop {
             while let Some(output) = self.hub.poll_output() {
                 match output {
+                    Output::Publish {
+                        channel,
+                        envelope,
+                        reply,
+                    } => match &mut self.cluster {
+                        Some(c) => c.publish(channel, envelope, reply),
+                        None => {
+                            if let Some(p) = reply {
+                                self.hub
+                                    .handle_cluster_answer(p, ClusterAnswer::Unavailable);
+                            }
+                            self.hub
+                                .handle_cluster_message(channel_name(&channel), &envelope);
+                        }
+                    },
+                    Output::Subscribe(channel) => {
+                        if let Some(c) = &mut self.cluster {
+                            c.subscribe(&channel);
+                        }
+                    }
+                    Output::Unsubscribe(channel) => {
+                        if let Some(c) = &mut self.cluster {
+                            c.unsubscribe(&channel);
+                        }
+                    }
+                    Output::Presence(change) => match &mut self.cluster {
+                        Some(c) => c.presence(change),
+                        None => {
+                            if let Some(p) = change.reply {
+                                self.hub
+                                    .handle_cluster_answer(p, ClusterAnswer::Unavailable);
+                            }
+                        }
+                    },
+                    Output::Query { room, reply } => match &mut self.cluster {
+                        Some(c) => c.query(&room, reply),
+                        None => self
+                            .hub
+                            .handle_cluster_answer(reply, ClusterAnswer::Unavailable),
+                    },
+                    Output::UserConns {
+                        user,
+                        connections,
+                        claim,
+                    } => match &mut self.cluster {
+                        Some(c) => c.user_conns(&user, connections, claim),
+                        None => {
+                            if let Some(id) = claim {
+                                self.hub.handle_cluster_claim(Instant::now(), id, true);
+                            }
+                        }
+                    },
                     Output::Send { to, frame } => self.deliver(to, frame),
                     Output::Ping(id) => {
                         if let Some(key) = self.open_key(id) {
@@ -658,12 +762,36 @@ impl Driver {
                     }
                 }
             }
+            if let Some(event) = self.cluster.as_mut().and_then(|c| c.poll_event()) {
+                self.on_cluster_event(event);
+                continue;
+            }
             if self.slow.is_empty() {
                 return;
             }
             for id in std::mem::take(&mut self.slow) {
                 self.counters.slow_consumer_closes += 1;
                 self.hub.close(id, CloseReason::SlowConsumer);
+            }
+        }
+    }
+
+    /// Hand the hub what the cluster gave back.
+    fn on_cluster_event(&mut self, event: cluster::Event) {
+        match event {
+            cluster::Event::Message { channel, payload } => self
+                .hub
+                .handle_cluster_message(channel_name(&channel), &payload),
+            cluster::Event::Answer(pending, answer) => {
+                self.hub.handle_cluster_answer(pending, answer)
+            }
+            cluster::Event::Claim(id, granted) => {
+                self.hub.handle_cluster_claim(Instant::now(), id, granted)
+            }
+            cluster::Event::Resync(shard) => {
+                if let Some(c) = &mut self.cluster {
+                    c.resync(shard, &self.hub);
+                }
             }
         }
     }
@@ -795,6 +923,12 @@ impl Driver {
         if self.hub.poll_timeout().is_some_and(|t| t <= now) {
             self.hub.handle_timeout(now);
             self.drain_hub();
+        }
+        if let Some(c) = &mut self.cluster {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.on_timeout(self.poll.registry(), now);
+                self.drain_hub();
+            }
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;

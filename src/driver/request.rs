@@ -179,13 +179,16 @@ impl Driver {
                 self.reply(key, head, response, reader, now);
             }
             Route::Healthz => {
-                let response = http::response(
-                    200,
-                    "text/plain; charset=utf-8",
-                    "",
-                    b"ok\n",
-                    head.keep_alive,
-                );
+                // Redis unreachable: still 200 (this node serves its own
+                // clients), but say so.
+                let down = self.cluster.as_ref().is_some_and(|c| c.state() != "up");
+                let body: &[u8] = if down {
+                    b"degraded: cluster down (Redis unreachable); serving this node's clients\n"
+                } else {
+                    b"ok\n"
+                };
+                let response =
+                    http::response(200, "text/plain; charset=utf-8", "", body, head.keep_alive);
                 self.reply(key, head, response, reader, now);
             }
             Route::Stats => {

@@ -87,8 +87,19 @@ impl Driver {
         } = self.gauges();
         let stats = json!({
             "node": self.hub.node_id(),
-            // Single node until the cluster (DESIGN.md §6) arrives.
-            "cluster": { "state": "off", "nodes": 1 },
+            "cluster": match &self.cluster {
+                None => json!({ "state": "off", "nodes": 1 }),
+                Some(c) => json!({
+                    "state": c.state(),
+                    "nodes": c.counters.nodes,
+                    "publishes": c.counters.publishes,
+                    "publishes_dropped": c.counters.publishes_dropped,
+                    "messages_received": c.counters.messages_received,
+                    "reconnects": c.counters.reconnects,
+                    "deaf": c.counters.deaf,
+                    "pending_bytes": c.pending_bytes(),
+                }),
+            },
             "total_connections": reg.len(),
             "echo_connections": echo,
             "handshaking": handshaking,
@@ -265,6 +276,75 @@ impl Driver {
             "Seconds since the server started.",
             &[("", self.hub.uptime(now).as_secs_f64())],
         );
+        if let Some(cl) = &self.cluster {
+            let k = &cl.counters;
+            metric(
+                "cluster_up",
+                "gauge",
+                "1 while every Redis shard is reachable and subscribed, else 0.",
+                &[("", f64::from(u8::from(cl.state() == "up")))],
+            );
+            metric(
+                "cluster_nodes",
+                "gauge",
+                "Live nodes, as the last heartbeat counted them.",
+                &[("", k.nodes as f64)],
+            );
+            metric(
+                "cluster_publishes_total",
+                "counter",
+                "Envelopes published to Redis.",
+                &[("", k.publishes as f64)],
+            );
+            metric(
+                "cluster_publishes_dropped_total",
+                "counter",
+                "Publishes that could not go out (Redis down or link over its cap); delivered on this node only.",
+                &[("", k.publishes_dropped as f64)],
+            );
+            metric(
+                "cluster_messages_received_total",
+                "counter",
+                "Messages received from Redis subscriptions.",
+                &[("", k.messages_received as f64)],
+            );
+            metric(
+                "cluster_reconnects_total",
+                "counter",
+                "Redis shard connections made after the first.",
+                &[("", k.reconnects as f64)],
+            );
+            metric(
+                "cluster_deaf_total",
+                "counter",
+                "Subscriber links found deaf (the node's own heartbeat not heard back) and reconnected.",
+                &[("", k.deaf as f64)],
+            );
+            metric(
+                "cluster_errors_total",
+                "counter",
+                "Error replies from Redis.",
+                &[("", k.errors as f64)],
+            );
+            metric(
+                "cluster_resubscribe_seconds",
+                "gauge",
+                "How long the last re-subscription took (link up to every channel confirmed).",
+                &[("", k.resubscribe_us as f64 / 1e6)],
+            );
+            metric(
+                "cluster_rtt_seconds",
+                "gauge",
+                "Round-trip time of the last heartbeat to Redis.",
+                &[("", k.rtt_us as f64 / 1e6)],
+            );
+            metric(
+                "cluster_pending_bytes",
+                "gauge",
+                "Bytes of commands waiting to be written to Redis.",
+                &[("", cl.pending_bytes() as f64)],
+            );
+        }
         let h = &c.loop_time;
         let _ = writeln!(out, "# HELP switchboard_loop_iteration_seconds Time spent working per event-loop iteration (not waiting).");
         let _ = writeln!(out, "# TYPE switchboard_loop_iteration_seconds histogram");

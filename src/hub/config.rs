@@ -35,6 +35,9 @@ pub struct HubConfig {
     pub token_expired_code: u16,
     /// Largest connection `info` (a JSON object), in bytes as received.
     pub max_info_bytes: usize,
+    /// Cluster mode: what crosses nodes leaves as outputs and comes back
+    /// through `handle_cluster_*` (see `hub::cluster`).
+    pub cluster: bool,
 }
 
 impl Default for HubConfig {
@@ -54,6 +57,7 @@ impl Default for HubConfig {
             rate_limit_close_after: 100,
             token_expired_code: 4001,
             max_info_bytes: 1024,
+            cluster: false,
         }
     }
 }

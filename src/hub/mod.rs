@@ -6,6 +6,7 @@
 //! every output before the next `handle_*` call: targets name rooms and users by
 //! key, resolved against the registry as it is then.
 
+pub mod cluster;
 mod config;
 mod grants;
 mod handler;
@@ -18,12 +19,14 @@ mod views;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use self::cluster::{Channel, Envelope, Pending, PendingKind, PresenceChange};
 pub use self::config::HubConfig;
 pub use self::grants::Grants;
 pub use self::handler::{Context, Handler};
@@ -54,6 +57,8 @@ pub enum Target {
     User(UserKey),
     /// Every hub connection, except one if given.
     All { except: Option<ConnId> },
+    /// Every member of a room who is not this user (cluster presence).
+    RoomExceptUser { room: RoomKey, user: UserKey },
 }
 
 /// What the hub asks its driver to do.
@@ -70,6 +75,51 @@ pub enum Output {
         reason: CloseReason,
         text: Option<Arc<str>>,
     },
+    /// Cluster mode: publish this envelope on `channel`. If it cannot go
+    /// out, hand it to [`Hub::handle_cluster_message`] instead, so this
+    /// node's own members still get it. With `reply`, answer with
+    /// [`Hub::handle_cluster_answer`] (how many nodes received it).
+    Publish {
+        channel: Channel,
+        envelope: Bytes,
+        reply: Option<Pending>,
+    },
+    /// Cluster mode: the first local member of this channel arrived.
+    Subscribe(Channel),
+    /// Cluster mode: the last local member of this channel left.
+    Unsubscribe(Channel),
+    /// Cluster mode: a user's connections in a room on this node changed;
+    /// with `reply`, answer with the room's listing.
+    Presence(PresenceChange),
+    /// Cluster mode: answer `reply` with the room's listing.
+    Query { room: Arc<str>, reply: Pending },
+    /// Cluster mode: this node now holds `connections` of `user`. With
+    /// `claim`, that new connection waits for the cluster's per-user cap:
+    /// answer with [`Hub::handle_cluster_claim`].
+    UserConns {
+        user: Arc<str>,
+        connections: u32,
+        claim: Option<ConnId>,
+    },
+}
+
+/// A channel as named by a message that arrived on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelName<'a> {
+    Room(&'a str),
+    User(&'a str),
+    All,
+}
+
+/// What the cluster answered to a [`Pending`] request.
+#[derive(Debug)]
+pub enum ClusterAnswer {
+    /// The room's users over the cluster.
+    Listing(cluster::Listing),
+    /// How many nodes a publish reached.
+    Delivered(usize),
+    /// The cluster could not be asked: answer from this node's view.
+    Unavailable,
 }
 
 /// How a connection asks to join the hub.
@@ -126,6 +176,9 @@ pub struct Hub {
     unix: (Instant, u64),
     /// This run's node id, in every `welcome`.
     node_id: Arc<str>,
+    /// Cluster mode: connections waiting for the cluster's per-user cap,
+    /// with the room of their URL.
+    claims: HashMap<ConnId, Option<Arc<str>>>,
 }
 
 impl Hub {
@@ -143,6 +196,7 @@ impl Hub {
             started: now,
             unix: (now, 0),
             node_id: Arc::from(""),
+            claims: HashMap::new(),
         }
     }
 
@@ -244,6 +298,15 @@ impl Hub {
                     user.conns.iter().copied().for_each(f)
                 }
             }
+            Target::RoomExceptUser { room, user } => {
+                if let Some(room) = self.registry.room(room) {
+                    for &id in &room.members {
+                        if self.registry.session(id).and_then(|s| s.user) != Some(user) {
+                            f(id)
+                        }
+                    }
+                }
+            }
             Target::All { except } => {
                 for s in self.registry.sessions() {
                     if s.kind == Kind::Hub && Some(s.id) != except {
@@ -309,6 +372,56 @@ impl Hub {
             session.grants = req.grants.clone();
         }
         self.counters.connections_opened += 1;
+        if self.config.cluster {
+            // The welcome waits for the cluster's per-user count.
+            let user_key = self.registry.session(id).and_then(|s| s.user);
+            let u = self
+                .registry
+                .user(user_key.expect("hub session"))
+                .expect("its user");
+            let (name, connections) = (u.name.clone(), u.conns.len() as u32);
+            if connections == 1 {
+                self.outputs
+                    .push_back(Output::Subscribe(Channel::User(name.clone())));
+            }
+            self.claims.insert(id, req.room.map(Arc::from));
+            self.outputs.push_back(Output::UserConns {
+                user: name,
+                connections,
+                claim: Some(id),
+            });
+            return Ok(());
+        }
+        self.welcome(now, id, req.room);
+        Ok(())
+    }
+
+    /// Cluster mode: the cluster counted connection `id` against its
+    /// user's cap (`granted`), or refused it (closed with 1008).
+    pub fn handle_cluster_claim(&mut self, now: Instant, id: ConnId, granted: bool) {
+        let Some(room) = self.claims.remove(&id) else {
+            return;
+        };
+        if granted {
+            self.welcome(now, id, room.as_deref());
+        } else {
+            log::info!("{id} refused: the user has the most connections the cluster allows");
+            self.close(id, CloseReason::UserConnectionLimit);
+        }
+    }
+
+    /// Send `welcome` to a hub connection just opened, then join the room
+    /// of its URL.
+    fn welcome(&mut self, now: Instant, id: ConnId, room: Option<&str>) {
+        let Some(session) = self.registry.session(id) else {
+            return;
+        };
+        let connected_at = session.connected_at;
+        let user = &self
+            .registry
+            .user(session.user.expect("hub session"))
+            .expect("its user")
+            .name;
         let welcome = m::Welcome {
             kind: "welcome",
             connection_id: &id.to_string(),
@@ -326,14 +439,14 @@ impl Hub {
                 max_room_name_len: self.config.max_room_name_len,
             },
         };
-        self.send(Target::Conn(id), protocol::json_frame(&welcome));
-        if let Some(room) = req.room {
+        let frame = protocol::json_frame(&welcome);
+        self.send(Target::Conn(id), frame);
+        if let Some(room) = room {
             match self.join(now, id, room, false, None) {
                 Ok(key) => self.registry.set_home_room(id, key),
                 Err(e) => self.refuse(id, e),
             }
         }
-        Ok(())
     }
 
     /// A text message arrived from `id`.
@@ -380,9 +493,7 @@ impl Hub {
         }
         match (kind, home) {
             (Kind::Echo, _) => self.send(Target::Conn(id), protocol::binary_frame(data)),
-            (Kind::Hub, Some(room)) => {
-                self.send(Target::Room { room, except: Some(id) }, protocol::binary_frame(data))
-            }
+            (Kind::Hub, Some(room)) => self.send_to_room(room, Some(id), protocol::binary_frame(data)),
             (Kind::Hub, None) => self.refuse(
                 id,
                 Refusal::new(
@@ -465,64 +576,90 @@ impl Hub {
 
     /// Server-side publish (HTTP API, embedding): `{"type":"message","room",
     /// "from":null,"data"}` to every member. Returns the number of recipients.
+    /// In cluster mode it goes to the room's members on every node, and
+    /// the number returned counts this node's.
     pub fn publish(&mut self, room: &str, data: &RawValue) -> usize {
-        let Some(key) = self.registry.room_key(room) else {
+        let key = self.registry.room_key(room);
+        if key.is_none() && !self.config.cluster {
             return 0;
-        };
+        }
         let frame = protocol::json_frame(&m::RoomMessage {
             kind: "message",
             room,
             from: None,
             data,
         });
-        self.send(
-            Target::Room {
-                room: key,
-                except: None,
-            },
-            frame,
-        );
-        self.registry.room(key).map_or(0, |r| r.members.len())
+        self.room_frame(room, key, frame)
+    }
+
+    /// A server-side frame to a room: sent here, or published in cluster
+    /// mode. Returns this node's recipients.
+    fn room_frame(&mut self, room: &str, key: Option<RoomKey>, frame: SharedFrame) -> usize {
+        let local = key
+            .and_then(|k| self.registry.room(k))
+            .map_or(0, |r| r.members.len());
+        match key {
+            Some(key) if !self.config.cluster => self.send(
+                Target::Room {
+                    room: key,
+                    except: None,
+                },
+                frame,
+            ),
+            None if !self.config.cluster => {}
+            _ => {
+                let name = match key {
+                    Some(k) => self.registry.room(k).expect("indexed room").name.clone(),
+                    None => Arc::from(room),
+                };
+                self.publish_envelope(Channel::Room(name), None, &frame, None);
+            }
+        }
+        local
     }
 
     /// Server-side publish of a binary frame to every member of `room`.
     pub fn publish_binary(&mut self, room: &str, data: &[u8]) -> usize {
-        let Some(key) = self.registry.room_key(room) else {
-            return 0;
-        };
-        self.send(
-            Target::Room {
-                room: key,
-                except: None,
-            },
-            protocol::binary_frame(data),
-        );
-        self.registry.room(key).map_or(0, |r| r.members.len())
+        let key = self.registry.room_key(room);
+        self.room_frame(room, key, protocol::binary_frame(data))
     }
 
     /// Server-side private message: `{"type":"private","from":null,"data"}` to
-    /// every connection of `user`. Returns the number of connections.
+    /// every connection of `user`. Returns the number of connections (in
+    /// cluster mode: on this node; it goes to every node's).
     pub fn send_to_user(&mut self, user: &str, data: &RawValue) -> usize {
-        let Some(key) = self.registry.user_key(user) else {
+        let key = self.registry.user_key(user);
+        if key.is_none() && !self.config.cluster {
             return 0;
-        };
+        }
         let frame = protocol::json_frame(&m::Private {
             kind: "private",
             from: None,
             data,
         });
-        self.send(Target::User(key), frame);
-        self.registry.user(key).map_or(0, |u| u.conns.len())
+        let local = key
+            .and_then(|k| self.registry.user(k))
+            .map_or(0, |u| u.conns.len());
+        match key {
+            Some(key) if !self.config.cluster => self.send(Target::User(key), frame),
+            _ => self.publish_envelope(Channel::User(Arc::from(user)), None, &frame, None),
+        }
+        local
     }
 
     /// Server-side broadcast to every hub connection (`"from":null`).
+    /// Returns the number here (cluster mode: it reaches every node's).
     pub fn broadcast(&mut self, data: &RawValue) -> usize {
         let frame = protocol::json_frame(&m::Broadcast {
             kind: "broadcast",
             from: None,
             data,
         });
-        self.send(Target::All { except: None }, frame);
+        if self.config.cluster {
+            self.publish_envelope(Channel::All, None, &frame, None);
+        } else {
+            self.send(Target::All { except: None }, frame);
+        }
         self.registry
             .sessions()
             .filter(|s| s.kind == Kind::Hub)
@@ -530,8 +667,23 @@ impl Hub {
     }
 
     /// Close every connection of `user` with `code` (4000 by default) and
-    /// `text`. Returns how many were closed.
+    /// `text`. Returns how many were closed (cluster mode: how many here;
+    /// every node closes its own).
     pub fn disconnect_user(&mut self, user: &str, code: u16, text: Option<&str>) -> usize {
+        if self.config.cluster {
+            let envelope = cluster::disconnect_envelope(code, text.unwrap_or(""));
+            self.outputs.push_back(Output::Publish {
+                channel: Channel::User(Arc::from(user)),
+                envelope,
+                reply: None,
+            });
+            return self.registry.user_connections(user);
+        }
+        self.disconnect_local(user, code, text)
+    }
+
+    /// Close this node's connections of `user`.
+    fn disconnect_local(&mut self, user: &str, code: u16, text: Option<&str>) -> usize {
         let Some(key) = self.registry.user_key(user) else {
             return 0;
         };
@@ -628,23 +780,40 @@ impl Hub {
                     data,
                 });
                 let except = if echo { None } else { Some(id) };
-                self.send(Target::Room { room: key, except }, frame);
+                self.send_to_room(key, except, frame);
                 Ok(())
             }
             ClientMsg::Private { to, data } => {
-                let Some(user) = self.registry.user_key(&to) else {
+                let user = self.registry.user_key(&to);
+                if user.is_none() && !self.config.cluster {
                     return Err(with_ref(Refusal::new(
                         ErrorCode::UserOffline,
                         "no connection for that user",
                     )));
-                };
+                }
                 let from = self.user_name_of(id);
                 let frame = protocol::json_frame(&m::Private {
                     kind: "private",
                     from: Some(from),
                     data,
                 });
-                self.send(Target::User(user), frame);
+                match user {
+                    Some(user) if !self.config.cluster => self.send(Target::User(user), frame),
+                    _ => {
+                        // No connection here: another node may hold one;
+                        // if none does, the sender hears `user_offline`.
+                        let reply = user.is_none().then(|| Pending {
+                            conn: id,
+                            kind: PendingKind::Private,
+                            reference: reference.map(ToOwned::to_owned),
+                        });
+                        let name = match user {
+                            Some(u) => self.registry.user(u).expect("indexed user").name.clone(),
+                            None => Arc::from(&*to),
+                        };
+                        self.publish_envelope(Channel::User(name), None, &frame, reply);
+                    }
+                }
                 Ok(())
             }
             ClientMsg::Broadcast { data, echo } => {
@@ -666,7 +835,11 @@ impl Hub {
                     data,
                 });
                 let except = if echo { None } else { Some(id) };
-                self.send(Target::All { except }, frame);
+                if self.config.cluster {
+                    self.publish_envelope(Channel::All, except, &frame, None);
+                } else {
+                    self.send(Target::All { except }, frame);
+                }
                 Ok(())
             }
             ClientMsg::Typing { room } => {
@@ -677,18 +850,27 @@ impl Hub {
                     room: &room,
                     user,
                 });
-                self.send(
-                    Target::Room {
-                        room: key,
-                        except: Some(id),
-                    },
-                    frame,
-                );
+                self.send_to_room(key, Some(id), frame);
                 Ok(())
             }
             ClientMsg::Presence { room, details } => {
                 self.check_room_name(&room).map_err(with_ref)?;
                 self.check_may_join(id, &room).map_err(with_ref)?;
+                if self.config.cluster {
+                    let reply = Pending {
+                        conn: id,
+                        kind: PendingKind::Presence {
+                            room: Arc::from(&*room),
+                            details,
+                        },
+                        reference: reference.map(ToOwned::to_owned),
+                    };
+                    self.outputs.push_back(Output::Query {
+                        room: Arc::from(&*room),
+                        reply,
+                    });
+                    return Ok(());
+                }
                 let frame = self.member_list("presence", &room, details, reference);
                 self.send(Target::Conn(id), frame);
                 Ok(())
@@ -703,6 +885,16 @@ impl Hub {
             }
             ClientMsg::Pong => Ok(()),
         }
+    }
+
+    fn user_arc(&self, id: ConnId) -> Arc<str> {
+        let s = self.registry.session(id).expect("an open session");
+        let user = s.user.expect("hub sessions have a user");
+        self.registry
+            .user(user)
+            .expect("session's user")
+            .name
+            .clone()
     }
 
     fn user_name_of(&self, id: ConnId) -> &str {
@@ -815,6 +1007,39 @@ impl Hub {
                     ),
                 ))
             }
+            Joined::Added { key, .. } if self.config.cluster => {
+                log::debug!("{id} joined {room}");
+                let r = self.registry.room(key).expect("joined room");
+                let name = r.name.clone();
+                if r.members.len() == 1 {
+                    self.outputs
+                        .push_back(Output::Subscribe(Channel::Room(name.clone())));
+                }
+                let reply = Pending {
+                    conn: id,
+                    kind: PendingKind::Joined {
+                        room: name.clone(),
+                        details,
+                    },
+                    reference: reference.map(ToOwned::to_owned),
+                };
+                let user = self.user_arc(id);
+                self.presence_change(id, user, key, name, Some(reply));
+                return Ok(key);
+            }
+            Joined::Already(key) if self.config.cluster => {
+                let name = self.registry.room(key).expect("joined room").name.clone();
+                let reply = Pending {
+                    conn: id,
+                    kind: PendingKind::Joined {
+                        room: name.clone(),
+                        details,
+                    },
+                    reference: reference.map(ToOwned::to_owned),
+                };
+                self.outputs.push_back(Output::Query { room: name, reply });
+                return Ok(key);
+            }
             Joined::Added {
                 key,
                 first_of_user: true,
@@ -837,6 +1062,21 @@ impl Hub {
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
         let name = self.registry.room(key).expect("member's room").name.clone();
         let last = self.registry.leave(id, key).expect("checked membership");
+        if self.config.cluster {
+            let reply = Pending {
+                conn: id,
+                kind: PendingKind::Left { room: name.clone() },
+                reference: reference.map(ToOwned::to_owned),
+            };
+            let gone = self.registry.room_key(&name).is_none();
+            let user = self.user_arc(id);
+            self.presence_change(id, user, key, name.clone(), Some(reply));
+            if gone {
+                self.outputs
+                    .push_back(Output::Unsubscribe(Channel::Room(name)));
+            }
+            return;
+        }
         if last {
             self.announce("user_left", key, id);
         }
@@ -940,6 +1180,9 @@ impl Hub {
     /// Remove `id` from every index, announcing `user_left` where it was the
     /// user's last connection. Returns whether it was open.
     fn remove(&mut self, id: ConnId) -> bool {
+        if self.config.cluster {
+            return self.remove_clustered(id);
+        }
         let Some(session) = self.registry.session(id) else {
             return false;
         };
@@ -973,5 +1216,306 @@ impl Hub {
             log::debug!("{id} removed from the registry");
         }
         removed
+    }
+
+    /// Cluster mode's [`Hub::remove`]: the cluster learns the user's new
+    /// counts in each room and on this node; channels left without a local
+    /// member are unsubscribed.
+    fn remove_clustered(&mut self, id: ConnId) -> bool {
+        let Some(session) = self.registry.session(id) else {
+            return false;
+        };
+        self.claims.remove(&id);
+        let Some(user_key) = session.user else {
+            return self.registry.remove(id, |_, _, _| {});
+        };
+        let user = self.registry.user(user_key).expect("its user").name.clone();
+        let rooms: Vec<(RoomKey, Arc<str>)> = session
+            .rooms
+            .iter()
+            .map(|&(k, _)| (k, self.registry.room(k).expect("its room").name.clone()))
+            .collect();
+        self.registry.remove(id, |_, _, _| {});
+        for (key, name) in rooms {
+            let gone = self.registry.room_key(&name).is_none();
+            self.presence_change(id, user.clone(), key, name.clone(), None);
+            if gone {
+                self.outputs
+                    .push_back(Output::Unsubscribe(Channel::Room(name)));
+            }
+        }
+        let connections = self.registry.user_connections(&user) as u32;
+        self.outputs.push_back(Output::UserConns {
+            user: user.clone(),
+            connections,
+            claim: None,
+        });
+        if connections == 0 {
+            self.outputs
+                .push_back(Output::Unsubscribe(Channel::User(user)));
+        }
+        log::debug!("{id} removed from the registry");
+        true
+    }
+
+    /// Cluster mode: tell the cluster how many connections `user` now has
+    /// in room `key` (`name`) on this node, after connection `id` came or
+    /// went (the room, the user and `id` may be gone).
+    fn presence_change(
+        &mut self,
+        id: ConnId,
+        user: Arc<str>,
+        key: RoomKey,
+        name: Arc<str>,
+        reply: Option<Pending>,
+    ) {
+        let (presence, info) = match self.registry.user_key(&user) {
+            Some(u) => (
+                self.registry
+                    .room(key)
+                    .filter(|r| r.name == name)
+                    .and_then(|r| r.presence_of(u)),
+                self.registry.user_info(u).map(ToOwned::to_owned),
+            ),
+            None => (None, None),
+        };
+        self.outputs.push_back(Output::Presence(PresenceChange {
+            room: name,
+            user,
+            connections: presence.map_or(0, |p| p.connections()),
+            since: presence.map_or(0, |p| p.since()),
+            info: if presence.is_some() { info } else { None },
+            conn: id,
+            reply,
+        }));
+    }
+
+    /// A frame for a room's members: sent here, or in cluster mode
+    /// published on the room's channel (and delivered here when it comes
+    /// back, in the channel's one order).
+    fn send_to_room(&mut self, key: RoomKey, except: Option<ConnId>, frame: SharedFrame) {
+        if self.config.cluster {
+            let name = self.registry.room(key).expect("open room").name.clone();
+            self.publish_envelope(Channel::Room(name), except, &frame, None);
+        } else {
+            self.send(Target::Room { room: key, except }, frame);
+        }
+    }
+
+    /// Cluster mode: publish `frame` on `channel`, to be delivered to its
+    /// members on every node except connection `except` (of this node).
+    fn publish_envelope(
+        &mut self,
+        channel: Channel,
+        except: Option<ConnId>,
+        frame: &[u8],
+        reply: Option<Pending>,
+    ) {
+        let envelope = cluster::frame_envelope(&self.node_id, except, frame);
+        self.outputs.push_back(Output::Publish {
+            channel,
+            envelope,
+            reply,
+        });
+    }
+
+    /// Cluster mode: an envelope arrived on `channel` (or could not be
+    /// published and comes back here): deliver it to this node's members.
+    /// Anything that is not an envelope is ignored.
+    pub fn handle_cluster_message(&mut self, channel: ChannelName<'_>, payload: &Bytes) {
+        let Some(envelope) = Envelope::parse(payload) else {
+            log::debug!("ignored a cluster message that is no envelope on {channel:?}");
+            return;
+        };
+        let mine =
+            |origin: &str, except: Option<ConnId>| except.filter(|_| origin == &*self.node_id);
+        match (channel, envelope) {
+            (
+                ChannelName::Room(room),
+                Envelope::Frame {
+                    origin,
+                    except,
+                    frame,
+                },
+            ) => {
+                if let Some(key) = self.registry.room_key(room) {
+                    let except = mine(origin, except);
+                    self.send(Target::Room { room: key, except }, frame);
+                }
+            }
+            (ChannelName::User(user), Envelope::Frame { frame, .. }) => {
+                if let Some(key) = self.registry.user_key(user) {
+                    self.send(Target::User(key), frame);
+                }
+            }
+            (
+                ChannelName::All,
+                Envelope::Frame {
+                    origin,
+                    except,
+                    frame,
+                },
+            ) => {
+                let except = mine(origin, except);
+                self.send(Target::All { except }, frame);
+            }
+            (
+                ChannelName::Room(room),
+                Envelope::Joined {
+                    origin,
+                    except,
+                    members,
+                    user,
+                    info,
+                },
+            ) => {
+                let Some(key) = self.registry.room_key(room) else {
+                    return;
+                };
+                // Never to the user's own connections (a re-assertion
+                // after Redis lost its state announces users again).
+                let _ = (origin, except);
+                let to = match self.registry.user_key(user) {
+                    Some(u) => Target::RoomExceptUser { room: key, user: u },
+                    None => Target::Room {
+                        room: key,
+                        except: None,
+                    },
+                };
+                let info = info.and_then(|i| serde_json::from_str::<&RawValue>(i).ok());
+                let frame = protocol::json_frame(&m::PresenceEvent {
+                    kind: "user_joined",
+                    room,
+                    user,
+                    members,
+                    info,
+                });
+                self.send(to, frame);
+            }
+            (ChannelName::Room(room), Envelope::Left { members, user }) => {
+                let Some(key) = self.registry.room_key(room) else {
+                    return;
+                };
+                let frame = protocol::json_frame(&m::PresenceEvent {
+                    kind: "user_left",
+                    room,
+                    user,
+                    members,
+                    info: None,
+                });
+                self.send(
+                    Target::Room {
+                        room: key,
+                        except: None,
+                    },
+                    frame,
+                );
+            }
+            (ChannelName::User(user), Envelope::Disconnect { code, text }) => {
+                let code = if code == 1000 || (3000..5000).contains(&code) {
+                    code
+                } else {
+                    4000
+                };
+                self.disconnect_local(user, code, (!text.is_empty()).then_some(text));
+            }
+            (channel, envelope) => {
+                log::debug!("ignored {envelope:?} on {channel:?}")
+            }
+        }
+    }
+
+    /// Cluster mode: the answer to a request the hub made (`reply` of an
+    /// output): reply to the connection that asked, if still open.
+    pub fn handle_cluster_answer(&mut self, pending: Pending, answer: ClusterAnswer) {
+        let id = pending.conn;
+        if self.registry.session(id).is_none() {
+            return;
+        }
+        let reference = pending.reference.as_deref();
+        let frame = match (pending.kind, answer) {
+            (PendingKind::Private, ClusterAnswer::Delivered(n)) if n > 0 => return,
+            (PendingKind::Private, ClusterAnswer::Listing(_)) => return,
+            (PendingKind::Private, _) => {
+                let mut refusal =
+                    Refusal::new(ErrorCode::UserOffline, "no connection for that user");
+                refusal.reference = reference;
+                self.refuse(id, refusal);
+                return;
+            }
+            (PendingKind::Left { room }, answer) => {
+                let members = match answer {
+                    ClusterAnswer::Listing(l) => l.members,
+                    _ => self
+                        .registry
+                        .room_key(&room)
+                        .and_then(|k| self.registry.room(k))
+                        .map_or(0, |r| r.user_count()),
+                };
+                protocol::json_frame(&m::Left {
+                    kind: "left",
+                    room: &room,
+                    members,
+                    reference,
+                })
+            }
+            (PendingKind::Joined { room, details }, answer) => {
+                self.listing_frame("joined", &room, details, reference, answer)
+            }
+            (PendingKind::Presence { room, details }, answer) => {
+                self.listing_frame("presence", &room, details, reference, answer)
+            }
+        };
+        self.send(Target::Conn(id), frame);
+    }
+
+    /// A `joined` / `presence` reply from the cluster's listing (or, when
+    /// the cluster cannot be asked, from this node's view).
+    fn listing_frame(
+        &self,
+        kind: &'static str,
+        room: &str,
+        details: bool,
+        reference: Option<&RawValue>,
+        answer: ClusterAnswer,
+    ) -> SharedFrame {
+        let ClusterAnswer::Listing(listing) = answer else {
+            return self.member_list(kind, room, details, reference);
+        };
+        let listed: Vec<m::MemberDetail<'_>> = listing
+            .users
+            .iter()
+            .take(self.config.member_list_limit)
+            .map(|u| m::MemberDetail {
+                user: &u.user,
+                connections: u.connections,
+                since: u.since,
+                info: if details { u.info.as_deref() } else { None },
+            })
+            .collect();
+        protocol::json_frame(&m::MemberList {
+            kind,
+            room,
+            members: listing.members,
+            truncated: listing.members > listed.len(),
+            users: listed.iter().map(|d| d.user).collect(),
+            details: details.then_some(listed.as_slice()),
+            reference,
+        })
+    }
+
+    /// Cluster mode: the rooms with a member here and the users with a
+    /// connection here, each with what this node asserts about it — what
+    /// the driver re-asserts after a Redis link comes back.
+    pub fn local_presence(
+        &self,
+        mut f: impl FnMut(&Arc<str>, &Arc<str>, Presence, Option<&RawValue>),
+    ) {
+        for room in self.registry.rooms() {
+            for (u, presence) in room.presences() {
+                let user = self.registry.user(u).expect("counted user");
+                f(&room.name, &user.name, presence, self.registry.user_info(u));
+            }
+        }
     }
 }

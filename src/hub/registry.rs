@@ -92,6 +92,11 @@ impl Room {
     pub fn presences(&self) -> impl Iterator<Item = (UserKey, Presence)> + '_ {
         self.users.iter().map(|(&u, &p)| (u as UserKey, p))
     }
+
+    /// One user's presence in the room, if they are in it.
+    pub fn presence_of(&self, user: UserKey) -> Option<Presence> {
+        self.users.get(&(user as u32)).copied()
+    }
 }
 
 /// One user in one room: twelve bytes, four-aligned (packed: its fields are

@@ -73,6 +73,8 @@ struct T {
     frames: Vec<Frame>,
     pings: Vec<ConnId>,
     closes: Vec<(ConnId, CloseReason)>,
+    /// Cluster mode's outputs, in order.
+    cluster: Vec<Output>,
 }
 
 impl T {
@@ -94,6 +96,7 @@ impl T {
             frames: Vec::new(),
             pings: Vec::new(),
             closes: Vec::new(),
+            cluster: Vec::new(),
         }
     }
 
@@ -122,6 +125,7 @@ impl T {
                     );
                     self.closes.push((conn, reason));
                 }
+                other => self.cluster.push(other),
             }
         }
         self.hub.registry().check_invariants();

@@ -1,7 +1,1065 @@
 //! The cluster's side of the driver (DESIGN.md §6): Redis links in the same
-//! mio loop as the clients. So far the protocol piece: [`resp`], reading and
-//! writing RESP2 without a socket, fuzzed and checked against a real Redis.
-//! The links (a command and a subscriber connection per shard), pub/sub
-//! delivery and presence come next (issue 11).
+//! mio loop as the clients, no runtime and no thread.
+//!
+//! Per shard (one Redis server each) two [`link::Link`]s: a command link,
+//! pipelined (everything of one loop iteration leaves in one write, replies
+//! matched in order), and a subscriber link (a subscribed RESP2 connection
+//! may do nothing else). The hub's cluster outputs become commands here;
+//! what Redis sends back becomes [`Event`]s the driver hands to the hub.
+//!
+//! * A room's or user's channel and keys live on the shard chosen by a jump
+//!   consistent hash of its name; `P:all` on shard 0.
+//! * A command whose effect is published on a channel this node is still
+//!   subscribing to waits for the subscription's confirmation, so the node
+//!   never misses what follows its own join.
+//! * A shard that cannot be reached: publishes come back to the hub for
+//!   this node's members (`Event::Message`), questions are answered
+//!   `Unavailable`, presence changes are dropped — when the shard returns,
+//!   the node re-subscribes and re-asserts all it holds as absolute state,
+//!   then sweeps what it asserted before (a new generation per connection).
+//! * Every second each shard gets the node's heartbeat (a script that also
+//!   forgets nodes silent for [`NODE_TIMEOUT`]) and the node must hear its
+//!   own heartbeat back on its subscriber link within [`DEAF_AFTER`], or the
+//!   shard is reconnected: a node never stays deaf behind a green check.
 
+mod link;
 pub mod resp;
+mod scripts;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mio::{Registry, Token};
+
+use self::link::{Link, LinkState};
+use self::resp::BytesFrame;
+use self::scripts::Script;
+use crate::config::RedisUrl;
+use crate::hub::cluster::{Channel, ListedUser, Listing, Pending, PresenceChange};
+use crate::hub::{ClusterAnswer, ConnId, Hub};
+
+/// A node silent this long is dead: the others forget it.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each shard gets the node's heartbeat.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// A subscriber link that has not delivered the node's own heartbeat for
+/// this long is deaf, and a command link that has not answered one is
+/// stuck: the shard is reconnected.
+pub const DEAF_AFTER: Duration = Duration::from_secs(4);
+/// How long a connection attempt (TCP, then AUTH/SELECT/script loading)
+/// may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnect backoff: first delay and cap (with jitter).
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// Dead nodes one heartbeat forgets at most (the rest on the next).
+const REAP_PER_BEAT: usize = 4;
+/// Channels per SUBSCRIBE command when re-subscribing.
+const SUBSCRIBE_BATCH: usize = 512;
+/// Tokens of the Redis links: two per shard, counting down from here.
+pub const TOKEN_TOP: usize = usize::MAX - 16;
+
+/// What Redis gave back, for the hub.
+#[derive(Debug)]
+pub enum Event {
+    /// An envelope on a channel (or a publish that could not go out).
+    Message { channel: Channel, payload: Bytes },
+    /// The answer to a request the hub made.
+    Answer(Pending, ClusterAnswer),
+    /// A claimed connection was counted (true) or is over the cap.
+    Claim(ConnId, bool),
+    /// A shard is up again: re-assert what this node holds there.
+    Resync(usize),
+}
+
+/// Counters for `/stats` and `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterCounters {
+    /// Envelopes published.
+    pub publishes: u64,
+    /// Publishes that could not go out (shard down or link over its cap),
+    /// delivered to this node's members only.
+    pub publishes_dropped: u64,
+    /// Messages received on subscriber links.
+    pub messages_received: u64,
+    /// Shard connections made after the first.
+    pub reconnects: u64,
+    /// Subscriber links found deaf (own heartbeat not heard back).
+    pub deaf: u64,
+    /// Time the last re-subscription took (link up to all confirmed), µs.
+    pub resubscribe_us: u64,
+    /// Round-trip time of the last heartbeat, µs.
+    pub rtt_us: u64,
+    /// Live nodes as the last heartbeat on shard 0 counted them.
+    pub nodes: u64,
+    /// Error replies from Redis.
+    pub errors: u64,
+}
+
+/// What to do with a command link's reply.
+#[derive(Debug)]
+enum Reply {
+    /// A handshake step (AUTH, SELECT): an error drops the link.
+    Handshake,
+    /// A script was loaded: its SHA.
+    Loaded(Script),
+    Publish(Option<Pending>),
+    Presence(Option<Pending>),
+    Query(Pending),
+    Claim(ConnId),
+    Beat(Instant),
+    Ignore,
+}
+
+/// A command waiting for a channel's subscription to be confirmed.
+#[derive(Debug)]
+struct Held {
+    bytes: BytesMut,
+    reply: Reply,
+}
+
+/// A channel being subscribed: confirmations still due, commands waiting.
+#[derive(Debug, Default)]
+struct Subscribing {
+    due: u32,
+    held: Vec<Held>,
+}
+
+struct Shard {
+    url: RedisUrl,
+    addr: SocketAddr,
+    cmd: Link<Reply>,
+    sub: Link<()>,
+    shas: [Option<Bytes>; scripts::ALL.len()],
+    /// Connections made to this shard (a generation for presence).
+    generation: u64,
+    /// Channels whose subscription is not confirmed yet.
+    subscribing: HashMap<Bytes, Subscribing>,
+    /// Set when both links are up: re-subscription and re-assertion done.
+    ready: bool,
+    up_since: Option<Instant>,
+    retry_at: Option<Instant>,
+    attempts: u32,
+    /// Last time the node's heartbeat came back on the subscriber link.
+    heard: Instant,
+    /// A heartbeat sent and not answered yet.
+    beat_sent: Option<Instant>,
+    next_beat: Instant,
+    /// Held bytes (counted against the link's cap).
+    held_bytes: usize,
+}
+
+/// Every shard of the cluster, as the driver holds them.
+pub struct Cluster {
+    prefix: String,
+    node: Arc<str>,
+    shards: Vec<Shard>,
+    events: VecDeque<Event>,
+    pub counters: ClusterCounters,
+    max_pending: usize,
+    announce_limit: usize,
+    list_limit: usize,
+    user_cap: usize,
+    rng: u64,
+    shutting_down: bool,
+}
+
+impl Cluster {
+    /// A cluster of `urls` (resolved now: a name that does not resolve
+    /// stops the start, with the shard's position, never its URL).
+    pub fn new(
+        config: &crate::config::Config,
+        node: Arc<str>,
+        now: Instant,
+    ) -> std::io::Result<Cluster> {
+        use std::net::ToSocketAddrs;
+        let mut shards = Vec::new();
+        for (i, url) in config.cluster.iter().enumerate() {
+            let addr = (url.host.as_str(), url.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "cluster shard {} ({}): the host does not resolve",
+                        i + 1,
+                        url
+                    ))
+                })?;
+            let reply_max = (config.hub.max_message_size * 2).max(1 << 20) + 64 * 1024;
+            shards.push(Shard {
+                url: url.clone(),
+                addr,
+                cmd: Link::new(Token(TOKEN_TOP - 2 * i), reply_max),
+                sub: Link::new(Token(TOKEN_TOP - 2 * i - 1), reply_max),
+                shas: Default::default(),
+                generation: 0,
+                subscribing: HashMap::new(),
+                ready: false,
+                up_since: None,
+                retry_at: Some(now),
+                attempts: 0,
+                heard: now,
+                beat_sent: None,
+                next_beat: now,
+                held_bytes: 0,
+            });
+        }
+        let seed = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Ok(Cluster {
+            prefix: config.cluster_prefix.clone(),
+            node,
+            shards,
+            events: VecDeque::new(),
+            counters: ClusterCounters::default(),
+            max_pending: config.cluster_max_pending,
+            announce_limit: config.hub.presence_announce_limit,
+            list_limit: config.hub.member_list_limit,
+            user_cap: config.hub.max_connections_per_user,
+            rng: seed | 1,
+            shutting_down: false,
+        })
+    }
+
+    /// Whether `token` is one of the Redis links.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 <= TOKEN_TOP && token.0 > TOKEN_TOP - 2 * self.shards.len()
+    }
+
+    /// `"up"` when every shard is ready, else `"down"`.
+    pub fn state(&self) -> &'static str {
+        if self.shards.iter().all(|s| s.ready) {
+            "up"
+        } else {
+            "down"
+        }
+    }
+
+    /// Bytes waiting to be written to Redis, over all links.
+    pub fn pending_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.cmd.out.len() + s.sub.out.len() + s.held_bytes)
+            .sum()
+    }
+
+    /// The next thing Redis gave back, for the hub.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Cluster::on_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                let beat = (s.cmd.state != LinkState::Down).then_some(s.next_beat);
+                match (s.retry_at, beat) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+    }
+
+    // ----- outputs of the hub -------------------------------------------
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        let n = self.shards.len();
+        if n <= 1 {
+            return 0;
+        }
+        let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        jump_hash(hash, n)
+    }
+
+    /// The channel's Redis name and its shard.
+    fn channel(&self, channel: &Channel) -> (Bytes, usize) {
+        let p = &self.prefix;
+        match channel {
+            Channel::Room(room) => (
+                Bytes::from(format!("{p}:r:{room}")),
+                self.shard_of(format!("r:{room}").as_bytes()),
+            ),
+            Channel::User(user) => (
+                Bytes::from(format!("{p}:u:{user}")),
+                self.shard_of(format!("u:{user}").as_bytes()),
+            ),
+            Channel::All => (Bytes::from(format!("{p}:all")), 0),
+        }
+    }
+
+    /// Publish an envelope; when it cannot go out, it comes back as an
+    /// event for this node's members.
+    pub fn publish(&mut self, channel: Channel, envelope: Bytes, reply: Option<Pending>) {
+        let (name, shard) = self.channel(&channel);
+        let mut bytes = BytesMut::new();
+        resp::encode_command(&mut bytes, &[b"PUBLISH", &name, &envelope]);
+        match self.send(shard, Some(&name), bytes, Reply::Publish(reply)) {
+            Ok(()) => self.counters.publishes += 1,
+            Err(reply) => {
+                self.counters.publishes_dropped += 1;
+                if let Reply::Publish(Some(p)) = reply {
+                    self.events
+                        .push_back(Event::Answer(p, ClusterAnswer::Unavailable));
+                }
+                self.events.push_back(Event::Message {
+                    channel,
+                    payload: envelope,
+                });
+            }
+        }
+    }
+
+    /// Subscribe to a channel whose first local member arrived.
+    pub fn subscribe(&mut self, channel: &Channel) {
+        let (name, shard) = self.channel(channel);
+        self.subscribe_names(shard, &[name]);
+    }
+
+    /// Leave a channel whose last local member left.
+    pub fn unsubscribe(&mut self, channel: &Channel) {
+        let (name, shard) = self.channel(channel);
+        let s = &mut self.shards[shard];
+        if s.sub.state == LinkState::Up {
+            resp::encode_command(&mut s.sub.out, &[b"UNSUBSCRIBE", &name]);
+        }
+    }
+
+    fn subscribe_names(&mut self, shard: usize, names: &[Bytes]) {
+        let s = &mut self.shards[shard];
+        if s.sub.state != LinkState::Up || names.is_empty() {
+            return;
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
+        args.push(b"SUBSCRIBE");
+        for name in names {
+            args.push(name);
+            s.subscribing.entry(name.clone()).or_default().due += 1;
+        }
+        resp::encode_command(&mut s.sub.out, &args);
+    }
+
+    /// A user's connections in a room on this node changed.
+    pub fn presence(&mut self, change: PresenceChange) {
+        let (channel, shard) = self.channel(&Channel::Room(change.room.clone()));
+        let list = match &change.reply {
+            Some(Pending {
+                kind: crate::hub::cluster::PendingKind::Joined { .. },
+                ..
+            }) => self.list_limit,
+            _ => 0,
+        };
+        let gen = self.shards[shard].generation.to_string();
+        let args = [
+            self.prefix.as_bytes(),
+            change.room.as_bytes(),
+            self.node.as_bytes(),
+            change.user.as_bytes(),
+            change.connections.to_string().as_bytes(),
+            change.since.to_string().as_bytes(),
+            change
+                .info
+                .as_ref()
+                .map_or(&b""[..], |i| i.get().as_bytes()),
+            change.conn.to_string().as_bytes(),
+            self.announce_limit.to_string().as_bytes(),
+            list.to_string().as_bytes(),
+            gen.as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let Some(bytes) = self.script(shard, Script::Set, &args) else {
+            return self.unavailable(Reply::Presence(change.reply));
+        };
+        if let Err(reply) = self.send(shard, Some(&channel), bytes, Reply::Presence(change.reply)) {
+            self.unavailable(reply);
+        }
+    }
+
+    /// The listing of a room.
+    pub fn query(&mut self, room: &str, reply: Pending) {
+        let (_, shard) = self.channel(&Channel::Room(Arc::from(room)));
+        let args = [
+            self.prefix.as_bytes(),
+            room.as_bytes(),
+            self.list_limit.to_string().as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let Some(bytes) = self.script(shard, Script::Query, &args) else {
+            return self.unavailable(Reply::Query(reply));
+        };
+        if let Err(reply) = self.send(shard, None, bytes, Reply::Query(reply)) {
+            self.unavailable(reply);
+        }
+    }
+
+    /// This node holds `connections` of `user`; `claim` waits for the cap.
+    pub fn user_conns(&mut self, user: &str, connections: u32, claim: Option<ConnId>) {
+        let (_, shard) = self.channel(&Channel::User(Arc::from(user)));
+        let cap = if claim.is_some() { self.user_cap } else { 0 };
+        let gen = self.shards[shard].generation.to_string();
+        let args = [
+            self.prefix.as_bytes(),
+            user.as_bytes(),
+            self.node.as_bytes(),
+            connections.to_string().as_bytes(),
+            cap.to_string().as_bytes(),
+            gen.as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let reply = match claim {
+            Some(id) => Reply::Claim(id),
+            None => Reply::Ignore,
+        };
+        let Some(bytes) = self.script(shard, Script::User, &args) else {
+            return self.unavailable(reply);
+        };
+        if let Err(reply) = self.send(shard, None, bytes, reply) {
+            self.unavailable(reply);
+        }
+    }
+
+    /// A request that cannot reach Redis is answered at once.
+    fn unavailable(&mut self, reply: Reply) {
+        match reply {
+            Reply::Presence(Some(p)) | Reply::Query(p) | Reply::Publish(Some(p)) => self
+                .events
+                .push_back(Event::Answer(p, ClusterAnswer::Unavailable)),
+            // Without Redis only this node's cap is checked.
+            Reply::Claim(id) => self.events.push_back(Event::Claim(id, true)),
+            _ => {}
+        }
+    }
+
+    /// An EVALSHA of `script`, if the shard has it loaded.
+    fn script(&self, shard: usize, script: Script, args: &[Vec<u8>]) -> Option<BytesMut> {
+        let sha = self.shards[shard].shas[script as usize].as_ref()?;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(args.len() + 3);
+        parts.push(b"EVALSHA");
+        parts.push(sha);
+        parts.push(b"0");
+        parts.extend(args.iter().map(Vec::as_slice));
+        let mut bytes = BytesMut::new();
+        resp::encode_command(&mut bytes, &parts);
+        Some(bytes)
+    }
+
+    /// Queue a command on a shard's command link — held while `channel`
+    /// is being subscribed. `Err` gives the reply back when the shard is
+    /// down or the link over its cap.
+    fn send(
+        &mut self,
+        shard: usize,
+        channel: Option<&Bytes>,
+        bytes: BytesMut,
+        reply: Reply,
+    ) -> Result<(), Reply> {
+        let max = self.max_pending;
+        let s = &mut self.shards[shard];
+        if !s.ready || s.cmd.out.len() + s.held_bytes + bytes.len() > max {
+            return Err(reply);
+        }
+        if let Some(sub) = channel.and_then(|c| s.subscribing.get_mut(c)) {
+            s.held_bytes += bytes.len();
+            sub.held.push(Held { bytes, reply });
+            return Ok(());
+        }
+        s.cmd.out.extend_from_slice(&bytes);
+        s.cmd.replies.push_back(reply);
+        Ok(())
+    }
+
+    // ----- the event loop --------------------------------------------------
+
+    /// A Redis link's socket is ready.
+    pub fn on_ready(&mut self, registry: &Registry, token: Token, now: Instant) {
+        let i = (TOKEN_TOP - token.0) / 2;
+        let is_cmd = (TOKEN_TOP - token.0) % 2 == 0;
+        let Some(shard) = self.shards.get_mut(i) else {
+            return;
+        };
+        let result = if is_cmd {
+            shard.cmd.on_ready().and_then(|()| self.read_cmd(i, now))
+        } else {
+            shard.sub.on_ready().and_then(|()| self.read_sub(i, now))
+        };
+        if let Err(why) = result {
+            self.fail(registry, i, now, &why);
+        } else {
+            self.maybe_ready(i, now);
+        }
+    }
+
+    fn read_cmd(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        while let Some(frame) = self.shards[i].cmd.next_frame()? {
+            let Some(reply) = self.shards[i].cmd.replies.pop_front() else {
+                return Err("a reply to no command".into());
+            };
+            self.on_reply(i, reply, frame, now)?;
+        }
+        Ok(())
+    }
+
+    fn on_reply(
+        &mut self,
+        i: usize,
+        reply: Reply,
+        frame: BytesFrame,
+        now: Instant,
+    ) -> Result<(), String> {
+        if let BytesFrame::Error(e) = &frame {
+            self.counters.errors += 1;
+            let e: &str = e;
+            match reply {
+                Reply::Handshake | Reply::Loaded(_) => {
+                    return Err(format!("Redis refused the link's setup: {e}"))
+                }
+                _ if e.starts_with("NOSCRIPT") => return Err("Redis lost our scripts".into()),
+                other => {
+                    log::warn!("cluster shard {}: Redis answered an error: {e}", i + 1);
+                    self.unavailable(other);
+                    return Ok(());
+                }
+            }
+        }
+        match reply {
+            Reply::Handshake | Reply::Ignore => {}
+            Reply::Loaded(script) => {
+                let sha = match frame {
+                    BytesFrame::BulkString(b) => b,
+                    BytesFrame::SimpleString(b) => b,
+                    other => return Err(format!("SCRIPT LOAD answered {other:?}")),
+                };
+                let s = &mut self.shards[i];
+                s.shas[script as usize] = Some(sha);
+                if s.shas.iter().all(Option::is_some) {
+                    s.cmd.state = LinkState::Up;
+                }
+            }
+            Reply::Publish(pending) => {
+                if let (Some(p), BytesFrame::Integer(n)) = (pending, &frame) {
+                    self.events
+                        .push_back(Event::Answer(p, ClusterAnswer::Delivered(*n as usize)));
+                }
+            }
+            Reply::Presence(pending) => {
+                if let Some(p) = pending {
+                    self.events
+                        .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame))));
+                }
+            }
+            Reply::Query(p) => self
+                .events
+                .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame)))),
+            Reply::Claim(id) => self
+                .events
+                .push_back(Event::Claim(id, frame != BytesFrame::Integer(0))),
+            Reply::Beat(sent) => {
+                let s = &mut self.shards[i];
+                s.beat_sent = None;
+                self.counters.rtt_us = now.saturating_duration_since(sent).as_micros() as u64;
+                if let (0, BytesFrame::Array(parts)) = (i, &frame) {
+                    if let Some(BytesFrame::Integer(n)) = parts.first() {
+                        self.counters.nodes = *n as u64;
+                    }
+                }
+                if let Some(BytesFrame::Integer(reaped)) = match &frame {
+                    BytesFrame::Array(parts) => parts.get(1),
+                    _ => None,
+                } {
+                    if *reaped > 0 {
+                        log::warn!("cluster shard {}: forgot {reaped} dead node(s)", i + 1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_sub(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let node_channel = self.node_channel();
+        while let Some(frame) = self.shards[i].sub.next_frame()? {
+            let s = &mut self.shards[i];
+            if s.sub.state == LinkState::Handshake {
+                if let BytesFrame::Error(e) = &frame {
+                    let e: &str = e;
+                    return Err(format!("Redis refused the subscriber's setup: {e}"));
+                }
+                s.sub.handshake_left -= 1;
+                if s.sub.handshake_left == 0 {
+                    s.sub.state = LinkState::Up;
+                }
+                continue;
+            }
+            let BytesFrame::Array(mut parts) = frame else {
+                return Err(format!("the subscriber got {frame:?}"));
+            };
+            let kind = match parts.first() {
+                Some(BytesFrame::BulkString(k)) => k.clone(),
+                other => return Err(format!("the subscriber got {other:?}")),
+            };
+            match (&kind[..], parts.len()) {
+                (b"message", 3) => {
+                    let payload = match parts.pop() {
+                        Some(BytesFrame::BulkString(p)) => p,
+                        _ => continue,
+                    };
+                    let Some(BytesFrame::BulkString(name)) = parts.pop() else {
+                        continue;
+                    };
+                    if name == node_channel {
+                        s.heard = now;
+                        continue;
+                    }
+                    self.counters.messages_received += 1;
+                    if let Some(channel) = self.parse_channel(&name) {
+                        self.events.push_back(Event::Message { channel, payload });
+                    }
+                }
+                (b"subscribe", 3) => {
+                    let Some(BytesFrame::BulkString(name)) = parts.get(1) else {
+                        continue;
+                    };
+                    self.confirmed(i, name, now);
+                }
+                (b"unsubscribe", 3) | (b"pong", _) => {}
+                _ => {
+                    return Err(format!(
+                        "the subscriber got a {:?} push",
+                        String::from_utf8_lossy(&kind)
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A subscription is confirmed: release what waited for it.
+    fn confirmed(&mut self, i: usize, name: &Bytes, now: Instant) {
+        let node_channel = self.node_channel();
+        let s = &mut self.shards[i];
+        let Some(sub) = s.subscribing.get_mut(name) else {
+            return;
+        };
+        sub.due -= 1;
+        if sub.due > 0 {
+            return;
+        }
+        let sub = s.subscribing.remove(name).expect("just seen");
+        for held in sub.held {
+            s.held_bytes -= held.bytes.len();
+            s.cmd.out.extend_from_slice(&held.bytes);
+            s.cmd.replies.push_back(held.reply);
+        }
+        if *name == node_channel {
+            // Subscribed last when re-subscribing: everything before it is
+            // confirmed too.
+            s.heard = now;
+            if let Some(up) = s.up_since {
+                self.counters.resubscribe_us = now.saturating_duration_since(up).as_micros() as u64;
+            }
+        }
+    }
+
+    fn node_channel(&self) -> Bytes {
+        Bytes::from(format!("{}:n:{}", self.prefix, self.node))
+    }
+
+    fn parse_channel(&self, name: &[u8]) -> Option<Channel> {
+        let rest = name
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b":")?;
+        let text = std::str::from_utf8(rest).ok()?;
+        if text == "all" {
+            return Some(Channel::All);
+        }
+        let (kind, name) = text.split_at_checked(2)?;
+        match kind {
+            "r:" => Some(Channel::Room(Arc::from(name))),
+            "u:" => Some(Channel::User(Arc::from(name))),
+            _ => None,
+        }
+    }
+
+    /// When both links of a shard are up, it is ready: the driver
+    /// re-subscribes and re-asserts (`Event::Resync`).
+    fn maybe_ready(&mut self, i: usize, now: Instant) {
+        let s = &mut self.shards[i];
+        if s.ready || s.cmd.state != LinkState::Up || s.sub.state != LinkState::Up {
+            return;
+        }
+        s.ready = true;
+        s.up_since = Some(now);
+        s.retry_at = None;
+        s.attempts = 0;
+        s.heard = now;
+        s.next_beat = now;
+        log::warn!("cluster shard {} up ({})", i + 1, s.url);
+        self.events.push_back(Event::Resync(i));
+    }
+
+    /// Re-subscribe and re-assert everything this node holds on shard `i`,
+    /// then sweep what it asserted before (`hub` gives the local state).
+    pub fn resync(&mut self, i: usize, hub: &Hub) {
+        let mut names = Vec::new();
+        if i == 0 {
+            names.push(self.channel(&Channel::All).0);
+        }
+        let registry = hub.registry();
+        for room in registry.rooms() {
+            let (name, shard) = self.channel(&Channel::Room(room.name.clone()));
+            if shard == i {
+                names.push(name);
+            }
+        }
+        for user in registry.users() {
+            let (name, shard) = self.channel(&Channel::User(user.name.clone()));
+            if shard == i {
+                names.push(name);
+            }
+        }
+        for batch in names.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe_names(i, batch);
+        }
+        // Presence, room by room: each waits for its channel.
+        let mut rooms: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
+        hub.local_presence(|room, user, presence, info| {
+            let args = rooms.entry(room.clone()).or_default();
+            args.push(user.as_bytes().to_vec());
+            args.push(presence.connections().to_string().into_bytes());
+            args.push(presence.since().to_string().into_bytes());
+            args.push(info.map_or(Vec::new(), |i| i.get().as_bytes().to_vec()));
+        });
+        let gen = self.shards[i].generation.to_string().into_bytes();
+        for (room, entries) in rooms {
+            let (channel, shard) = self.channel(&Channel::Room(room.clone()));
+            if shard != i {
+                continue;
+            }
+            let mut args = vec![
+                self.prefix.as_bytes().to_vec(),
+                room.as_bytes().to_vec(),
+                self.node.as_bytes().to_vec(),
+                self.announce_limit.to_string().into_bytes(),
+                gen.clone(),
+            ];
+            args.extend(entries);
+            if let Some(bytes) = self.script(i, Script::Sync, &args) {
+                let _ = self.send(i, Some(&channel), bytes, Reply::Ignore);
+            }
+        }
+        for user in registry.users() {
+            let (_, shard) = self.channel(&Channel::User(user.name.clone()));
+            if shard == i {
+                self.user_conns(&user.name, user.conns.len() as u32, None);
+            }
+        }
+        // Last: the node's own channel; the sweep waits for it, so it runs
+        // after every re-assertion above.
+        let node_channel = self.node_channel();
+        self.subscribe_names(i, std::slice::from_ref(&node_channel));
+        let args = [
+            self.prefix.as_bytes().to_vec(),
+            self.node.as_bytes().to_vec(),
+            self.announce_limit.to_string().into_bytes(),
+            gen,
+        ];
+        if let Some(bytes) = self.script(i, Script::Sweep, &args) {
+            let _ = self.send(i, Some(&node_channel), bytes, Reply::Ignore);
+        }
+    }
+
+    /// Heartbeats, deafness, reconnects.
+    pub fn on_timeout(&mut self, registry: &Registry, now: Instant) {
+        for i in 0..self.shards.len() {
+            let s = &self.shards[i];
+            if s.retry_at.is_some_and(|t| t <= now) {
+                self.connect(registry, i, now);
+                continue;
+            }
+            if !s.ready {
+                if s.cmd.state != LinkState::Down && s.up_since.is_none() && s.next_beat <= now {
+                    self.fail(registry, i, now, "no answer within the connect timeout");
+                }
+                continue;
+            }
+            if s.next_beat > now {
+                continue;
+            }
+            let subscribed = !s.subscribing.contains_key(&self.node_channel());
+            if subscribed && now.saturating_duration_since(s.heard) > DEAF_AFTER {
+                self.counters.deaf += 1;
+                self.fail(
+                    registry,
+                    i,
+                    now,
+                    "the subscriber stopped hearing the node's own heartbeat (deaf)",
+                );
+                continue;
+            }
+            if s.beat_sent
+                .is_some_and(|t| now.saturating_duration_since(t) > DEAF_AFTER)
+            {
+                self.fail(registry, i, now, "no answer to the heartbeat");
+                continue;
+            }
+            self.shards[i].next_beat = now + BEAT_EVERY;
+            if self.shards[i].beat_sent.is_none() && !self.shutting_down {
+                let args = [
+                    self.prefix.as_bytes().to_vec(),
+                    self.node.as_bytes().to_vec(),
+                    NODE_TIMEOUT.as_millis().to_string().into_bytes(),
+                    self.announce_limit.to_string().into_bytes(),
+                    REAP_PER_BEAT.to_string().into_bytes(),
+                ];
+                if let Some(bytes) = self.script(i, Script::Beat, &args) {
+                    if self.send(i, None, bytes, Reply::Beat(now)).is_ok() {
+                        self.shards[i].beat_sent = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Open both links of shard `i` and queue their setup.
+    fn connect(&mut self, registry: &Registry, i: usize, now: Instant) {
+        let s = &mut self.shards[i];
+        s.retry_at = None;
+        s.generation += 1;
+        if s.generation > 1 {
+            self.counters.reconnects += 1;
+        }
+        let mut setup = BytesMut::new();
+        let mut steps = 0;
+        if let Some(password) = &s.url.password {
+            let pw = password.expose().as_bytes();
+            match &s.url.user {
+                Some(user) => resp::encode_command(&mut setup, &[b"AUTH", user.as_bytes(), pw]),
+                None => resp::encode_command(&mut setup, &[b"AUTH", pw]),
+            }
+            steps += 1;
+        }
+        if s.url.db != 0 {
+            resp::encode_command(&mut setup, &[b"SELECT", s.url.db.to_string().as_bytes()]);
+            steps += 1;
+        }
+        let opened = s
+            .cmd
+            // Up only once the scripts are loaded (`Reply::Loaded`).
+            .open(registry, s.addr, &setup, steps + 1)
+            .and_then(|()| s.sub.open(registry, s.addr, &setup, steps));
+        if let Err(e) = opened {
+            self.fail(registry, i, now, &format!("cannot connect: {e}"));
+            return;
+        }
+        for _ in 0..steps {
+            s.cmd.replies.push_back(Reply::Handshake);
+        }
+        for (n, source) in (0..scripts::ALL.len()).map(|n| (n, scripts::source(n))) {
+            resp::encode_command(&mut s.cmd.out, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
+            let script = [
+                Script::Set,
+                Script::Query,
+                Script::Sync,
+                Script::User,
+                Script::Beat,
+                Script::Sweep,
+            ][n];
+            s.cmd.replies.push_back(Reply::Loaded(script));
+        }
+        s.shas = Default::default();
+        s.up_since = None;
+        // The connect timeout rides on the beat deadline until ready.
+        s.next_beat = now + CONNECT_TIMEOUT;
+    }
+
+    /// Drop both links of shard `i`: answer what waited, retry later.
+    fn fail(&mut self, registry: &Registry, i: usize, now: Instant, why: &str) {
+        let jitter = self.random();
+        let s = &mut self.shards[i];
+        if s.ready || s.attempts == 0 {
+            log::warn!("cluster shard {} ({}) down: {why}", i + 1, s.url);
+        } else {
+            log::debug!("cluster shard {} still down: {why}", i + 1);
+        }
+        let was_ready = s.ready;
+        s.ready = false;
+        s.beat_sent = None;
+        let mut waiting: Vec<Reply> = s.cmd.close(registry);
+        s.sub.close(registry);
+        for (_, sub) in s.subscribing.drain() {
+            waiting.extend(sub.held.into_iter().map(|h| h.reply));
+        }
+        s.held_bytes = 0;
+        // Backoff: doubling from BACKOFF_MIN to BACKOFF_MAX, half of it
+        // random, so nodes do not reconnect in step.
+        let base = BACKOFF_MIN
+            .saturating_mul(1 << s.attempts.min(6))
+            .min(BACKOFF_MAX);
+        let delay = base / 2 + base.mul_f64((jitter % 1000) as f64 / 2000.0);
+        s.attempts += 1;
+        s.retry_at = Some(now + if was_ready { BACKOFF_MIN / 2 } else { delay });
+        for reply in waiting {
+            self.unavailable(reply);
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Write what every link has queued (once per loop iteration).
+    pub fn flush(&mut self, registry: &Registry, now: Instant) {
+        for i in 0..self.shards.len() {
+            let s = &mut self.shards[i];
+            let result = s.cmd.flush(registry).and_then(|()| s.sub.flush(registry));
+            if let Err(e) = result {
+                self.fail(registry, i, now, &e);
+            }
+        }
+    }
+
+    /// Shutting down: forget this node everywhere (its users' `user_left`
+    /// go out now, not after the dead-node timeout).
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        for i in 0..self.shards.len() {
+            let args = [
+                self.prefix.as_bytes().to_vec(),
+                self.node.as_bytes().to_vec(),
+                self.announce_limit.to_string().into_bytes(),
+                b"0".to_vec(),
+            ];
+            if let Some(bytes) = self.script(i, Script::Sweep, &args) {
+                let _ = self.send(i, None, bytes, Reply::Ignore);
+            }
+        }
+    }
+
+    /// Nothing left to write or to hear back (shutdown may finish).
+    pub fn settled(&self) -> bool {
+        self.shards
+            .iter()
+            .all(|s| !s.ready || (s.cmd.out.is_empty() && s.cmd.replies.is_empty()))
+    }
+}
+
+/// A listing script's reply: `[members, (user, connections, meta)*]`.
+fn listing(frame: &BytesFrame) -> Listing {
+    let BytesFrame::Array(parts) = frame else {
+        return Listing::default();
+    };
+    let members = match parts.first() {
+        Some(BytesFrame::Integer(n)) => (*n).max(0) as usize,
+        _ => 0,
+    };
+    let text = |f: &BytesFrame| match f {
+        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => {
+            std::str::from_utf8(b).ok().map(str::to_string)
+        }
+        BytesFrame::Integer(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let users = parts[1.min(parts.len())..]
+        .chunks_exact(3)
+        .filter_map(|c| {
+            let user = text(&c[0])?;
+            let connections = text(&c[1])?.parse().unwrap_or(0);
+            let meta = text(&c[2])?;
+            let (since, info) = meta.split_once('\n').unwrap_or((&meta, ""));
+            let info = (!info.is_empty())
+                .then(|| serde_json::value::RawValue::from_string(info.to_string()).ok())
+                .flatten();
+            Some(ListedUser {
+                user,
+                connections,
+                since: since.parse().unwrap_or(0),
+                info,
+            })
+        })
+        .collect();
+    Listing { members, users }
+}
+
+/// Jump consistent hash (Lamping and Veach, 2014): a bucket in `0..n`
+/// that moves for only 1/n of the keys when a bucket is added.
+pub fn jump_hash(mut key: u64, n: usize) -> usize {
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < n as i64 {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_hash_is_stable_and_moves_few_keys() {
+        let keys: Vec<u64> = (0..10_000u64)
+            .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        for &k in &keys {
+            assert_eq!(jump_hash(k, 1), 0);
+            assert!(jump_hash(k, 5) < 5);
+        }
+        let moved = keys
+            .iter()
+            .filter(|&&k| jump_hash(k, 4) != jump_hash(k, 5))
+            .count();
+        // A fifth of the keys move to the new bucket, none between old ones.
+        assert!((1500..2500).contains(&moved), "{moved}");
+        for &k in &keys {
+            let (a, b) = (jump_hash(k, 4), jump_hash(k, 5));
+            assert!(a == b || b == 4);
+        }
+        let mut per = [0usize; 3];
+        for &k in &keys {
+            per[jump_hash(k, 3)] += 1;
+        }
+        assert!(per.iter().all(|&c| (3000..3700).contains(&c)), "{per:?}");
+    }
+
+    #[test]
+    fn listings_parse_and_junk_is_empty() {
+        let frame = BytesFrame::Array(vec![
+            BytesFrame::Integer(2),
+            BytesFrame::BulkString("alice".into()),
+            BytesFrame::BulkString("3".into()),
+            BytesFrame::BulkString("1700000000000\n{\"a\":1}".into()),
+            BytesFrame::BulkString("bob".into()),
+            BytesFrame::BulkString("1".into()),
+            BytesFrame::BulkString("5\n".into()),
+        ]);
+        let l = listing(&frame);
+        assert_eq!(l.members, 2);
+        assert_eq!(l.users.len(), 2);
+        assert_eq!(
+            (
+                l.users[0].user.as_str(),
+                l.users[0].connections,
+                l.users[0].since
+            ),
+            ("alice", 3, 1_700_000_000_000)
+        );
+        assert_eq!(l.users[0].info.as_ref().map(|i| i.get()), Some("{\"a\":1}"));
+        assert!(l.users[1].info.is_none());
+        assert_eq!(listing(&BytesFrame::Null).members, 0);
+    }
+}

@@ -1,0 +1,201 @@
+//! The Lua scripts that keep presence, the per-user cap and node liveness
+//! in Redis. Each runs atomically, so a change and the `user_joined` /
+//! `user_left` it causes are one step, published on the room's channel in
+//! the same order as its messages.
+//!
+//! Keys (`P` is `--cluster-prefix`; each lives on its room's or user's
+//! shard, the node keys on every shard):
+//!
+//! ```text
+//! P:ru:<room>               hash user -> connections in the room, all nodes
+//! P:rm:<room>               hash user -> "<since ms>\n<info>"
+//! P:rn:<len>:<node>:<room>  hash user -> connections in the room on that node
+//! P:nr:<node>               hash room -> generation (rooms the node asserted)
+//! P:uc:<user>               hash node -> the user's connections on that node
+//! P:nu:<node>               hash user -> generation (users the node asserted)
+//! P:nodes                   zset node -> last heartbeat (Redis time, ms)
+//! ```
+//!
+//! Channels: `P:r:<room>`, `P:u:<user>`, `P:all`, `P:n:<node>` (the node's
+//! own heartbeat, which proves its subscriber connection hears).
+//!
+//! A node only ever asserts absolute numbers ("this node holds n"), so
+//! saying it again after a reconnect changes nothing, and a generation per
+//! connection lets one sweep remove what the node no longer holds.
+
+/// Functions every script shares.
+const COMMON: &str = r#"
+local function rn_key(p, node, room) return p..':rn:'..#node..':'..node..':'..room end
+
+-- This node now holds n connections of user in room; announce the user's
+-- arrival or departure over all nodes.
+local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
+  local ru, rm, rn = p..':ru:'..room, p..':rm:'..room, rn_key(p, node, room)
+  local old = tonumber(redis.call('HGET', rn, user) or '0')
+  if n > 0 then
+    redis.call('HSET', rn, user, n)
+    redis.call('HSET', p..':nr:'..node, room, gen)
+  elseif old > 0 then
+    redis.call('HDEL', rn, user)
+    if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', p..':nr:'..node, room) end
+  end
+  local delta = n - old
+  if delta == 0 then return end
+  local total = redis.call('HINCRBY', ru, user, delta)
+  if total <= 0 then
+    redis.call('HDEL', ru, user)
+    redis.call('HDEL', rm, user)
+    local members = redis.call('HLEN', ru)
+    if total - delta > 0 and members < limit then
+      redis.call('PUBLISH', p..':r:'..room, 'L '..node..' '..members..' '..#user..'\n'..user)
+    end
+  elseif delta > 0 then
+    local meta = redis.call('HGET', rm, user)
+    local first = meta and string.match(meta, '^(%d+)') or since
+    redis.call('HSET', rm, user, first..'\n'..info)
+    if total == delta then
+      local members = redis.call('HLEN', ru)
+      if members <= limit then
+        redis.call('PUBLISH', p..':r:'..room,
+          'J '..node..' '..conn..' '..members..' '..#user..'\n'..user..info)
+      end
+    end
+  end
+end
+
+-- The room's member count, then up to k users as (user, connections, meta).
+local function listing(p, room, k)
+  local ru, rm = p..':ru:'..room, p..':rm:'..room
+  local out = {redis.call('HLEN', ru)}
+  if k <= 0 then return out end
+  local some = redis.call('HRANDFIELD', ru, k, 'WITHVALUES')
+  for i = 1, #some, 2 do
+    out[#out + 1] = some[i]
+    out[#out + 1] = some[i + 1]
+    out[#out + 1] = redis.call('HGET', rm, some[i]) or '0\n'
+  end
+  return out
+end
+
+-- Remove what node asserted before generation below (0: everything).
+local function forget(p, node, limit, below)
+  local nr, nu = p..':nr:'..node, p..':nu:'..node
+  local rooms = redis.call('HGETALL', nr)
+  for i = 1, #rooms, 2 do
+    if below == 0 or tonumber(rooms[i + 1]) < below then
+      local room = rooms[i]
+      local held = redis.call('HGETALL', rn_key(p, node, room))
+      for j = 1, #held, 2 do
+        set_user(p, room, node, held[j], 0, '0', '', '-', limit, 0)
+      end
+      redis.call('DEL', rn_key(p, node, room))
+      redis.call('HDEL', nr, room)
+    end
+  end
+  local users = redis.call('HGETALL', nu)
+  for i = 1, #users, 2 do
+    if below == 0 or tonumber(users[i + 1]) < below then
+      redis.call('HDEL', p..':uc:'..users[i], node)
+      redis.call('HDEL', nu, users[i])
+    end
+  end
+end
+"#;
+
+/// `SET p room node user n since info conn limit list gen`: one presence
+/// change; answers the listing (`list` users, 0 for the count alone).
+const SET: &str = r#"
+local a = ARGV
+set_user(a[1], a[2], a[3], a[4], tonumber(a[5]), a[6], a[7], a[8], tonumber(a[9]), a[11])
+return listing(a[1], a[2], tonumber(a[10]))
+"#;
+
+/// `QUERY p room list`: the listing.
+const QUERY: &str = r#"
+return listing(ARGV[1], ARGV[2], tonumber(ARGV[3]))
+"#;
+
+/// `SYNC p room node limit gen (user n since info)*`: replace everything
+/// this node asserted about the room (after a reconnect).
+const SYNC: &str = r#"
+local p, room, node, limit, gen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local listed = {}
+for i = 6, #ARGV, 4 do
+  listed[ARGV[i]] = true
+  set_user(p, room, node, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], '-', limit, gen)
+end
+local held = redis.call('HGETALL', rn_key(p, node, room))
+for j = 1, #held, 2 do
+  if not listed[held[j]] then set_user(p, room, node, held[j], 0, '0', '', '-', limit, gen) end
+end
+return 1
+"#;
+
+/// `USER p user node n cap gen`: this node holds n connections of user.
+/// Answers 0 (and changes nothing) when that would put the user over `cap`
+/// connections over all nodes (`cap` 0: no check).
+const USER: &str = r#"
+local p, user, node, n, cap, gen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local uc = p..':uc:'..user
+local old = tonumber(redis.call('HGET', uc, node) or '0')
+if cap > 0 and n > old then
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', uc)) do total = total + tonumber(v) end
+  if total - old + n > cap then return 0 end
+end
+if n > 0 then
+  redis.call('HSET', uc, node, n)
+  redis.call('HSET', p..':nu:'..node, user, gen)
+else
+  redis.call('HDEL', uc, node)
+  redis.call('HDEL', p..':nu:'..node, user)
+end
+return 1
+"#;
+
+/// `BEAT p node dead_after_ms limit max_reaped`: this node is alive (and
+/// hears its own channel); nodes silent for `dead_after_ms` are forgotten,
+/// their users' `user_left` announced. Answers [live nodes, reaped].
+const BEAT: &str = r#"
+local p, node, dead_after, limit, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nodes = p..':nodes'
+redis.call('ZADD', nodes, now, node)
+redis.call('PUBLISH', p..':n:'..node, 'H')
+local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, most)
+for _, d in ipairs(dead) do
+  forget(p, d, limit, 0)
+  redis.call('ZREM', nodes, d)
+end
+return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), #dead}
+"#;
+
+/// `SWEEP p node limit gen`: forget what this node asserted before `gen`
+/// (after a reconnect's re-assertion); `gen` 0 forgets everything and the
+/// node itself (shutdown).
+const SWEEP: &str = r#"
+local p, node, limit, gen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+forget(p, node, limit, gen)
+if gen == 0 then redis.call('ZREM', p..':nodes', node) end
+return 1
+"#;
+
+/// The scripts, in the order of [`Script`].
+pub const ALL: [&str; 6] = [SET, QUERY, SYNC, USER, BEAT, SWEEP];
+
+/// Which script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    Set = 0,
+    Query = 1,
+    Sync = 2,
+    User = 3,
+    Beat = 4,
+    Sweep = 5,
+}
+
+/// Script `i`'s full text (the shared functions, then its body).
+pub fn source(i: usize) -> String {
+    format!("{COMMON}{}", ALL[i])
+}

@@ -1,0 +1,294 @@
+//! Cluster mode as the hub sees it (DESIGN.md §6): values only.
+//!
+//! With [`super::HubConfig::cluster`] on, what crosses nodes leaves the hub
+//! as outputs — a [`Channel`] to publish on, subscribe to or leave; a
+//! user's absolute connection count in a room ([`PresenceChange`]) or on
+//! this node ([`super::Output::UserConns`]) — and comes back through
+//! `Hub::handle_cluster_*` calls: what a channel delivered (an
+//! [`Envelope`]), a room's cluster-wide [`Listing`], a granted or refused
+//! connection. The driver owns the Redis links; the hub never learns that
+//! Redis exists.
+//!
+//! Envelopes are what travels on a channel: one ASCII header line, then the
+//! body. The header names the node that sent it (so the sender's own
+//! connection can be skipped there) and the body of `F` is the WebSocket
+//! frame itself, encoded once by the sender and delivered by every node
+//! without decoding it again:
+//!
+//! ```text
+//! F <node> <conn|->\n<frame>                       a frame for the channel's members
+//! J <node> <conn|-> <members> <user len>\n<user><info>   user_joined (from a script)
+//! L <node> <members> <user len>\n<user>                  user_left (from a script)
+//! D <code>\n<text>                                       close every connection of the user
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::ConnId;
+
+/// Where a cluster message goes: one channel per room, per user, and one
+/// for everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Room(Arc<str>),
+    User(Arc<str>),
+    All,
+}
+
+/// A request whose answer the hub waits for (it then replies to `conn`).
+#[derive(Debug)]
+pub struct Pending {
+    pub conn: ConnId,
+    pub kind: PendingKind,
+    /// The client's `ref`, echoed in the reply.
+    pub reference: Option<Box<RawValue>>,
+}
+
+/// What the hub answers once the cluster has.
+#[derive(Debug, Clone)]
+pub enum PendingKind {
+    /// `joined` (with `details` if asked).
+    Joined { room: Arc<str>, details: bool },
+    /// `left`.
+    Left { room: Arc<str> },
+    /// `presence`.
+    Presence { room: Arc<str>, details: bool },
+    /// A `private` to a user with no connection here: `user_offline` if no
+    /// node holds one either.
+    Private,
+}
+
+/// This node's connections of `user` in `room` are now `connections`
+/// (absolute, so re-asserting it is harmless). The cluster announces
+/// `user_joined` / `user_left` when the user's count over all nodes
+/// leaves or reaches 0.
+#[derive(Debug)]
+pub struct PresenceChange {
+    pub room: Arc<str>,
+    pub user: Arc<str>,
+    pub connections: u32,
+    /// When the user's first connection here joined, Unix milliseconds.
+    pub since: u64,
+    /// The user's info (kept with their presence in the room).
+    pub info: Option<Box<RawValue>>,
+    /// The connection that changed it (skipped by its own `user_joined`).
+    pub conn: ConnId,
+    /// Answer with the room's listing afterwards.
+    pub reply: Option<Pending>,
+}
+
+/// A room's users over the whole cluster.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Distinct users in the room.
+    pub members: usize,
+    /// Some of them (up to the member list limit).
+    pub users: Vec<ListedUser>,
+}
+
+/// One user in a [`Listing`].
+#[derive(Debug)]
+pub struct ListedUser {
+    pub user: String,
+    pub connections: u32,
+    pub since: u64,
+    pub info: Option<Box<RawValue>>,
+}
+
+/// A parsed envelope (see the module docs).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Envelope<'a> {
+    Frame {
+        origin: &'a str,
+        except: Option<ConnId>,
+        frame: Bytes,
+    },
+    Joined {
+        origin: &'a str,
+        except: Option<ConnId>,
+        members: usize,
+        user: &'a str,
+        info: Option<&'a str>,
+    },
+    Left {
+        members: usize,
+        user: &'a str,
+    },
+    Disconnect {
+        code: u16,
+        text: &'a str,
+    },
+}
+
+/// The longest envelope header line read.
+const MAX_HEADER: usize = 512;
+
+impl<'a> Envelope<'a> {
+    /// Parse `payload`; `None` if it is not an envelope (another program
+    /// publishing on our channels): ignored, never trusted.
+    pub fn parse(payload: &'a Bytes) -> Option<Envelope<'a>> {
+        let end = payload.iter().take(MAX_HEADER).position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&payload[..end]).ok()?;
+        let body = &payload[end + 1..];
+        let mut words = header.split(' ');
+        let kind = words.next()?;
+        let envelope = match kind {
+            "F" => Envelope::Frame {
+                origin: words.next()?,
+                except: conn(words.next()?)?,
+                frame: payload.slice(end + 1..),
+            },
+            "J" => {
+                let origin = words.next()?;
+                let except = conn(words.next()?)?;
+                let members = words.next()?.parse().ok()?;
+                let len: usize = words.next()?.parse().ok()?;
+                let user = std::str::from_utf8(body.get(..len)?).ok()?;
+                let info = std::str::from_utf8(&body[len..]).ok()?;
+                Envelope::Joined {
+                    origin,
+                    except,
+                    members,
+                    user,
+                    info: (!info.is_empty()).then_some(info),
+                }
+            }
+            "L" => {
+                let _origin = words.next()?;
+                let members = words.next()?.parse().ok()?;
+                let len: usize = words.next()?.parse().ok()?;
+                if body.len() != len {
+                    return None;
+                }
+                Envelope::Left {
+                    members,
+                    user: std::str::from_utf8(body).ok()?,
+                }
+            }
+            "D" => Envelope::Disconnect {
+                code: words.next()?.parse().ok()?,
+                text: std::str::from_utf8(body).ok()?,
+            },
+            _ => return None,
+        };
+        words.next().is_none().then_some(envelope)
+    }
+}
+
+/// `"index.generation"` or `-`.
+fn conn(word: &str) -> Option<Option<ConnId>> {
+    if word == "-" {
+        return Some(None);
+    }
+    let (index, generation) = word.split_once('.')?;
+    Some(Some(ConnId {
+        index: index.parse().ok()?,
+        generation: generation.parse().ok()?,
+    }))
+}
+
+/// An `F` envelope: header and `frame`, in one buffer.
+pub fn frame_envelope(origin: &str, except: Option<ConnId>, frame: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(origin.len() + 24 + frame.len());
+    let _ = match except {
+        Some(id) => writeln!(out, "F {origin} {id}"),
+        None => writeln!(out, "F {origin} -"),
+    };
+    out.extend_from_slice(frame);
+    Bytes::from(out)
+}
+
+/// A `D` envelope.
+pub fn disconnect_envelope(code: u16, text: &str) -> Bytes {
+    Bytes::from(format!("D {code}\n{text}"))
+}
+
+/// A node name fit for envelope headers and key names: 1 to 64 bytes of
+/// letters, digits and `.` `_` `:` `-`.
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_strangers_are_ignored() {
+        let id = ConnId {
+            index: 7,
+            generation: 42,
+        };
+        let e = frame_envelope("a:1-00ff", Some(id), b"\x81\x02hi");
+        assert_eq!(
+            Envelope::parse(&e),
+            Some(Envelope::Frame {
+                origin: "a:1-00ff",
+                except: Some(id),
+                frame: Bytes::from_static(b"\x81\x02hi"),
+            })
+        );
+        let j = Bytes::from_static(b"J n1 3.4 2 5\nalice{\"a\":1}");
+        assert_eq!(
+            Envelope::parse(&j),
+            Some(Envelope::Joined {
+                origin: "n1",
+                except: Some(ConnId {
+                    index: 3,
+                    generation: 4
+                }),
+                members: 2,
+                user: "alice",
+                info: Some("{\"a\":1}"),
+            })
+        );
+        let l = Bytes::from_static(b"L n1 0 3\nbob");
+        assert_eq!(
+            Envelope::parse(&l),
+            Some(Envelope::Left {
+                members: 0,
+                user: "bob"
+            })
+        );
+        let d = disconnect_envelope(4000, "bye");
+        assert_eq!(
+            Envelope::parse(&d),
+            Some(Envelope::Disconnect {
+                code: 4000,
+                text: "bye"
+            })
+        );
+        for junk in [
+            &b""[..],
+            b"hello",
+            b"F n1\nx",
+            b"F n1 1.2 extra\nx",
+            b"J n1 - 1 9\nbob",
+            b"L n1 1 2\nbob",
+            b"X a b\n",
+            b"F n1 1\n",
+        ] {
+            assert_eq!(
+                Envelope::parse(&Bytes::copy_from_slice(junk)),
+                None,
+                "{junk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("host-1.example:8080"));
+        assert!(!valid_node_name(""));
+        assert!(!valid_node_name("a b"));
+        assert!(!valid_node_name("a\nb"));
+        assert!(!valid_node_name(&"x".repeat(65)));
+    }
+}
