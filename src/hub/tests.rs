@@ -2144,3 +2144,6 @@ fn a_reused_slot_does_not_inherit_info() {
     let welcome = t.only(new);
     assert!(welcome.get("info").is_none(), "{welcome}");
 }
+
+#[path = "cluster_tests.rs"]
+mod cluster_tests;
