@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [TARGET|all] [SECONDS]
 #
-# TARGET: decode, frames, hub_ops, requests, resp, or all (the default); SECONDS per target
+# TARGET: cluster_in, decode, frames, hub_ops, requests, resp, or all (the default); SECONDS per target
 # (default 600). Installs cargo-fuzz if missing, seeds fuzz/corpus/<target>
 # from the committed fuzz/seeds/<target>, runs the targets one after another
 # (one core each) and prints a summary. Exits non-zero if any target crashed;
@@ -19,14 +19,14 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-ALL=(decode frames hub_ops requests resp)
+ALL=(cluster_in decode frames hub_ops requests resp)
 target=${1:-all}
 seconds=${2:-600}
 sanitizer=${FUZZ_SANITIZER:-address}
 
 case "$target" in
 all) targets=("${ALL[@]}") ;;
-decode | frames | hub_ops | requests | resp) targets=("$target") ;;
+cluster_in | decode | frames | hub_ops | requests | resp) targets=("$target") ;;
 *)
     echo "usage: $0 [decode|frames|hub_ops|requests|resp|all] [SECONDS]" >&2
     exit 2

@@ -958,7 +958,7 @@ impl Cluster {
 }
 
 /// A listing script's reply: `[members, (user, connections, meta)*]`.
-fn listing(frame: &BytesFrame) -> Listing {
+pub fn listing(frame: &BytesFrame) -> Listing {
     let BytesFrame::Array(parts) = frame else {
         return Listing::default();
     };

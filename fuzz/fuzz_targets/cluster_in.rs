@@ -1,0 +1,160 @@
+//! What a cluster node takes in from Redis, as the driver hands it over:
+//! envelopes on channels (`Hub::handle_cluster_message`, from anything
+//! published on our channel names — another program, a corrupted Redis)
+//! and script replies (`driver::cluster::listing` over what the RESP
+//! reader makes of the same bytes, then `Hub::handle_cluster_answer`).
+//!
+//! Checks: no panic; every `Send` resolves to open hub sessions; every
+//! `Close` is of a connection the hub removed; the registry's invariants
+//! hold after each input; and an `F` envelope built by `frame_envelope`
+//! parses back to what went in.
+//!
+//! Input layout: records separated by 0xFF; a record's first byte picks
+//! the channel (room `r`, room `s`, user `ann`, user `bob`, all, or a room
+//! named by the next bytes up to a 0xFE) and the rest is the payload.
+#![no_main]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use switchboard::driver::cluster::{listing, resp::RespReader};
+use switchboard::hub::cluster::{frame_envelope, Envelope, Pending, PendingKind};
+use switchboard::hub::{ChannelName, ClusterAnswer, ConnId, Hub, Kind, OpenRequest, Output};
+use switchboard::HubConfig;
+
+const NODE: &str = "n1-00000001";
+
+fn drain(hub: &mut Hub) {
+    while let Some(out) = hub.poll_output() {
+        match out {
+            Output::Send { to, .. } => hub.for_each_recipient(to, |id| {
+                let s = hub.registry().session(id).expect("recipient is open");
+                assert_eq!(s.kind, Kind::Hub);
+            }),
+            Output::Close { conn, .. } => {
+                assert!(hub.registry().session(conn).is_none(), "closed {conn} still open")
+            }
+            Output::Presence(c) => {
+                if let Some(p) = c.reply {
+                    hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);
+                }
+            }
+            Output::Query { reply, .. } => hub.handle_cluster_answer(reply, ClusterAnswer::Unavailable),
+            _ => {}
+        }
+    }
+    hub.registry().check_invariants();
+}
+
+fuzz_target!(|data: &[u8]| {
+    let now = Instant::now();
+    let mut hub = Hub::new(
+        HubConfig {
+            cluster: true,
+            ..HubConfig::default()
+        },
+        now,
+    );
+    hub.set_node_id(Arc::from(NODE));
+    let mut ids = Vec::new();
+    for (i, (user, room)) in [("ann", "r"), ("ann", "s"), ("bob", "r"), ("cat", "s")]
+        .into_iter()
+        .enumerate()
+    {
+        let id = ConnId {
+            index: i as u32,
+            generation: 1,
+        };
+        let req = OpenRequest {
+            user: Some(user),
+            room: Some(room),
+            kind: Kind::Hub,
+            ..Default::default()
+        };
+        hub.handle_open(now, id, req).expect("open");
+        hub.handle_cluster_claim(now, id, true);
+        drain(&mut hub);
+        ids.push(id);
+    }
+    for record in data.split(|&b| b == 0xFF) {
+        let Some((&pick, rest)) = record.split_first() else {
+            continue;
+        };
+        let named;
+        let (channel, payload) = match pick % 6 {
+            0 => (ChannelName::Room("r"), rest),
+            1 => (ChannelName::Room("s"), rest),
+            2 => (ChannelName::User("ann"), rest),
+            3 => (ChannelName::User("bob"), rest),
+            4 => (ChannelName::All, rest),
+            _ => {
+                let end = rest.iter().position(|&b| b == 0xFE).unwrap_or(rest.len());
+                named = String::from_utf8_lossy(&rest[..end]).into_owned();
+                (ChannelName::Room(&named), rest.get(end + 1..).unwrap_or(&[]))
+            }
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        hub.handle_cluster_message(channel, &payload);
+        drain(&mut hub);
+        // The same bytes as Redis replies to a listing question.
+        let mut reader = RespReader::new(1 << 16);
+        let mut src: &[u8] = &payload;
+        while let Ok(n) = reader.read_from(&mut src) {
+            if n == 0 {
+                break;
+            }
+        }
+        while let Ok(Some(frame)) = reader.next_frame() {
+            let l = listing(&frame);
+            for &id in &ids {
+                let pending = Pending {
+                    conn: id,
+                    kind: PendingKind::Joined {
+                        room: Arc::from("r"),
+                        details: pick & 1 == 0,
+                    },
+                    reference: None,
+                };
+                let copy = switchboard::hub::cluster::Listing {
+                    members: l.members,
+                    users: Vec::new(),
+                };
+                hub.handle_cluster_answer(pending, ClusterAnswer::Listing(copy));
+            }
+            let pending = Pending {
+                conn: ids[0],
+                kind: PendingKind::Presence {
+                    room: Arc::from("s"),
+                    details: true,
+                },
+                reference: None,
+            };
+            hub.handle_cluster_answer(pending, ClusterAnswer::Listing(l));
+            drain(&mut hub);
+        }
+        // An F envelope round-trips whatever its frame bytes.
+        let except = ConnId {
+            index: pick as u32,
+            generation: rest.len() as u32,
+        };
+        let e = frame_envelope(NODE, Some(except), rest);
+        match Envelope::parse(&e) {
+            Some(Envelope::Frame {
+                origin,
+                except: Some(x),
+                frame,
+            }) => {
+                assert_eq!((origin, x, &frame[..]), (NODE, except, rest));
+            }
+            other => panic!("F envelope parsed as {other:?}"),
+        }
+    }
+    for id in ids {
+        hub.handle_closed(id);
+        drain(&mut hub);
+    }
+    assert!(hub.registry().is_empty());
+    assert_eq!(hub.registry().room_count(), 0);
+});
