@@ -6,7 +6,19 @@
 #   scripts/bench.sh fanout [N] [K]      deliveries/s to N subscribers, K messages in flight
 #   scripts/bench.sh latency [N] [RATE]  publish→delivery percentiles at RATE msg/s
 #   scripts/bench.sh echo [N]            round trips/s, N connections with one message each
+#   scripts/bench.sh joins [N]           join/leave pairs/s, N connections one request each
 #   scripts/bench.sh all                 the issue's target table
+#
+# Cluster mode (a local redis-server, started and stopped here; nodes on
+# core 0, Redis and the load tool on core 1):
+#   scripts/bench.sh cluster-fanout [N] [K]   one node, --cluster on, every member local
+#   scripts/bench.sh cluster-latency [N] [RATE]  N subscribers over nodes A and B,
+#                                        the publisher on node C, RATE msg/s
+#   scripts/bench.sh cluster-publish [K]  publishes/s one node pushes through one Redis
+#                                        (one subscriber on another node, K in flight),
+#                                        with Redis's CPU per 10,000 publishes
+#   scripts/bench.sh cluster-joins [N]    join/leave pairs/s over two nodes (presence scripts)
+#   scripts/bench.sh cluster             all of the above, beside their single-node figures
 #
 # SERVER_FLAGS adds daemon flags; LOAD_FLAGS adds load-tool flags.
 # SERVER_CMD replaces the switchboard command line with another server's (run
@@ -126,7 +138,123 @@ PY
   rm -f "$out"
 }
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A local Redis for the cluster runs (REDIS_PORT, REDIS_PID).
+start_redis() {
+  command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
+  REDIS_PORT=$(free_port)
+  $PIN_L redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --loglevel warning >&2 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do
+    if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then return; fi
+    sleep 0.05
+  done
+  echo "redis-server did not start" >&2
+  exit 1
+}
+
+# Redis's CPU seconds so far (user + system).
+redis_cpu() {
+  redis-cli -p "$REDIS_PORT" info cpu | tr -d '\r' |
+    awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {printf "%.6f", t}'
+}
+
+# Start cluster nodes on core 0 (NODE_PORTS, NODE_PIDS).
+start_nodes() {
+  NODE_PORTS=()
+  NODE_PIDS=()
+  for _ in $(seq "$1"); do
+    local port
+    port=$(free_port)
+    # shellcheck disable=SC2086
+    $PIN_S "$SERVER" --listen "127.0.0.1:$port" --log-level warn --max-connections 19500 \
+      --max-connections-per-user 100000 --rate-limit 0 \
+      --cluster "redis://127.0.0.1:$REDIS_PORT" ${SERVER_FLAGS:-} &
+    NODE_PIDS+=($!)
+    NODE_PORTS+=("$port")
+  done
+  trap stop_cluster EXIT
+  for port in "${NODE_PORTS[@]}"; do
+    for _ in $(seq 100); do
+      if curl -fs "http://127.0.0.1:$port/stats" | grep -q '"state":"up"'; then break; fi
+      sleep 0.05
+    done
+  done
+}
+
+stop_cluster() {
+  trap - EXIT
+  for pid in "${NODE_PIDS[@]:-}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${NODE_PIDS[@]:-}"; do wait "$pid" 2>/dev/null || true; done
+  kill -TERM "$REDIS_PID" 2>/dev/null || true
+  wait "$REDIS_PID" 2>/dev/null || true
+}
+
+# Run the load tool against the started nodes; prints its JSON with the
+# nodes' CPU seconds and Redis's CPU seconds added.
+run_cluster_load() {
+  local cpu0=0 rcpu0 out
+  for pid in "${NODE_PIDS[@]}"; do cpu0=$((cpu0 + $(cpu_ticks "$pid"))); done
+  rcpu0=$(redis_cpu)
+  out=$(mktemp)
+  # shellcheck disable=SC2086
+  $PIN_L "$LOAD" "$@" ${LOAD_FLAGS:-} 2>/dev/null > "$out"
+  local cpu1=0
+  for pid in "${NODE_PIDS[@]}"; do cpu1=$((cpu1 + $(cpu_ticks "$pid"))); done
+  python3 - "$out" "$(( (cpu1 - cpu0) * TICK_US ))" "$rcpu0" "$(redis_cpu)" <<'PY'
+import json, sys
+res = json.load(open(sys.argv[1]))
+nodes_us, r0, r1 = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+res.update(nodes_cpu_s=nodes_us / 1e6, redis_cpu_s=round(r1 - r0, 3))
+pubs = res.get("messages_completed")
+if pubs:
+    res.update(redis_cpu_ms_per_10k_publishes=round((r1 - r0) * 1e3 * 10000 / pubs, 2))
+print(json.dumps(res))
+PY
+  rm -f "$out"
+  stop_cluster
+}
+
 case "${1:-all}" in
+  joins) run_load --mode joins --conns "${2:-100}" --duration "${DURATION:-5}" ;;
+  cluster-fanout)
+    start_redis
+    SERVER_FLAGS="${SERVER_FLAGS:-} --cluster redis://127.0.0.1:$REDIS_PORT" \
+      run_load --mode fanout --conns "${2:-1000}" --in-flight "${3:-16}" --messages "${MESSAGES:-20000}" --wait-joined
+    kill -TERM "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
+    ;;
+  cluster-latency)
+    start_redis
+    start_nodes 3
+    run_cluster_load --server "127.0.0.1:${NODE_PORTS[2]}" \
+      --subscribers-on "127.0.0.1:${NODE_PORTS[0]},127.0.0.1:${NODE_PORTS[1]}" --wait-joined \
+      --mode latency --conns "${2:-1000}" --rate "${3:-100}" --duration "${DURATION:-10}"
+    ;;
+  cluster-publish)
+    start_redis
+    start_nodes 2
+    run_cluster_load --server "127.0.0.1:${NODE_PORTS[1]}" \
+      --subscribers-on "127.0.0.1:${NODE_PORTS[0]}" --wait-joined \
+      --mode fanout --conns 1 --in-flight "${2:-256}" --messages "${MESSAGES:-200000}" --payload 100
+    ;;
+  cluster-joins)
+    start_redis
+    start_nodes 2
+    run_cluster_load --server "127.0.0.1:${NODE_PORTS[0]}" \
+      --subscribers-on "127.0.0.1:${NODE_PORTS[0]},127.0.0.1:${NODE_PORTS[1]}" \
+      --mode joins --conns "${2:-100}" --duration "${DURATION:-5}"
+    ;;
+  cluster)
+    "$0" fanout 1000 16
+    "$0" cluster-fanout 1000 16
+    "$0" latency 1000 100
+    "$0" cluster-latency 1000 100
+    "$0" cluster-publish 256
+    "$0" joins 100
+    "$0" cluster-joins 100
+    ;;
   idle) run_idle "${2:-10000}" ;;
   fanout) run_load --mode fanout --conns "${2:-1000}" --in-flight "${3:-1}" --messages "${MESSAGES:-20000}" ;;
   latency) run_load --mode latency --conns "${2:-1000}" --rate "${3:-100}" --duration "${DURATION:-10}" ;;
@@ -140,5 +268,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) sed -n '2,33p' "$0"; exit 2 ;;
 esac

@@ -43,6 +43,8 @@ pub(crate) enum Role {
     Echo,
     /// Soak mode: a churning client.
     Soak,
+    /// Joins mode: joins and leaves a room, one request at a time.
+    Joiner,
 }
 
 /// What a connection knows about its part in the run.
@@ -126,6 +128,7 @@ impl Conn {
                 Role::Subscriber => format!("/ws/{}?user=u{idx}", s.opts.room),
                 Role::Publisher => format!("/ws/{}?user=publisher", s.opts.room),
                 Role::Echo => "/echo".to_string(),
+                Role::Joiner => format!("/ws?user=j{idx}"),
                 Role::Soak => match self.peer.url_room {
                     Some(k) => format!("/ws/soak-{k}?user=s{}", self.peer.user),
                     None => format!("/ws?user=s{}", self.peer.user),
@@ -290,10 +293,18 @@ fn on_text(peer: &mut Peer, tx: &mut TxBuf, s: &mut Shared, text: &[u8], now_ns:
         return;
     }
     if !peer.ready {
-        if is_type(text, b"welcome") {
+        // With --wait-joined a connection to `/ws/<room>` is ready once it
+        // is in the room (in cluster mode `joined` follows `welcome` after a
+        // round trip to Redis; the peers send no `joined`).
+        let in_room = s.opts.wait_joined && matches!(peer.role, Role::Subscriber | Role::Publisher);
+        if is_type(text, if in_room { b"joined" } else { b"welcome" }) {
             peer.ready = true;
             s.on_ready(peer.role);
         }
+        return;
+    }
+    if peer.role == Role::Joiner {
+        s.on_joins(peer, tx, text, now_ns);
         return;
     }
     if peer.role == Role::Subscriber && is_type(text, b"message") {

@@ -12,7 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::conn::{Conn, Peer, Role, State, Why};
 use crate::framing::{
-    digits_at, find, number_after, push_frame, RxBuf, TxBuf, OP_CLOSE, OP_TEXT, RX_INITIAL,
+    digits_at, find, is_type, number_after, push_frame, RxBuf, TxBuf, OP_CLOSE, OP_TEXT, RX_INITIAL,
 };
 use crate::net::{connect_from, fresh_subnet};
 use crate::report::Histogram;
@@ -230,9 +230,44 @@ impl Shared {
 
     fn echo_send(&mut self, peer: &mut Peer, tx: &mut TxBuf, now_ns: u64) {
         let mask = self.mask();
+        if peer.role == Role::Joiner {
+            // Joins mode: join the peer's room, or leave it once joined.
+            let room = peer.user % self.opts.rooms as u64;
+            let msg = if peer.joined.is_empty() {
+                format!(r#"{{"type":"join","room":"j{room}"}}"#)
+            } else {
+                format!(r#"{{"type":"leave","room":"j{room}"}}"#)
+            };
+            push_frame(&mut tx.buf, OP_TEXT, msg.as_bytes(), mask);
+            if peer.joined.is_empty() {
+                peer.sent_at = now_ns;
+            }
+            peer.waiting = true;
+            return;
+        }
         push_frame(&mut tx.buf, OP_TEXT, &self.echo_msg, mask);
         peer.sent_at = now_ns;
         peer.waiting = true;
+    }
+
+    /// Joins mode: a reply to the peer's join or leave.
+    pub(crate) fn on_joins(&mut self, peer: &mut Peer, tx: &mut TxBuf, text: &[u8], now_ns: u64) {
+        let joined = is_type(text, b"joined");
+        if !peer.waiting || !(joined || is_type(text, b"left")) {
+            // Presence events of the room (others joining and leaving).
+            return;
+        }
+        peer.waiting = false;
+        if joined {
+            peer.joined.push(0);
+        } else {
+            peer.joined.clear();
+            self.round_trips += 1;
+            self.hist.record(now_ns.saturating_sub(peer.sent_at));
+        }
+        if self.phase == Phase::Run || joined {
+            self.echo_send(peer, tx, now_ns);
+        }
     }
 
     pub(crate) fn on_echo(&mut self, peer: &mut Peer, tx: &mut TxBuf, text: &[u8], now_ns: u64) {
@@ -272,6 +307,7 @@ impl Load {
             Mode::Idle => Role::Holder,
             Mode::Fanout | Mode::Latency => Role::Subscriber,
             Mode::Echo => Role::Echo,
+            Mode::Joins => Role::Joiner,
             Mode::Soak => Role::Soak,
         };
         let main = opts.conns;
@@ -294,7 +330,7 @@ impl Load {
         };
         let now = Instant::now();
         let echo_msg = vec![b'x'; opts.payload];
-        if opts.mode == Mode::Soak {
+        if matches!(opts.mode, Mode::Soak | Mode::Joins) {
             for (i, conn) in conns.iter_mut().enumerate() {
                 conn.peer.user = i as u64;
             }
@@ -439,7 +475,11 @@ impl Load {
         let source = self.sources[(idx + gen as usize - 1) % self.sources.len()];
         conn.state = State::Connecting;
         let role = conn.peer.role;
-        let started = connect_from(source, self.s.opts.server).and_then(|std| {
+        let target = match (&self.s.opts.subscribers_on[..], role) {
+            ([], _) | (_, Role::Publisher) => self.s.opts.server,
+            (servers, _) => servers[idx % servers.len()],
+        };
+        let started = connect_from(source, target).and_then(|std| {
             let mut stream = TcpStream::from_std(std);
             // Idle holders only ever send pongs: spare the connect rate a syscall.
             if role != Role::Holder {
@@ -569,7 +609,7 @@ impl Load {
         eprintln!("READY");
         match s.opts.mode {
             Mode::Idle => s.phase = Phase::Hold(now + s.opts.hold),
-            Mode::Echo | Mode::Soak => self.start_run(now),
+            Mode::Echo | Mode::Soak | Mode::Joins => self.start_run(now),
             Mode::Fanout | Mode::Latency => {
                 s.phase = Phase::Publisher;
                 self.open_limit += 1;
@@ -595,7 +635,7 @@ impl Load {
                 }
                 eprintln!("publishing to {live} subscribers");
             }
-            Mode::Echo => {
+            Mode::Echo | Mode::Joins => {
                 for idx in 0..self.main {
                     let conn = &mut self.conns[idx];
                     if !conn.is_live() {
@@ -660,7 +700,7 @@ impl Load {
                     self.publish(now);
                 }
             }
-            Mode::Echo => {
+            Mode::Echo | Mode::Joins => {
                 if now >= start + s.opts.duration {
                     s.end_at = Some(now);
                     s.phase = Phase::Done;
@@ -699,7 +739,7 @@ impl Load {
                         + Duration::from_secs_f64(s.sent as f64 / s.opts.rate);
                 }
             }
-            Mode::Idle | Mode::Echo | Mode::Soak => {}
+            Mode::Idle | Mode::Echo | Mode::Soak | Mode::Joins => {}
         }
         if let Err(why) = conn.flush() {
             self.fail(idx, why);
@@ -726,7 +766,9 @@ impl Load {
                     Mode::Latency => {
                         next = next.min(self.next_send()).min(start + self.s.opts.duration)
                     }
-                    Mode::Echo | Mode::Soak => next = next.min(start + self.s.opts.duration),
+                    Mode::Echo | Mode::Soak | Mode::Joins => {
+                        next = next.min(start + self.s.opts.duration)
+                    }
                     Mode::Fanout | Mode::Idle => {}
                 }
             }
@@ -748,6 +790,7 @@ impl Load {
             ),
             Phase::Run | Phase::Drain(_) | Phase::Closing(_) => match s.opts.mode {
                 Mode::Echo => eprintln!("[{at:.1}s] echo: {} round trips", s.round_trips),
+                Mode::Joins => eprintln!("[{at:.1}s] joins: {} join/leave pairs", s.round_trips),
                 Mode::Soak => {
                     let k = &s.soak;
                     let ops: u64 = k.ops.iter().sum();

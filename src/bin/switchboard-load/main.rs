@@ -11,6 +11,7 @@
 //!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K]
 //!     [--messages M] [--rate PER_SEC] [--hold SECS] [--duration SECS]
 //!     [--rooms R] [--seed S] [--connect-window C] [--sources S] [--busy-poll]
+//!     [--subscribers-on IP:PORT,IP:PORT…] [--wait-joined]
 //! ```
 //!
 //! Modes:
@@ -34,6 +35,11 @@
 //! - `echo`: N connections to `/echo`, each keeping one text message of
 //!   `--payload` bytes in flight for `--duration` seconds; reports round trips
 //!   per second.
+//! - `joins`: N connections (`/ws?user=j<i>`, spread over `--subscribers-on`
+//!   if given), each joining room `j<i mod R>` (`--rooms`, default 50) and
+//!   leaving it again, one request in flight, for `--duration` seconds;
+//!   reports join/leave pairs per second (in cluster mode: the cost of the
+//!   presence scripts) and the time from `join` to `left`.
 //! - `soak`: churn for `--duration` seconds (default 120) with about N clients
 //!   (default 5000). Client `i` connects as `s<i>` (to `/ws` or, half of the
 //!   time, `/ws/soak-<k>`), and then, on a random schedule, does one of: join
@@ -113,6 +119,10 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
                        (a.b new for each run)
+  --subscribers-on A,B fanout, latency: subscribers connect to these servers,
+                       round-robin (a cluster's nodes); the publisher to --server
+  --wait-joined        fanout, latency: start once every connection has its
+                       `joined` (cluster mode), not just its `welcome`
   --busy-poll          poll without sleeping (spins its core): on loopback
                        the server's send pays for waking a sleeping reader,
                        which separate client machines would not charge it
@@ -131,6 +141,7 @@ enum Mode {
     Latency,
     Echo,
     Soak,
+    Joins,
 }
 
 impl Mode {
@@ -141,6 +152,7 @@ impl Mode {
             Mode::Latency => "latency",
             Mode::Echo => "echo",
             Mode::Soak => "soak",
+            Mode::Joins => "joins",
         }
     }
 
@@ -165,6 +177,11 @@ struct Opts {
     connect_window: usize,
     sources: u8,
     busy_poll: bool,
+    /// Fanout/latency: servers the subscribers spread over, round-robin
+    /// (empty: `server`); the publisher always uses `server`.
+    subscribers_on: Vec<SocketAddr>,
+    /// Subscribers and publisher are ready at `joined`, not `welcome`.
+    wait_joined: bool,
     rooms: u32,
     seed: u64,
 }
@@ -224,6 +241,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
         connect_window: 500,
         sources: 8,
         busy_poll: false,
+        subscribers_on: Vec::new(),
+        wait_joined: false,
         rooms: 50,
         seed: 1,
     };
@@ -239,6 +258,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
                     "fanout" => Mode::Fanout,
                     "latency" => Mode::Latency,
                     "echo" => Mode::Echo,
+                    "joins" => Mode::Joins,
                     "soak" => Mode::Soak,
                     other => {
                         return Err(format!(
@@ -262,6 +282,13 @@ fn parse_args() -> Result<Option<Opts>, String> {
             }
             Long("sources") => opts.sources = number(&mut parser, "sources", 1)?,
             Long("busy-poll") => opts.busy_poll = true,
+            Long("wait-joined") => opts.wait_joined = true,
+            Long("subscribers-on") => {
+                opts.subscribers_on = string(&mut parser, "subscribers-on")?
+                    .split(',')
+                    .map(parse_server)
+                    .collect::<Result<_, _>>()?
+            }
             _ => return Err(arg.unexpected().to_string()),
         }
     }

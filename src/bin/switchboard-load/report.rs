@@ -81,6 +81,14 @@ impl Load {
                 r.add_object("rtt_us", s.hist.summary());
                 r.add("bad_echo", s.bad_echo);
             }
+            Mode::Joins => {
+                r.add("rooms", o.rooms);
+                r.add("duration_s", round(o.duration.as_secs_f64(), 3));
+                r.add("elapsed_s", round(elapsed, 3));
+                r.add("pairs", s.round_trips);
+                r.add("pairs_per_sec", per_sec(s.round_trips));
+                r.add_object("join_to_left_us", s.hist.summary());
+            }
             Mode::Soak => self.soak_report(&mut r, elapsed),
         }
         if o.mode != Mode::Soak {
