@@ -182,7 +182,7 @@ impl RedisUrl {
                     (!u.is_empty()).then(|| decode(u)).transpose()?,
                     Some(Secret::new(decode(p)?)),
                 ),
-                None => (Some(decode(auth)?), None),
+                None => return Err("a user needs a password (redis://user:password@host)".into()),
             },
         };
         Ok(RedisUrl {
@@ -582,8 +582,10 @@ impl Config {
                 self.hub.cluster = !self.cluster.is_empty();
             }
             "cluster_prefix" => {
-                if !crate::hub::cluster::valid_node_name(value) {
-                    return Err(err("1 to 64 letters, digits and . _ : -".into()));
+                // No `:`: it separates the prefix from the rest of a name,
+                // so no prefix is the start of another's key space.
+                if !crate::hub::cluster::valid_node_name(value) || value.contains(':') {
+                    return Err(err("1 to 64 letters, digits and . _ -".into()));
                 }
                 self.cluster_prefix = value.to_string();
             }
@@ -971,6 +973,7 @@ mod tests {
         assert!(c.hub.cluster);
         assert!(!run(&[], &[]).hub.cluster);
         assert!(parse(&["--node-name", "a b"], &[]).is_err());
+        assert!(parse(&["--cluster-prefix", "a:b"], &[]).is_err());
     }
 
     #[test]

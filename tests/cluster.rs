@@ -576,3 +576,55 @@ fn two_processes_share_one_port_with_reuse_port() {
     assert_eq!(nodes.len(), 2, "the kernel spread nothing: {nodes:?}");
     drop(b);
 }
+
+#[test]
+fn a_join_sent_before_the_welcome_is_kept_for_after_it() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut bob = n2.joined("/ws/early?user=bob");
+    // Right after the handshake, before the welcome can have come.
+    let mut ann = n1.client("/ws?user=ann");
+    ann.send_json(json!({"type": "join", "room": "early", "ref": 1}));
+    assert_eq!(ann.expect("welcome")["user"], "ann");
+    let j = ann.expect("joined");
+    assert_eq!(
+        (j["members"].as_u64(), j["ref"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(bob.expect("user_joined")["user"], "ann");
+}
+
+#[test]
+fn anonymous_users_on_two_nodes_are_two_users() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut a = n1.client("/ws/anon");
+    let mut b = n2.client("/ws/anon");
+    let ua = a.expect("welcome")["user"].as_str().unwrap().to_string();
+    let ub = b.expect("welcome")["user"].as_str().unwrap().to_string();
+    assert_ne!(ua, ub);
+    a.expect("joined");
+    let j = b.expect("joined");
+    assert_eq!(j["members"], 2, "{j}");
+    assert_eq!(a.expect("user_joined")["user"], ub.as_str());
+}
+
+#[test]
+fn a_node_taken_for_dead_comes_back_with_its_users() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut ann = n1.joined("/ws/z?user=ann");
+    let mut bob = n2.joined("/ws/z?user=bob");
+    ann.expect("user_joined");
+    // n2 freezes past the dead-node timeout: the others forget bob.
+    unsafe { libc::kill(n2.child.id() as i32, libc::SIGSTOP) };
+    let e = ann.expect("user_left");
+    assert_eq!(e["user"], "bob");
+    unsafe { libc::kill(n2.child.id() as i32, libc::SIGCONT) };
+    // Back: it finds itself forgotten (or its subscriber deaf, having
+    // missed its own heartbeats) and says again what it holds.
+    let e = ann.expect("user_joined");
+    assert_eq!(e["user"], "bob");
+    bob.send_json(json!({"type": "message", "room": "z", "data": "back"}));
+    assert_eq!(next_data(&mut ann)["data"], "back");
+}

@@ -6,8 +6,9 @@
 //!
 //! Checks: no panic; every `Send` resolves to open hub sessions; every
 //! `Close` is of a connection the hub removed; the registry's invariants
-//! hold after each input; and an `F` envelope built by `frame_envelope`
-//! parses back to what went in.
+//! hold after each input; an `F` envelope built by `frame_envelope`
+//! parses back to what went in, and one around anything but exactly one
+//! data frame is refused.
 //!
 //! Input layout: records separated by 0xFF; a record's first byte picks
 //! the channel (room `r`, room `s`, user `ann`, user `bob`, all, or a room
@@ -139,16 +140,23 @@ fuzz_target!(|data: &[u8]| {
             index: pick as u32,
             generation: rest.len() as u32,
         };
-        let e = frame_envelope(NODE, Some(except), rest);
+        let ws = switchboard::protocol::binary_frame(rest);
+        let e = frame_envelope(NODE, Some(except), &ws);
         match Envelope::parse(&e) {
             Some(Envelope::Frame {
                 origin,
                 except: Some(x),
                 frame,
             }) => {
-                assert_eq!((origin, x, &frame[..]), (NODE, except, rest));
+                assert_eq!((origin, x, &frame[..]), (NODE, except, &ws[..]));
             }
             other => panic!("F envelope parsed as {other:?}"),
+        }
+        // Raw bytes in an F envelope reach nobody unless they are exactly
+        // one data frame.
+        let raw = frame_envelope(NODE, None, rest);
+        if let Some(Envelope::Frame { frame, .. }) = Envelope::parse(&raw) {
+            assert!(matches!(frame[0], 0x81 | 0x82), "{frame:?}");
         }
     }
     for id in ids {

@@ -788,9 +788,9 @@ impl Driver {
             cluster::Event::Claim(id, granted) => {
                 self.hub.handle_cluster_claim(Instant::now(), id, granted)
             }
-            cluster::Event::Resync(shard) => {
+            cluster::Event::Resync(shard, subscribe) => {
                 if let Some(c) = &mut self.cluster {
-                    c.resync(shard, &self.hub);
+                    c.resync(shard, &self.hub, subscribe);
                 }
             }
         }

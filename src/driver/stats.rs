@@ -97,6 +97,7 @@ impl Driver {
                     "messages_received": c.counters.messages_received,
                     "reconnects": c.counters.reconnects,
                     "deaf": c.counters.deaf,
+                    "reasserts": c.counters.reasserts,
                     "pending_bytes": c.pending_bytes(),
                 }),
             },

@@ -139,7 +139,7 @@ impl<'a> Envelope<'a> {
             "F" => Envelope::Frame {
                 origin: words.next()?,
                 except: conn(words.next()?)?,
-                frame: payload.slice(end + 1..),
+                frame: is_data_frame(body).then(|| payload.slice(end + 1..))?,
             },
             "J" => {
                 let origin = words.next()?;
@@ -176,6 +176,30 @@ impl<'a> Envelope<'a> {
         };
         words.next().is_none().then_some(envelope)
     }
+}
+
+/// Whether `bytes` is exactly one complete, unmasked, final text or binary
+/// frame — all a node ever publishes, so nothing else published on our
+/// channels (a close, a fragment, a bad length) reaches a client.
+fn is_data_frame(bytes: &[u8]) -> bool {
+    let [b0, b1, rest @ ..] = bytes else {
+        return false;
+    };
+    if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != 0 {
+        return false;
+    }
+    let (len, rest) = match b1 & 0x7f {
+        126 => match rest {
+            [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) as u64, rest),
+            _ => return false,
+        },
+        127 => match rest.split_first_chunk::<8>() {
+            Some((n, rest)) => (u64::from_be_bytes(*n), rest),
+            None => return false,
+        },
+        n => (n as u64, rest),
+    };
+    len == rest.len() as u64
 }
 
 /// `"index.generation"` or `-`.
@@ -274,6 +298,10 @@ mod tests {
             b"L n1 1 2\nbob",
             b"X a b\n",
             b"F n1 1\n",
+            b"F n1 -\n\x88\x00",
+            b"F n1 -\n\x81\x05hi",
+            b"F n1 -\n\x01\x02hi",
+            b"F n1 -\n\x81\x82hi",
         ] {
             assert_eq!(
                 Envelope::parse(&Bytes::copy_from_slice(junk)),

@@ -407,3 +407,72 @@ impl T {
         self.discard(id);
     }
 }
+
+#[test]
+fn what_a_client_sends_before_its_welcome_waits_for_the_claim() {
+    let mut t = cluster();
+    let id = t.try_open(Some("ann"), None).unwrap();
+    t.take_cluster();
+    t.text(id, r#"{"type":"join","room":"early","ref":1}"#);
+    t.text(id, r#"{"type":"ping","ref":2}"#);
+    assert!(t.drain().is_empty(), "nothing handled before the welcome");
+    assert!(t.take_cluster().is_empty());
+    t.hub.handle_cluster_claim(t.now, id, true);
+    t.step();
+    let out = t.take_cluster();
+    let (changes, replies) = presence_changes(out);
+    assert_eq!(changes, [("early".into(), "ann".into(), 1)]);
+    for p in replies {
+        t.answer(p, ClusterAnswer::Unavailable);
+    }
+    let got: Vec<String> = t
+        .drain()
+        .iter()
+        .map(|(_, v)| v["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        got,
+        ["welcome", "pong", "joined"],
+        "welcome first, then the early messages in order"
+    );
+    // Bounded: past MAX_EARLY, refused.
+    let id = t.try_open(Some("bob"), None).unwrap();
+    for _ in 0..MAX_EARLY + 2 {
+        t.text(id, r#"{"type":"ping"}"#);
+    }
+    let refused = t.drain();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused
+        .iter()
+        .all(|(to, v)| *to == id && v["code"] == "rate_limited"));
+    // Refused claim: the early messages go with the connection.
+    t.hub.handle_cluster_claim(t.now, id, false);
+    t.step();
+    assert!(t.drain().is_empty());
+}
+
+#[test]
+fn anonymous_ids_are_unique_over_the_cluster() {
+    let mut t = cluster();
+    let id = t.try_open(None, None).unwrap();
+    t.hub.handle_cluster_claim(t.now, id, true);
+    t.step();
+    let w = t.only(id);
+    assert_eq!(w["user"], "anon-00000001-1", "{w}");
+}
+
+#[test]
+fn user_left_skips_the_users_devices_that_joined_since() {
+    let mut t = cluster();
+    let (a1, bob) = (t.open_granted("ann"), t.open_granted("bob"));
+    t.join_cluster(a1, "r");
+    t.join_cluster(bob, "r");
+    // Redis still announces ann's earlier departure after a1 joined anew.
+    t.arrive(ChannelName::Room("r"), b"L n2-00000002 1 3\nann");
+    let got = t.drain();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].0, got[0].1["type"].as_str()),
+        (bob, Some("user_left"))
+    );
+}

@@ -103,6 +103,27 @@ pub enum Output {
     },
 }
 
+/// Cluster mode: a connection waiting for the cluster's per-user count.
+#[derive(Debug, Default)]
+struct Claim {
+    /// The room of its URL, joined once granted.
+    room: Option<Arc<str>>,
+    /// What the client sent meanwhile (clients may send before their
+    /// `welcome`), handled in order once granted.
+    early: Vec<Early>,
+}
+
+/// A message that arrived before the `welcome`.
+#[derive(Debug)]
+enum Early {
+    Text(Box<str>),
+    Binary(Box<[u8]>),
+}
+
+/// Messages a connection may send before its claim is answered; beyond,
+/// they are refused (`rate_limited`).
+const MAX_EARLY: usize = 32;
+
 /// A channel as named by a message that arrived on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelName<'a> {
@@ -178,7 +199,7 @@ pub struct Hub {
     node_id: Arc<str>,
     /// Cluster mode: connections waiting for the cluster's per-user cap,
     /// with the room of their URL.
-    claims: HashMap<ConnId, Option<Arc<str>>>,
+    claims: HashMap<ConnId, Claim>,
 }
 
 impl Hub {
@@ -339,7 +360,13 @@ impl Hub {
             Some(user) => user,
             None => {
                 self.next_anonymous += 1;
-                anonymous = format!("{ANONYMOUS_PREFIX}{}", self.next_anonymous);
+                anonymous = if self.config.cluster {
+                    // Unique over the cluster: the node id's random part.
+                    let node = self.node_id.rsplit('-').next().unwrap_or("");
+                    format!("{ANONYMOUS_PREFIX}{node}-{}", self.next_anonymous)
+                } else {
+                    format!("{ANONYMOUS_PREFIX}{}", self.next_anonymous)
+                };
                 &anonymous
             }
         };
@@ -384,7 +411,13 @@ impl Hub {
                 self.outputs
                     .push_back(Output::Subscribe(Channel::User(name.clone())));
             }
-            self.claims.insert(id, req.room.map(Arc::from));
+            self.claims.insert(
+                id,
+                Claim {
+                    room: req.room.map(Arc::from),
+                    early: Vec::new(),
+                },
+            );
             self.outputs.push_back(Output::UserConns {
                 user: name,
                 connections,
@@ -396,14 +429,44 @@ impl Hub {
         Ok(())
     }
 
+    /// Cluster mode: keep what a connection sends before its claim is
+    /// answered (bounded). O(1) and nothing at all in single-node mode.
+    #[inline]
+    fn hold_early(&mut self, id: ConnId, early: impl FnOnce() -> Early) -> bool {
+        if self.claims.is_empty() {
+            return false;
+        }
+        let Some(claim) = self.claims.get_mut(&id) else {
+            return false;
+        };
+        if claim.early.len() < MAX_EARLY {
+            claim.early.push(early());
+        } else {
+            self.refuse(
+                id,
+                Refusal::new(
+                    ErrorCode::RateLimited,
+                    "too many messages before the welcome",
+                ),
+            );
+        }
+        true
+    }
+
     /// Cluster mode: the cluster counted connection `id` against its
     /// user's cap (`granted`), or refused it (closed with 1008).
     pub fn handle_cluster_claim(&mut self, now: Instant, id: ConnId, granted: bool) {
-        let Some(room) = self.claims.remove(&id) else {
+        let Some(claim) = self.claims.remove(&id) else {
             return;
         };
         if granted {
-            self.welcome(now, id, room.as_deref());
+            self.welcome(now, id, claim.room.as_deref());
+            for early in claim.early {
+                match early {
+                    Early::Text(text) => self.handle_text(now, id, &text),
+                    Early::Binary(data) => self.handle_binary(now, id, &data),
+                }
+            }
         } else {
             log::info!("{id} refused: the user has the most connections the cluster allows");
             self.close(id, CloseReason::UserConnectionLimit);
@@ -451,6 +514,9 @@ impl Hub {
 
     /// A text message arrived from `id`.
     pub fn handle_text(&mut self, now: Instant, id: ConnId, text: &str) {
+        if self.hold_early(id, || Early::Text(text.into())) {
+            return;
+        }
         let Some(session) = self.registry.session_mut(id) else {
             return;
         };
@@ -481,6 +547,9 @@ impl Hub {
     /// A binary message arrived from `id`: echoed on `/echo`, otherwise sent
     /// to the members of the room named in the connection's URL.
     pub fn handle_binary(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        if self.hold_early(id, || Early::Binary(data.into())) {
+            return;
+        }
         let Some(session) = self.registry.session_mut(id) else {
             return;
         };
@@ -1396,6 +1465,14 @@ impl Hub {
                 let Some(key) = self.registry.room_key(room) else {
                     return;
                 };
+                // A device of the user that joined here since is no audience.
+                let to = match self.registry.user_key(user) {
+                    Some(u) => Target::RoomExceptUser { room: key, user: u },
+                    None => Target::Room {
+                        room: key,
+                        except: None,
+                    },
+                };
                 let frame = protocol::json_frame(&m::PresenceEvent {
                     kind: "user_left",
                     room,
@@ -1403,13 +1480,7 @@ impl Hub {
                     members,
                     info: None,
                 });
-                self.send(
-                    Target::Room {
-                        room: key,
-                        except: None,
-                    },
-                    frame,
-                );
+                self.send(to, frame);
             }
             (ChannelName::User(user), Envelope::Disconnect { code, text }) => {
                 let code = if code == 1000 || (3000..5000).contains(&code) {

@@ -59,6 +59,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(3);
 const REAP_PER_BEAT: usize = 4;
 /// Channels per SUBSCRIBE command when re-subscribing.
 const SUBSCRIBE_BATCH: usize = 512;
+/// Users per SYNC script when re-asserting a room.
+const SYNC_CHUNK: usize = 256;
+/// A SUBSCRIBE not confirmed within this means a stuck subscriber link.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each shard's keys of this node get their expiry refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Tokens of the Redis links: two per shard, counting down from here.
 pub const TOKEN_TOP: usize = usize::MAX - 16;
 
@@ -71,8 +77,9 @@ pub enum Event {
     Answer(Pending, ClusterAnswer),
     /// A claimed connection was counted (true) or is over the cap.
     Claim(ConnId, bool),
-    /// A shard is up again: re-assert what this node holds there.
-    Resync(usize),
+    /// Re-assert what this node holds on a shard (`true`: subscribe to
+    /// its channels first — the shard is up again).
+    Resync(usize, bool),
 }
 
 /// Counters for `/stats` and `/metrics`.
@@ -97,6 +104,9 @@ pub struct ClusterCounters {
     pub nodes: u64,
     /// Error replies from Redis.
     pub errors: u64,
+    /// Presence re-assertions not caused by a reconnect (an update that
+    /// could not go out, or this node found taken for dead).
+    pub reasserts: u64,
 }
 
 /// What to do with a command link's reply.
@@ -111,7 +121,19 @@ enum Reply {
     Query(Pending),
     Claim(ConnId),
     Beat(Instant),
+    /// A presence or count update: an error means the state in Redis may
+    /// be wrong, so the shard is re-asserted.
+    Update,
     Ignore,
+}
+
+/// Which budget a command counts against: publishes get
+/// `--cluster-max-pending`; presence and counts (which must not be lost:
+/// they are re-asserted when they cannot go out) get twice that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Publish,
+    Control,
 }
 
 /// A command waiting for a channel's subscription to be confirmed.
@@ -122,10 +144,11 @@ struct Held {
 }
 
 /// A channel being subscribed: confirmations still due, commands waiting.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Subscribing {
     due: u32,
     held: Vec<Held>,
+    since: Instant,
 }
 
 struct Shard {
@@ -150,6 +173,15 @@ struct Shard {
     next_beat: Instant,
     /// Held bytes (counted against the link's cap).
     held_bytes: usize,
+    /// An update could not go out: re-assert everything when there is room.
+    resync_due: bool,
+    /// Heartbeats answered on this connection.
+    beats: u64,
+    /// Connections made (the first is no reconnect).
+    connects: u64,
+    /// Commands waiting until every pending subscription is confirmed.
+    after_subscribing: Vec<Held>,
+    next_refresh: Instant,
 }
 
 /// Every shard of the cluster, as the driver holds them.
@@ -189,7 +221,10 @@ impl Cluster {
                         url
                     ))
                 })?;
-            let reply_max = (config.hub.max_message_size * 2).max(1 << 20) + 64 * 1024;
+            // The longest message: an envelope around the largest frame a
+            // client or the server API may send, twice for safety.
+            let largest = config.hub.max_message_size.max(config.max_request_body);
+            let reply_max = largest.saturating_mul(2).max(1 << 20) + 64 * 1024;
             shards.push(Shard {
                 url: url.clone(),
                 addr,
@@ -206,6 +241,11 @@ impl Cluster {
                 beat_sent: None,
                 next_beat: now,
                 held_bytes: 0,
+                resync_due: false,
+                beats: 0,
+                connects: 0,
+                after_subscribing: Vec::new(),
+                next_refresh: now + REFRESH_EVERY,
             });
         }
         let seed = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -302,7 +342,14 @@ impl Cluster {
         let (name, shard) = self.channel(&channel);
         let mut bytes = BytesMut::new();
         resp::encode_command(&mut bytes, &[b"PUBLISH", &name, &envelope]);
-        match self.send(shard, Some(&name), bytes, Reply::Publish(reply)) {
+        let ready = self.shards[shard].ready;
+        match self.send(
+            shard,
+            Some(&name),
+            bytes,
+            Reply::Publish(reply),
+            Class::Publish,
+        ) {
             Ok(()) => self.counters.publishes += 1,
             Err(reply) => {
                 self.counters.publishes_dropped += 1;
@@ -310,10 +357,16 @@ impl Cluster {
                     self.events
                         .push_back(Event::Answer(p, ClusterAnswer::Unavailable));
                 }
-                self.events.push_back(Event::Message {
-                    channel,
-                    payload: envelope,
-                });
+                // Redis unreachable: this node's members still get it. Up
+                // but over the budget: dropped (counted), as delivering it
+                // here ahead of earlier ones still in flight would break
+                // the room's one order.
+                if !ready {
+                    self.events.push_back(Event::Message {
+                        channel,
+                        payload: envelope,
+                    });
+                }
             }
         }
     }
@@ -340,9 +393,17 @@ impl Cluster {
         }
         let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
         args.push(b"SUBSCRIBE");
+        let now = Instant::now();
         for name in names {
             args.push(name);
-            s.subscribing.entry(name.clone()).or_default().due += 1;
+            s.subscribing
+                .entry(name.clone())
+                .or_insert_with(|| Subscribing {
+                    due: 0,
+                    held: Vec::new(),
+                    since: now,
+                })
+                .due += 1;
         }
         resp::encode_command(&mut s.sub.out, &args);
     }
@@ -378,7 +439,9 @@ impl Cluster {
         let Some(bytes) = self.script(shard, Script::Set, &args) else {
             return self.unavailable(Reply::Presence(change.reply));
         };
-        if let Err(reply) = self.send(shard, Some(&channel), bytes, Reply::Presence(change.reply)) {
+        let reply = Reply::Presence(change.reply);
+        if let Err(reply) = self.send(shard, Some(&channel), bytes, reply, Class::Control) {
+            self.lost_update(shard);
             self.unavailable(reply);
         }
     }
@@ -395,14 +458,14 @@ impl Cluster {
         let Some(bytes) = self.script(shard, Script::Query, &args) else {
             return self.unavailable(Reply::Query(reply));
         };
-        if let Err(reply) = self.send(shard, None, bytes, Reply::Query(reply)) {
+        if let Err(reply) = self.send(shard, None, bytes, Reply::Query(reply), Class::Control) {
             self.unavailable(reply);
         }
     }
 
     /// This node holds `connections` of `user`; `claim` waits for the cap.
     pub fn user_conns(&mut self, user: &str, connections: u32, claim: Option<ConnId>) {
-        let (_, shard) = self.channel(&Channel::User(Arc::from(user)));
+        let (channel, shard) = self.channel(&Channel::User(Arc::from(user)));
         let cap = if claim.is_some() { self.user_cap } else { 0 };
         let gen = self.shards[shard].generation.to_string();
         let args = [
@@ -416,13 +479,30 @@ impl Cluster {
         .map(<[u8]>::to_vec);
         let reply = match claim {
             Some(id) => Reply::Claim(id),
-            None => Reply::Ignore,
+            None => Reply::Update,
         };
         let Some(bytes) = self.script(shard, Script::User, &args) else {
             return self.unavailable(reply);
         };
-        if let Err(reply) = self.send(shard, None, bytes, reply) {
+        // A claim waits for the user's channel: no `welcome` before this
+        // node hears what is sent to the user.
+        if let Err(reply) = self.send(shard, Some(&channel), bytes, reply, Class::Control) {
+            self.lost_update(shard);
             self.unavailable(reply);
+        }
+    }
+
+    /// An update could not be sent or was refused while the shard is up:
+    /// Redis may be wrong about this node now, so re-assert everything once
+    /// there is room (absolute values make that safe).
+    fn lost_update(&mut self, shard: usize) {
+        let s = &mut self.shards[shard];
+        if s.ready && !s.resync_due {
+            log::warn!(
+                "cluster shard {}: a presence update could not go out; re-asserting this node's state",
+                shard + 1
+            );
+            s.resync_due = true;
         }
     }
 
@@ -460,8 +540,12 @@ impl Cluster {
         channel: Option<&Bytes>,
         bytes: BytesMut,
         reply: Reply,
+        class: Class,
     ) -> Result<(), Reply> {
-        let max = self.max_pending;
+        let max = match class {
+            Class::Publish => self.max_pending,
+            Class::Control => self.max_pending.saturating_mul(2),
+        };
         let s = &mut self.shards[shard];
         if !s.ready || s.cmd.out.len() + s.held_bytes + bytes.len() > max {
             return Err(reply);
@@ -521,16 +605,24 @@ impl Cluster {
                 Reply::Handshake | Reply::Loaded(_) => {
                     return Err(format!("Redis refused the link's setup: {e}"))
                 }
-                _ if e.starts_with("NOSCRIPT") => return Err("Redis lost our scripts".into()),
+                other if e.starts_with("NOSCRIPT") => {
+                    self.unavailable(other);
+                    return Err("Redis lost our scripts".into());
+                }
                 other => {
                     log::warn!("cluster shard {}: Redis answered an error: {e}", i + 1);
+                    match &other {
+                        Reply::Beat(_) => self.shards[i].beat_sent = None,
+                        Reply::Presence(_) | Reply::Claim(_) | Reply::Update => self.lost_update(i),
+                        _ => {}
+                    }
                     self.unavailable(other);
                     return Ok(());
                 }
             }
         }
         match reply {
-            Reply::Handshake | Reply::Ignore => {}
+            Reply::Handshake | Reply::Ignore | Reply::Update => {}
             Reply::Loaded(script) => {
                 let sha = match frame {
                     BytesFrame::BulkString(b) => b,
@@ -564,6 +656,17 @@ impl Cluster {
             Reply::Beat(sent) => {
                 let s = &mut self.shards[i];
                 s.beat_sent = None;
+                s.beats += 1;
+                let added = match &frame {
+                    BytesFrame::Array(parts) => parts.get(2) == Some(&BytesFrame::Integer(1)),
+                    _ => false,
+                };
+                if added && s.beats > 1 && !s.resync_due {
+                    // The others took this node for dead and forgot it:
+                    // say again what it holds.
+                    log::warn!("cluster shard {}: this node had been taken for dead; re-asserting its state", i + 1);
+                    s.resync_due = true;
+                }
                 self.counters.rtt_us = now.saturating_duration_since(sent).as_micros() as u64;
                 if let (0, BytesFrame::Array(parts)) = (i, &frame) {
                     if let Some(BytesFrame::Integer(n)) = parts.first() {
@@ -592,6 +695,9 @@ impl Cluster {
                     let e: &str = e;
                     return Err(format!("Redis refused the subscriber's setup: {e}"));
                 }
+                if s.sub.handshake_left == 0 {
+                    return Err("a reply to no setup step".into());
+                }
                 s.sub.handshake_left -= 1;
                 if s.sub.handshake_left == 0 {
                     s.sub.state = LinkState::Up;
@@ -599,11 +705,15 @@ impl Cluster {
                 continue;
             }
             let BytesFrame::Array(mut parts) = frame else {
-                return Err(format!("the subscriber got {frame:?}"));
+                // Never log the frame: it may be a message's content.
+                return Err(match frame {
+                    BytesFrame::Error(e) => format!("Redis refused a subscription: {}", &*e),
+                    _ => "the subscriber got a reply that is not a push".into(),
+                });
             };
             let kind = match parts.first() {
                 Some(BytesFrame::BulkString(k)) => k.clone(),
-                other => return Err(format!("the subscriber got {other:?}")),
+                _ => return Err("the subscriber got a push without a kind".into()),
             };
             match (&kind[..], parts.len()) {
                 (b"message", 3) => {
@@ -616,10 +726,16 @@ impl Cluster {
                     };
                     if name == node_channel {
                         s.heard = now;
+                        // Both links work: the backoff starts afresh.
+                        s.attempts = 0;
                         continue;
                     }
                     self.counters.messages_received += 1;
                     if let Some(channel) = self.parse_channel(&name) {
+                        // Copied out of the read buffer, once: a slice would
+                        // keep the whole buffer alive for as long as any
+                        // recipient's queue holds the message.
+                        let payload = Bytes::copy_from_slice(&payload);
                         self.events.push_back(Event::Message { channel, payload });
                     }
                 }
@@ -653,7 +769,11 @@ impl Cluster {
             return;
         }
         let sub = s.subscribing.remove(name).expect("just seen");
-        for held in sub.held {
+        let mut release = sub.held;
+        if s.subscribing.is_empty() {
+            release.append(&mut s.after_subscribing);
+        }
+        for held in release {
             s.held_bytes -= held.bytes.len();
             s.cmd.out.extend_from_slice(&held.bytes);
             s.cmd.replies.push_back(held.reply);
@@ -698,37 +818,52 @@ impl Cluster {
         s.ready = true;
         s.up_since = Some(now);
         s.retry_at = None;
-        s.attempts = 0;
         s.heard = now;
         s.next_beat = now;
+        s.beats = 0;
+        s.resync_due = false;
         log::warn!("cluster shard {} up ({})", i + 1, s.url);
-        self.events.push_back(Event::Resync(i));
+        self.events.push_back(Event::Resync(i, true));
     }
 
-    /// Re-subscribe and re-assert everything this node holds on shard `i`,
-    /// then sweep what it asserted before (`hub` gives the local state).
-    pub fn resync(&mut self, i: usize, hub: &Hub) {
-        let mut names = Vec::new();
-        if i == 0 {
-            names.push(self.channel(&Channel::All).0);
-        }
+    /// Re-assert everything this node holds on shard `i` in a new
+    /// generation (after subscribing to its channels, with `subscribe`),
+    /// then sweep what it asserted before; `hub` gives the local state.
+    /// If any of it cannot go out, the sweep is not sent (it would remove
+    /// what was not re-asserted) and the whole is tried again later.
+    pub fn resync(&mut self, i: usize, hub: &Hub, subscribe: bool) {
         let registry = hub.registry();
-        for room in registry.rooms() {
-            let (name, shard) = self.channel(&Channel::Room(room.name.clone()));
-            if shard == i {
-                names.push(name);
+        if subscribe {
+            let mut names = Vec::new();
+            if i == 0 {
+                names.push(self.channel(&Channel::All).0);
             }
-        }
-        for user in registry.users() {
-            let (name, shard) = self.channel(&Channel::User(user.name.clone()));
-            if shard == i {
-                names.push(name);
+            for room in registry.rooms() {
+                let (name, shard) = self.channel(&Channel::Room(room.name.clone()));
+                if shard == i {
+                    names.push(name);
+                }
             }
+            for user in registry.users() {
+                let (name, shard) = self.channel(&Channel::User(user.name.clone()));
+                if shard == i {
+                    names.push(name);
+                }
+            }
+            // The node's own channel last: its confirmation says all are.
+            names.push(self.node_channel());
+            for batch in names.chunks(SUBSCRIBE_BATCH) {
+                self.subscribe_names(i, batch);
+            }
+        } else {
+            self.counters.reasserts += 1;
         }
-        for batch in names.chunks(SUBSCRIBE_BATCH) {
-            self.subscribe_names(i, batch);
-        }
-        // Presence, room by room: each waits for its channel.
+        let s = &mut self.shards[i];
+        s.generation += 1;
+        s.resync_due = false;
+        let gen = s.generation.to_string().into_bytes();
+        let mut complete = true;
+        // Presence, room by room, in chunks: each waits for its channel.
         let mut rooms: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
         hub.local_presence(|room, user, presence, info| {
             let args = rooms.entry(room.clone()).or_default();
@@ -737,34 +872,58 @@ impl Cluster {
             args.push(presence.since().to_string().into_bytes());
             args.push(info.map_or(Vec::new(), |i| i.get().as_bytes().to_vec()));
         });
-        let gen = self.shards[i].generation.to_string().into_bytes();
         for (room, entries) in rooms {
             let (channel, shard) = self.channel(&Channel::Room(room.clone()));
             if shard != i {
                 continue;
             }
-            let mut args = vec![
-                self.prefix.as_bytes().to_vec(),
-                room.as_bytes().to_vec(),
-                self.node.as_bytes().to_vec(),
-                self.announce_limit.to_string().into_bytes(),
-                gen.clone(),
-            ];
-            args.extend(entries);
-            if let Some(bytes) = self.script(i, Script::Sync, &args) {
-                let _ = self.send(i, Some(&channel), bytes, Reply::Ignore);
+            for chunk in entries.chunks(4 * SYNC_CHUNK) {
+                let mut args = vec![
+                    self.prefix.as_bytes().to_vec(),
+                    room.as_bytes().to_vec(),
+                    self.node.as_bytes().to_vec(),
+                    self.announce_limit.to_string().into_bytes(),
+                    gen.clone(),
+                ];
+                args.extend_from_slice(chunk);
+                let sent = self.script(i, Script::Sync, &args).is_some_and(|bytes| {
+                    let reply = Reply::Update;
+                    self.send(i, Some(&channel), bytes, reply, Class::Control)
+                        .is_ok()
+                });
+                complete &= sent;
             }
         }
         for user in registry.users() {
-            let (_, shard) = self.channel(&Channel::User(user.name.clone()));
-            if shard == i {
-                self.user_conns(&user.name, user.conns.len() as u32, None);
+            let (channel, shard) = self.channel(&Channel::User(user.name.clone()));
+            if shard != i {
+                continue;
             }
+            let args = [
+                self.prefix.as_bytes(),
+                user.name.as_bytes(),
+                self.node.as_bytes(),
+                user.conns.len().to_string().as_bytes(),
+                b"0",
+                &gen,
+            ]
+            .map(<[u8]>::to_vec);
+            let sent = self.script(i, Script::User, &args).is_some_and(|bytes| {
+                self.send(i, Some(&channel), bytes, Reply::Update, Class::Control)
+                    .is_ok()
+            });
+            complete &= sent;
         }
-        // Last: the node's own channel; the sweep waits for it, so it runs
+        if !complete {
+            log::warn!(
+                "cluster shard {}: this node's state did not fit the link; re-asserting again later",
+                i + 1
+            );
+            self.shards[i].resync_due = true;
+            return;
+        }
+        // The sweep waits until every subscription is confirmed, so it runs
         // after every re-assertion above.
-        let node_channel = self.node_channel();
-        self.subscribe_names(i, std::slice::from_ref(&node_channel));
         let args = [
             self.prefix.as_bytes().to_vec(),
             self.node.as_bytes().to_vec(),
@@ -772,7 +931,17 @@ impl Cluster {
             gen,
         ];
         if let Some(bytes) = self.script(i, Script::Sweep, &args) {
-            let _ = self.send(i, Some(&node_channel), bytes, Reply::Ignore);
+            let s = &mut self.shards[i];
+            if s.subscribing.is_empty() {
+                s.cmd.out.extend_from_slice(&bytes);
+                s.cmd.replies.push_back(Reply::Update);
+            } else {
+                s.held_bytes += bytes.len();
+                s.after_subscribing.push(Held {
+                    bytes,
+                    reply: Reply::Update,
+                });
+            }
         }
     }
 
@@ -810,6 +979,26 @@ impl Cluster {
                 self.fail(registry, i, now, "no answer to the heartbeat");
                 continue;
             }
+            if s.subscribing
+                .values()
+                .any(|sub| now.saturating_duration_since(sub.since) > SUBSCRIBE_TIMEOUT)
+            {
+                self.fail(registry, i, now, "a subscription was not confirmed in time");
+                continue;
+            }
+            if s.resync_due && s.cmd.out.len() + s.held_bytes < self.max_pending / 2 {
+                self.events.push_back(Event::Resync(i, false));
+            }
+            if s.next_refresh <= now && !self.shutting_down {
+                self.shards[i].next_refresh = now + REFRESH_EVERY;
+                let args = [
+                    self.prefix.as_bytes().to_vec(),
+                    self.node.as_bytes().to_vec(),
+                ];
+                if let Some(bytes) = self.script(i, Script::Refresh, &args) {
+                    let _ = self.send(i, None, bytes, Reply::Ignore, Class::Control);
+                }
+            }
             self.shards[i].next_beat = now + BEAT_EVERY;
             if self.shards[i].beat_sent.is_none() && !self.shutting_down {
                 let args = [
@@ -820,7 +1009,10 @@ impl Cluster {
                     REAP_PER_BEAT.to_string().into_bytes(),
                 ];
                 if let Some(bytes) = self.script(i, Script::Beat, &args) {
-                    if self.send(i, None, bytes, Reply::Beat(now)).is_ok() {
+                    if self
+                        .send(i, None, bytes, Reply::Beat(now), Class::Control)
+                        .is_ok()
+                    {
                         self.shards[i].beat_sent = Some(now);
                     }
                 }
@@ -832,8 +1024,8 @@ impl Cluster {
     fn connect(&mut self, registry: &Registry, i: usize, now: Instant) {
         let s = &mut self.shards[i];
         s.retry_at = None;
-        s.generation += 1;
-        if s.generation > 1 {
+        s.connects += 1;
+        if s.connects > 1 {
             self.counters.reconnects += 1;
         }
         let mut setup = BytesMut::new();
@@ -862,17 +1054,10 @@ impl Cluster {
         for _ in 0..steps {
             s.cmd.replies.push_back(Reply::Handshake);
         }
-        for (n, source) in (0..scripts::ALL.len()).map(|n| (n, scripts::source(n))) {
+        for n in 0..scripts::ALL.len() {
+            let source = scripts::source(n);
             resp::encode_command(&mut s.cmd.out, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
-            let script = [
-                Script::Set,
-                Script::Query,
-                Script::Sync,
-                Script::User,
-                Script::Beat,
-                Script::Sweep,
-            ][n];
-            s.cmd.replies.push_back(Reply::Loaded(script));
+            s.cmd.replies.push_back(Reply::Loaded(Script::nth(n)));
         }
         s.shas = Default::default();
         s.up_since = None;
@@ -889,14 +1074,15 @@ impl Cluster {
         } else {
             log::debug!("cluster shard {} still down: {why}", i + 1);
         }
-        let was_ready = s.ready;
         s.ready = false;
         s.beat_sent = None;
+        s.resync_due = false;
         let mut waiting: Vec<Reply> = s.cmd.close(registry);
         s.sub.close(registry);
         for (_, sub) in s.subscribing.drain() {
             waiting.extend(sub.held.into_iter().map(|h| h.reply));
         }
+        waiting.extend(s.after_subscribing.drain(..).map(|h| h.reply));
         s.held_bytes = 0;
         // Backoff: doubling from BACKOFF_MIN to BACKOFF_MAX, half of it
         // random, so nodes do not reconnect in step.
@@ -905,7 +1091,9 @@ impl Cluster {
             .min(BACKOFF_MAX);
         let delay = base / 2 + base.mul_f64((jitter % 1000) as f64 / 2000.0);
         s.attempts += 1;
-        s.retry_at = Some(now + if was_ready { BACKOFF_MIN / 2 } else { delay });
+        // The attempt count resets only once the node hears its own
+        // heartbeat, so a shard that fails right after connecting backs off.
+        s.retry_at = Some(now + delay);
         for reply in waiting {
             self.unavailable(reply);
         }
@@ -944,7 +1132,7 @@ impl Cluster {
                 b"0".to_vec(),
             ];
             if let Some(bytes) = self.script(i, Script::Sweep, &args) {
-                let _ = self.send(i, None, bytes, Reply::Ignore);
+                let _ = self.send(i, None, bytes, Reply::Ignore, Class::Control);
             }
         }
     }

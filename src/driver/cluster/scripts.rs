@@ -9,7 +9,7 @@
 //! ```text
 //! P:ru:<room>               hash user -> connections in the room, all nodes
 //! P:rm:<room>               hash user -> "<since ms>\n<info>"
-//! P:rn:<len>:<node>:<room>  hash user -> connections in the room on that node
+//! P:rn:<len>:<node>:<room>  hash user -> "<connections on that node>:<generation>"
 //! P:nr:<node>               hash room -> generation (rooms the node asserted)
 //! P:uc:<user>               hash node -> the user's connections on that node
 //! P:nu:<node>               hash user -> generation (users the node asserted)
@@ -22,19 +22,30 @@
 //! A node only ever asserts absolute numbers ("this node holds n"), so
 //! saying it again after a reconnect changes nothing, and a generation per
 //! connection lets one sweep remove what the node no longer holds.
+//!
+//! Backstop: every key a node writes expires after [`KEY_TTL_SECS`] unless
+//! refreshed (each write, and `REFRESH` once a minute for all the node
+//! holds), so even entries of a node that vanished unseen do not live on.
+
+/// Seconds a presence key lives without being refreshed.
+pub const KEY_TTL_SECS: u64 = 3600;
 
 /// Functions every script shares.
 const COMMON: &str = r#"
 local function rn_key(p, node, room) return p..':rn:'..#node..':'..node..':'..room end
+local function count_of(v) return v and tonumber(string.match(v, '^(%d+)')) or 0 end
+local function gen_of(v) return v and tonumber(string.match(v, ':(%d+)$')) or 0 end
 
 -- This node now holds n connections of user in room; announce the user's
 -- arrival or departure over all nodes.
 local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
   local ru, rm, rn = p..':ru:'..room, p..':rm:'..room, rn_key(p, node, room)
-  local old = tonumber(redis.call('HGET', rn, user) or '0')
+  local old = count_of(redis.call('HGET', rn, user))
   if n > 0 then
-    redis.call('HSET', rn, user, n)
+    redis.call('HSET', rn, user, n..':'..gen)
     redis.call('HSET', p..':nr:'..node, room, gen)
+    redis.call('EXPIRE', rn, TTL)
+    redis.call('EXPIRE', p..':nr:'..node, TTL)
   elseif old > 0 then
     redis.call('HDEL', rn, user)
     if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', p..':nr:'..node, room) end
@@ -42,6 +53,7 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
   local delta = n - old
   if delta == 0 then return end
   local total = redis.call('HINCRBY', ru, user, delta)
+  redis.call('EXPIRE', ru, TTL)
   if total <= 0 then
     redis.call('HDEL', ru, user)
     redis.call('HDEL', rm, user)
@@ -53,6 +65,7 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
     local meta = redis.call('HGET', rm, user)
     local first = meta and string.match(meta, '^(%d+)') or since
     redis.call('HSET', rm, user, first..'\n'..info)
+    redis.call('EXPIRE', rm, TTL)
     if total == delta then
       local members = redis.call('HLEN', ru)
       if members <= limit then
@@ -80,17 +93,16 @@ end
 -- Remove what node asserted before generation below (0: everything).
 local function forget(p, node, limit, below)
   local nr, nu = p..':nr:'..node, p..':nu:'..node
-  local rooms = redis.call('HGETALL', nr)
-  for i = 1, #rooms, 2 do
-    if below == 0 or tonumber(rooms[i + 1]) < below then
-      local room = rooms[i]
-      local held = redis.call('HGETALL', rn_key(p, node, room))
-      for j = 1, #held, 2 do
+  local rooms = redis.call('HKEYS', nr)
+  for i = 1, #rooms do
+    local room = rooms[i]
+    local held = redis.call('HGETALL', rn_key(p, node, room))
+    for j = 1, #held, 2 do
+      if below == 0 or gen_of(held[j + 1]) < below then
         set_user(p, room, node, held[j], 0, '0', '', '-', limit, 0)
       end
-      redis.call('DEL', rn_key(p, node, room))
-      redis.call('HDEL', nr, room)
     end
+    if redis.call('EXISTS', rn_key(p, node, room)) == 0 then redis.call('HDEL', nr, room) end
   end
   local users = redis.call('HGETALL', nu)
   for i = 1, #users, 2 do
@@ -115,18 +127,13 @@ const QUERY: &str = r#"
 return listing(ARGV[1], ARGV[2], tonumber(ARGV[3]))
 "#;
 
-/// `SYNC p room node limit gen (user n since info)*`: replace everything
-/// this node asserted about the room (after a reconnect).
+/// `SYNC p room node limit gen (user n since info)*`: re-assert some of
+/// this node's users of a room in generation `gen` (after a reconnect; in
+/// chunks: what is not re-asserted goes with the sweep that follows).
 const SYNC: &str = r#"
 local p, room, node, limit, gen = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local listed = {}
 for i = 6, #ARGV, 4 do
-  listed[ARGV[i]] = true
   set_user(p, room, node, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], '-', limit, gen)
-end
-local held = redis.call('HGETALL', rn_key(p, node, room))
-for j = 1, #held, 2 do
-  if not listed[held[j]] then set_user(p, room, node, held[j], 0, '0', '', '-', limit, gen) end
 end
 return 1
 "#;
@@ -146,6 +153,8 @@ end
 if n > 0 then
   redis.call('HSET', uc, node, n)
   redis.call('HSET', p..':nu:'..node, user, gen)
+  redis.call('EXPIRE', uc, TTL)
+  redis.call('EXPIRE', p..':nu:'..node, TTL)
 else
   redis.call('HDEL', uc, node)
   redis.call('HDEL', p..':nu:'..node, user)
@@ -155,20 +164,39 @@ return 1
 
 /// `BEAT p node dead_after_ms limit max_reaped`: this node is alive (and
 /// hears its own channel); nodes silent for `dead_after_ms` are forgotten,
-/// their users' `user_left` announced. Answers [live nodes, reaped].
+/// their users' `user_left` announced. Answers [live nodes, reaped, 1 if
+/// this node was not listed (first beat, or others took it for dead)].
 const BEAT: &str = r#"
 local p, node, dead_after, limit, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = p..':nodes'
-redis.call('ZADD', nodes, now, node)
+local added = redis.call('ZADD', nodes, now, node)
 redis.call('PUBLISH', p..':n:'..node, 'H')
 local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, most)
 for _, d in ipairs(dead) do
   forget(p, d, limit, 0)
   redis.call('ZREM', nodes, d)
 end
-return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), #dead}
+return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), #dead, added}
+"#;
+
+/// `REFRESH p node`: keep alive the keys of everything this node holds.
+const REFRESH: &str = r#"
+local p, node = ARGV[1], ARGV[2]
+local nr, nu = p..':nr:'..node, p..':nu:'..node
+for _, room in ipairs(redis.call('HKEYS', nr)) do
+  redis.call('EXPIRE', rn_key(p, node, room), TTL)
+  redis.call('EXPIRE', p..':ru:'..room, TTL)
+  redis.call('EXPIRE', p..':rm:'..room, TTL)
+end
+for _, user in ipairs(redis.call('HKEYS', nu)) do
+  redis.call('EXPIRE', p..':uc:'..user, TTL)
+end
+redis.call('EXPIRE', nr, TTL)
+redis.call('EXPIRE', nu, TTL)
+redis.call('EXPIRE', p..':nodes', TTL)
+return 1
 "#;
 
 /// `SWEEP p node limit gen`: forget what this node asserted before `gen`
@@ -182,7 +210,7 @@ return 1
 "#;
 
 /// The scripts, in the order of [`Script`].
-pub const ALL: [&str; 6] = [SET, QUERY, SYNC, USER, BEAT, SWEEP];
+pub const ALL: [&str; 7] = [SET, QUERY, SYNC, USER, BEAT, SWEEP, REFRESH];
 
 /// Which script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,9 +221,25 @@ pub enum Script {
     User = 3,
     Beat = 4,
     Sweep = 5,
+    Refresh = 6,
+}
+
+impl Script {
+    /// Script number `i` of [`ALL`].
+    pub fn nth(i: usize) -> Script {
+        [
+            Script::Set,
+            Script::Query,
+            Script::Sync,
+            Script::User,
+            Script::Beat,
+            Script::Sweep,
+            Script::Refresh,
+        ][i]
+    }
 }
 
 /// Script `i`'s full text (the shared functions, then its body).
 pub fn source(i: usize) -> String {
-    format!("{COMMON}{}", ALL[i])
+    format!("local TTL = {KEY_TTL_SECS}\n{COMMON}{}", ALL[i])
 }
