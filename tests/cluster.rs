@@ -628,3 +628,114 @@ fn a_node_taken_for_dead_comes_back_with_its_users() {
     bob.send_json(json!({"type": "message", "room": "z", "data": "back"}));
     assert_eq!(next_data(&mut ann)["data"], "back");
 }
+
+fn get(server: &Server, path: &str) -> Value {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = server.http(&req);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn user_and_room_views_see_every_node() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    let mut a1 = n1.joined("/ws/v?user=ann&info=%7B%22n%22%3A1%7D");
+    let mut a2 = n2.joined("/ws/w?user=ann");
+    let mut bob = n2.joined("/ws/v?user=bob");
+    a1.expect("user_joined");
+    for c in [&mut a1, &mut a2, &mut bob] {
+        settle(c);
+    }
+    let u = get(&n2, "/api/users/ann");
+    assert_eq!(
+        (u["online"].as_bool(), u["connections"].as_u64()),
+        (Some(true), Some(2)),
+        "{u}"
+    );
+    assert_eq!(u["rooms"], json!(["v", "w"]));
+    let mut nodes: Vec<&str> = u["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["node"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 2, "one connection on each node: {u}");
+    let on_n1 = u["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["url_room"] == "v")
+        .unwrap();
+    assert_eq!(on_n1["info"]["n"], 1);
+    assert!(on_n1["remote_addr"].as_str().unwrap().starts_with("127."));
+    let nobody = get(&n1, "/api/users/nobody");
+    assert_eq!(
+        (nobody["online"].as_bool(), nobody["connections"].as_u64()),
+        (Some(false), Some(0))
+    );
+
+    let r = get(&n1, "/api/rooms/v?limit=1");
+    assert_eq!(
+        (r["members"].as_u64(), r["connections"].as_u64()),
+        (Some(2), Some(2)),
+        "{r}"
+    );
+    assert_eq!(
+        (
+            r["users"].as_array().unwrap().len(),
+            r["truncated"].as_bool()
+        ),
+        (1, Some(true))
+    );
+    let r = get(&n2, "/api/rooms/v");
+    let ann = r["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["user"] == "ann")
+        .unwrap();
+    assert_eq!(
+        (ann["connections"].as_u64(), ann["info"]["n"].as_i64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+
+    // The embedding Handle answers the same, from a node of its own.
+    let mut config = switchboard::Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.cluster = vec![switchboard::config::RedisUrl::parse(&redis.url()).unwrap()];
+    config.hub.cluster = true;
+    let server = switchboard::Server::bind(config).unwrap();
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+    let deadline = Instant::now() + support::WAIT;
+    let view = loop {
+        let view = handle
+            .user("ann")
+            .unwrap()
+            .recv_timeout(support::WAIT)
+            .unwrap();
+        if view.connections == 2 {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the embedded node never saw the cluster: {view:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(view.details.iter().all(|d| !d.node.is_empty()));
+    let room = handle
+        .room("v", 10)
+        .unwrap()
+        .recv_timeout(support::WAIT)
+        .unwrap();
+    assert_eq!((room.members, room.connections), (2, 2));
+    handle.shutdown().unwrap();
+    thread.join().unwrap().unwrap();
+}

@@ -27,6 +27,12 @@ pub enum State {
     /// A close frame or an HTTP response is queued: flush it, half-close,
     /// read and discard until the peer closes or the deadline passes.
     Closing { write_shut: bool },
+    /// An API request waits for the cluster's answer (a view); nothing
+    /// more is read until it is sent.
+    Waiting {
+        reader: Box<RequestReader>,
+        keep_alive: bool,
+    },
 }
 
 impl State {
@@ -35,6 +41,7 @@ impl State {
             State::Http { .. } => "http",
             State::Open { .. } => "open",
             State::Closing { .. } => "closing",
+            State::Waiting { .. } => "waiting",
         }
     }
 }

@@ -594,6 +594,16 @@ impl Driver {
                 Command::Disconnect { user, code, reason } => {
                     self.hub.disconnect_user(&user, code, reason.as_deref());
                 }
+                Command::QueryUser { user, reply } if self.cluster.is_some() => {
+                    let ask = cluster::Ask::User(user);
+                    let c = self.cluster.as_mut().expect("cluster mode");
+                    c.view(cluster::Waiter::User(reply), ask, now);
+                }
+                Command::QueryRoom { room, limit, reply } if self.cluster.is_some() => {
+                    let ask = cluster::Ask::Room(room, limit.min(api::MAX_LISTED_USERS));
+                    let c = self.cluster.as_mut().expect("cluster mode");
+                    c.view(cluster::Waiter::Room(reply), ask, now);
+                }
                 Command::QueryUser { user, reply } => {
                     let mut view = self.hub.user_view(&user);
                     for c in &mut view.details {
@@ -640,7 +650,7 @@ impl Driver {
         let handshaking: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, State::Http { .. }))
+            .filter(|(_, c)| matches!(c.state, State::Http { .. } | State::Waiting { .. }))
             .map(|(k, _)| k)
             .collect();
         for key in handshaking {
@@ -663,6 +673,8 @@ impl Driver {
             State::Http { .. } => 0,
             State::Open { .. } => 1,
             State::Closing { .. } => 2,
+            // Read on once the answer is out.
+            State::Waiting { .. } => return,
         };
         self.mark_dirty(key);
         if !readable {
@@ -793,6 +805,57 @@ impl Driver {
                     c.resync(shard, &self.hub, subscribe);
                 }
             }
+            cluster::Event::View(waiter, view) => self.deliver_view(waiter, view),
+            cluster::Event::LocalView(waiter, ask) => {
+                let view = match ask {
+                    cluster::Ask::User(user) => cluster::View::User(self.local_user_view(&user)),
+                    cluster::Ask::Room(room, limit) => {
+                        cluster::View::Room(self.hub.room_view(&room, limit))
+                    }
+                };
+                self.deliver_view(waiter, view);
+            }
+            cluster::Event::ViewQuery {
+                shard,
+                user,
+                asker,
+                qid,
+            } => {
+                let view = self.local_user_view(&user);
+                let details = serde_json::to_vec(&view.details).expect("views serialize");
+                if let Some(c) = &mut self.cluster {
+                    c.answer_view(shard, &asker, qid, &details);
+                }
+            }
+        }
+    }
+
+    /// This node's view of `user`, with each connection's remote address.
+    fn local_user_view(&self, user: &str) -> crate::hub::UserView {
+        let mut view = self.hub.user_view(user);
+        for c in &mut view.details {
+            c.remote_addr = peer_addr(&self.conns, c.id);
+        }
+        view
+    }
+
+    /// Hand a view to whoever waits for it.
+    fn deliver_view(&mut self, waiter: cluster::Waiter, view: cluster::View) {
+        use cluster::{View, Waiter};
+        match (waiter, view) {
+            // Room for one answer: never blocks; a caller that dropped its
+            // receiver just does not get it.
+            (Waiter::User(tx), View::User(v)) => drop(tx.try_send(v)),
+            (Waiter::Room(tx), View::Room(v)) => drop(tx.try_send(v)),
+            (Waiter::Http(id), view) => {
+                let body = match view {
+                    View::User(v) => serde_json::to_vec(&v),
+                    View::Room(v) => serde_json::to_vec(&v),
+                }
+                .expect("views serialize");
+                self.answer_waiting(id, &body, Instant::now());
+            }
+            (_, view) => log::debug!("a view of the wrong kind: {view:?}"),
         }
     }
 

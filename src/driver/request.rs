@@ -10,12 +10,14 @@ use tungstenite::handshake::server::{NoCallback, ServerHandshake};
 use tungstenite::handshake::HandshakeError;
 use tungstenite::Error as WsError;
 
+use super::cluster;
 use super::conn::State;
 use super::http::{self, RequestHead, Route};
 use super::request_reader::{Refusal, Request, RequestReader};
 use super::rx::FrameReader;
 use super::{api, Driver};
 use crate::hub::{ConnId, Kind, OpenRequest};
+use crate::percent::percent_decode;
 
 const JSON: &str = "application/json";
 
@@ -74,7 +76,18 @@ impl Driver {
         reader: Box<RequestReader>,
         now: Instant,
     ) {
-        if !head.keep_alive {
+        self.reply_keeping(key, head.keep_alive, response, reader, now)
+    }
+
+    fn reply_keeping(
+        &mut self,
+        key: usize,
+        keep_alive: bool,
+        response: Bytes,
+        reader: Box<RequestReader>,
+        now: Instant,
+    ) {
+        if !keep_alive {
             return self.respond(key, response);
         }
         let conn = &mut self.conns[key];
@@ -114,6 +127,51 @@ impl Driver {
         self.reply(key, head, response, reader, now);
     }
 
+    /// Answer a server API request now.
+    fn api_request(
+        &mut self,
+        key: usize,
+        head: &RequestHead,
+        request: &Request,
+        reader: Box<RequestReader>,
+        now: Instant,
+    ) {
+        let req = api::ApiRequest {
+            method: &head.method,
+            path: &head.path,
+            query: head.query.as_deref(),
+            content_type: head.content_type.as_deref(),
+            body: request.body(),
+        };
+        let conns = &self.conns;
+        let peer = |id: ConnId| super::peer_addr(conns, id);
+        let response = api::handle(&mut self.hub, &req, &peer);
+        self.counters.api_requests += 1;
+        self.drain_hub();
+        let status = response.status;
+        let body = response.into_bytes();
+        self.json_reply(key, head, status, &body, reader, now);
+    }
+
+    /// Send the answer an API request waited for (a cluster view), then
+    /// read on.
+    pub(super) fn answer_waiting(&mut self, id: ConnId, body: &[u8], now: Instant) {
+        let Some(key) = self.open_key(id) else {
+            return;
+        };
+        let conn = &mut self.conns[key];
+        if !matches!(conn.state, State::Waiting { .. }) {
+            return;
+        }
+        let State::Waiting { reader, keep_alive } =
+            std::mem::replace(&mut conn.state, State::Closing { write_shut: false })
+        else {
+            unreachable!("matched above")
+        };
+        let response = http::response(200, JSON, "", body, keep_alive);
+        self.reply_keeping(key, keep_alive, response, reader, now);
+    }
+
     /// The API key guards `/stats`, `/api/*` (and `/metrics` if configured).
     fn authorized(&self, head: &RequestHead) -> bool {
         match &self.config.api_key {
@@ -150,23 +208,41 @@ impl Driver {
             return self.reply(key, head, response, reader, now);
         }
         match route {
-            Route::Api => {
-                let req = api::ApiRequest {
-                    method: &head.method,
-                    path: &head.path,
-                    query: head.query.as_deref(),
-                    content_type: head.content_type.as_deref(),
-                    body: request.body(),
+            Route::Api if self.cluster.is_some() && head.method == "GET" => {
+                // Views of a room or a user: the whole cluster's, answered
+                // when the cluster has (the connection waits meanwhile).
+                let path = head.path.strip_prefix("/api").unwrap_or(&head.path);
+                let ask = if let Some(room) = path.strip_prefix("/rooms/") {
+                    percent_decode(room).map(|room| {
+                        let limit = http::query_param(head.query.as_deref(), "limit")
+                            .flatten()
+                            .and_then(|l| l.parse().ok())
+                            .unwrap_or(api::MAX_LISTED_USERS)
+                            .min(api::MAX_LISTED_USERS);
+                        cluster::Ask::Room(room.into_owned(), limit)
+                    })
+                } else if let Some(user) = path.strip_prefix("/users/") {
+                    percent_decode(user).map(|u| cluster::Ask::User(u.into_owned()))
+                } else {
+                    None
                 };
-                let conns = &self.conns;
-                let peer = |id: ConnId| super::peer_addr(conns, id);
-                let response = api::handle(&mut self.hub, &req, &peer);
-                self.counters.api_requests += 1;
-                self.drain_hub();
-                let status = response.status;
-                let body = response.into_bytes();
-                self.json_reply(key, head, status, &body, reader, now);
+                match ask {
+                    Some(ask) => {
+                        self.counters.api_requests += 1;
+                        let conn = &mut self.conns[key];
+                        conn.set_state(State::Waiting {
+                            reader,
+                            keep_alive: head.keep_alive,
+                        });
+                        let id = conn.id;
+                        let c = self.cluster.as_mut().expect("cluster mode");
+                        c.view(cluster::Waiter::Http(id), ask, now);
+                        self.drain_hub();
+                    }
+                    None => self.api_request(key, head, &request, reader, now),
+                }
             }
+            Route::Api => self.api_request(key, head, &request, reader, now),
             _ if head.method != "GET" => {
                 let status = if route == Route::NotFound { 404 } else { 405 };
                 let response = http::response(

@@ -14,7 +14,7 @@ use slab::Slab;
 
 /// A connection: an index chosen by the caller (the driver's socket slot) plus
 /// a generation, so a reused slot never receives what was meant for an old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ConnId {
     pub index: u32,
     pub generation: u32,

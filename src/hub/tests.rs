@@ -2079,7 +2079,7 @@ fn views_list_connections_with_times_rooms_route_and_info() {
     assert_eq!(ca.info.as_ref().map(|i| i.get()), Some(r#"{"v":1}"#));
     let cb = v.details.iter().find(|c| c.id == b).unwrap();
     assert_eq!(
-        (cb.connected_at, cb.route, cb.url_room.as_deref()),
+        (cb.connected_at, cb.route.as_str(), cb.url_room.as_deref()),
         (5_250, "/ws", None)
     );
     assert!(cb.info.is_none());

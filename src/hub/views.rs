@@ -2,7 +2,7 @@
 //! connections and of a room's users, answered by `GET /api/users/<id>`,
 //! `GET /api/rooms/<room>` and the embedding `Handle` alike.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{ConnId, Hub, Kind};
@@ -20,24 +20,26 @@ pub struct UserView {
 }
 
 /// One connection of a user.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionView {
     /// As in its `welcome`.
     pub connection_id: String,
+    /// The node holding it (its `welcome`'s `node`).
+    pub node: String,
     /// Unix milliseconds.
     pub connected_at: u64,
     /// The last frame received, Unix milliseconds.
     pub last_seen: u64,
     pub rooms: Vec<String>,
     /// `/ws` or `/echo`.
-    pub route: &'static str,
+    pub route: String,
     /// The room named in the URL (`/ws/<room>`), while the connection is in it.
     pub url_room: Option<String>,
     /// The peer's address (the driver fills it in; the hub knows no sockets).
     pub remote_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
-    /// The connection, for the driver.
+    /// The connection, for the driver (of this node's connections).
     #[serde(skip)]
     pub id: ConnId,
 }
@@ -88,13 +90,15 @@ impl Hub {
             .filter_map(|&id| reg.session(id))
             .map(|s| ConnectionView {
                 connection_id: s.id.to_string(),
+                node: self.node_id().to_string(),
                 connected_at: s.connected_at,
                 last_seen: self.unix_ms(s.last_seen),
                 rooms: s.rooms.iter().filter_map(|&(r, _)| room_name(r)).collect(),
                 route: match s.kind {
                     Kind::Hub => "/ws",
                     Kind::Echo => "/echo",
-                },
+                }
+                .to_string(),
                 url_room: reg.home_room(s.id).and_then(room_name),
                 remote_addr: None,
                 info: reg.info(s.id).map(ToOwned::to_owned),

@@ -28,6 +28,7 @@ mod scripts;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,7 @@ use self::resp::BytesFrame;
 use self::scripts::Script;
 use crate::config::RedisUrl;
 use crate::hub::cluster::{Channel, ListedUser, Listing, Pending, PresenceChange};
-use crate::hub::{ClusterAnswer, ConnId, Hub};
+use crate::hub::{ClusterAnswer, ConnId, ConnectionView, Hub, MemberView, RoomView, UserView};
 
 /// A node silent this long is dead: the others forget it.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +66,10 @@ const SYNC_CHUNK: usize = 256;
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often each shard's keys of this node get their expiry refreshed.
 const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// How long a user view waits for the nodes' answers.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
+/// User views gathering answers at once; beyond, this node's view answers.
+const MAX_GATHERING: usize = 1024;
 /// Tokens of the Redis links: two per shard, counting down from here.
 pub const TOKEN_TOP: usize = usize::MAX - 16;
 
@@ -80,6 +85,53 @@ pub enum Event {
     /// Re-assert what this node holds on a shard (`true`: subscribe to
     /// its channels first — the shard is up again).
     Resync(usize, bool),
+    /// A view over the whole cluster, for whoever waits for it.
+    View(Waiter, View),
+    /// The cluster cannot be asked: answer with this node's view.
+    LocalView(Waiter, Ask),
+    /// Another node (`asker`) wants this node's connections of `user`:
+    /// answer with [`Cluster::answer_view`].
+    ViewQuery {
+        shard: usize,
+        user: String,
+        asker: String,
+        qid: u64,
+    },
+}
+
+/// Who waits for a view: an HTTP request (`/api/users/…`, `/api/rooms/…`)
+/// or a `Handle` call.
+#[derive(Debug)]
+pub enum Waiter {
+    Http(ConnId),
+    User(SyncSender<UserView>),
+    Room(SyncSender<RoomView>),
+}
+
+/// A view asked for.
+#[derive(Debug, Clone)]
+pub enum Ask {
+    User(String),
+    /// A room, with at most this many users listed.
+    Room(String, usize),
+}
+
+/// A view.
+#[derive(Debug)]
+pub enum View {
+    User(UserView),
+    Room(RoomView),
+}
+
+/// A user view being gathered from the nodes that hold the user.
+struct Gathering {
+    waiter: Waiter,
+    user: String,
+    /// How many nodes received the question (PUBLISH's answer).
+    expect: Option<usize>,
+    answered: usize,
+    details: Vec<ConnectionView>,
+    deadline: Instant,
 }
 
 /// Counters for `/stats` and `/metrics`.
@@ -120,6 +172,10 @@ enum Reply {
     Presence(Option<Pending>),
     Query(Pending),
     Claim(ConnId),
+    /// A room view (the room and its user limit).
+    RoomView(Waiter, String, usize),
+    /// A user view's question went to this many nodes.
+    Gather(u64),
     Beat(Instant),
     /// A presence or count update: an error means the state in Redis may
     /// be wrong, so the shard is re-asserted.
@@ -197,6 +253,8 @@ pub struct Cluster {
     user_cap: usize,
     rng: u64,
     shutting_down: bool,
+    gathering: HashMap<u64, Gathering>,
+    next_qid: u64,
 }
 
 impl Cluster {
@@ -263,6 +321,8 @@ impl Cluster {
             user_cap: config.hub.max_connections_per_user,
             rng: seed | 1,
             shutting_down: false,
+            gathering: HashMap::new(),
+            next_qid: 0,
         })
     }
 
@@ -295,6 +355,7 @@ impl Cluster {
 
     /// When [`Cluster::on_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let views = self.gathering.values().map(|g| g.deadline).min();
         self.shards
             .iter()
             .filter_map(|s| {
@@ -304,6 +365,7 @@ impl Cluster {
                     (a, b) => a.or(b),
                 }
             })
+            .chain(views)
             .min()
     }
 
@@ -506,9 +568,139 @@ impl Cluster {
         }
     }
 
+    /// A view over the whole cluster. A room's comes from its shard; a
+    /// user's is gathered: the question goes on the user's channel, every
+    /// node holding a connection answers on this node's channel, and
+    /// PUBLISH says how many will (answers that take longer than
+    /// [`VIEW_TIMEOUT`] are left out).
+    pub fn view(&mut self, waiter: Waiter, ask: Ask, now: Instant) {
+        match ask {
+            Ask::Room(room, limit) => {
+                let (_, shard) = self.channel(&Channel::Room(Arc::from(room.as_str())));
+                let args = [
+                    self.prefix.as_bytes(),
+                    room.as_bytes(),
+                    limit.to_string().as_bytes(),
+                    b"1",
+                ]
+                .map(<[u8]>::to_vec);
+                let reply = Reply::RoomView(waiter, room, limit);
+                let Some(bytes) = self.script(shard, Script::Query, &args) else {
+                    return self.unavailable(reply);
+                };
+                if let Err(reply) = self.send(shard, None, bytes, reply, Class::Control) {
+                    self.unavailable(reply);
+                }
+            }
+            Ask::User(user) => {
+                if self.gathering.len() >= MAX_GATHERING {
+                    self.events
+                        .push_back(Event::LocalView(waiter, Ask::User(user)));
+                    return;
+                }
+                self.next_qid += 1;
+                let qid = self.next_qid;
+                let (name, shard) = self.channel(&Channel::User(Arc::from(user.as_str())));
+                let question = format!("Q {} {qid}\n", self.node);
+                let mut bytes = BytesMut::new();
+                resp::encode_command(&mut bytes, &[b"PUBLISH", &name, question.as_bytes()]);
+                self.gathering.insert(
+                    qid,
+                    Gathering {
+                        waiter,
+                        user,
+                        expect: None,
+                        answered: 0,
+                        details: Vec::new(),
+                        deadline: now + VIEW_TIMEOUT,
+                    },
+                );
+                if let Err(reply) =
+                    self.send(shard, None, bytes, Reply::Gather(qid), Class::Control)
+                {
+                    self.unavailable(reply);
+                }
+            }
+        }
+    }
+
+    /// Answer another node's question about a user with this node's
+    /// connections of them (`details`: a JSON array of connection views).
+    pub fn answer_view(&mut self, shard: usize, asker: &str, qid: u64, details: &[u8]) {
+        let name = format!("{}:n:{asker}", self.prefix);
+        let mut answer = format!("A {qid}\n").into_bytes();
+        answer.extend_from_slice(details);
+        let mut bytes = BytesMut::new();
+        resp::encode_command(&mut bytes, &[b"PUBLISH", name.as_bytes(), &answer]);
+        let _ = self.send(shard, None, bytes, Reply::Ignore, Class::Control);
+    }
+
+    /// A node's answer to one of this node's user views.
+    fn on_view_answer(&mut self, payload: &[u8]) {
+        let Some(end) = payload.iter().position(|&b| b == b'\n') else {
+            return;
+        };
+        let Some(qid) = std::str::from_utf8(&payload[..end])
+            .ok()
+            .and_then(|h| h.strip_prefix("A "))
+            .and_then(|q| q.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let Some(g) = self.gathering.get_mut(&qid) else {
+            return;
+        };
+        g.answered += 1;
+        match serde_json::from_slice::<Vec<ConnectionView>>(&payload[end + 1..]) {
+            Ok(details) => g.details.extend(details),
+            Err(e) => log::debug!("a user view answer that does not parse: {e}"),
+        }
+        self.maybe_gathered(qid);
+    }
+
+    /// Finish a user view once every node that got the question answered.
+    fn maybe_gathered(&mut self, qid: u64) {
+        let done = self
+            .gathering
+            .get(&qid)
+            .is_some_and(|g| g.expect.is_some_and(|n| g.answered >= n));
+        if done {
+            self.finish_view(qid);
+        }
+    }
+
+    fn finish_view(&mut self, qid: u64) {
+        let Some(g) = self.gathering.remove(&qid) else {
+            return;
+        };
+        let mut details = g.details;
+        details.sort_by(|a, b| (a.connected_at, &a.node).cmp(&(b.connected_at, &b.node)));
+        let mut rooms: Vec<String> = details.iter().flat_map(|d| d.rooms.clone()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let view = UserView {
+            user: g.user,
+            online: !details.is_empty(),
+            connections: details.len(),
+            rooms,
+            details,
+        };
+        self.events
+            .push_back(Event::View(g.waiter, View::User(view)));
+    }
+
     /// A request that cannot reach Redis is answered at once.
     fn unavailable(&mut self, reply: Reply) {
         match reply {
+            Reply::RoomView(waiter, room, limit) => self
+                .events
+                .push_back(Event::LocalView(waiter, Ask::Room(room, limit))),
+            Reply::Gather(qid) => {
+                if let Some(g) = self.gathering.remove(&qid) {
+                    self.events
+                        .push_back(Event::LocalView(g.waiter, Ask::User(g.user)));
+                }
+            }
             Reply::Presence(Some(p)) | Reply::Query(p) | Reply::Publish(Some(p)) => self
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Unavailable)),
@@ -653,6 +845,16 @@ impl Cluster {
             Reply::Claim(id) => self
                 .events
                 .push_back(Event::Claim(id, frame != BytesFrame::Integer(0))),
+            Reply::RoomView(waiter, room, limit) => {
+                let view = room_view(&frame, room, limit);
+                self.events.push_back(Event::View(waiter, View::Room(view)));
+            }
+            Reply::Gather(qid) => {
+                if let (Some(g), BytesFrame::Integer(n)) = (self.gathering.get_mut(&qid), &frame) {
+                    g.expect = Some((*n).max(0) as usize);
+                    self.maybe_gathered(qid);
+                }
+            }
             Reply::Beat(sent) => {
                 let s = &mut self.shards[i];
                 s.beat_sent = None;
@@ -725,12 +927,29 @@ impl Cluster {
                         continue;
                     };
                     if name == node_channel {
+                        if payload.starts_with(b"A ") {
+                            self.on_view_answer(&payload);
+                            continue;
+                        }
                         s.heard = now;
                         // Both links work: the backoff starts afresh.
                         s.attempts = 0;
                         continue;
                     }
                     self.counters.messages_received += 1;
+                    if let (Some(Channel::User(user)), true) =
+                        (self.parse_channel(&name), payload.starts_with(b"Q "))
+                    {
+                        if let Some((asker, qid)) = question(&payload) {
+                            self.events.push_back(Event::ViewQuery {
+                                shard: i,
+                                user: user.to_string(),
+                                asker,
+                                qid,
+                            });
+                        }
+                        continue;
+                    }
                     if let Some(channel) = self.parse_channel(&name) {
                         // Copied out of the read buffer, once: a slice would
                         // keep the whole buffer alive for as long as any
@@ -945,8 +1164,18 @@ impl Cluster {
         }
     }
 
-    /// Heartbeats, deafness, reconnects.
+    /// Heartbeats, deafness, reconnects, views past their time.
     pub fn on_timeout(&mut self, registry: &Registry, now: Instant) {
+        let late: Vec<u64> = self
+            .gathering
+            .iter()
+            .filter(|(_, g)| g.deadline <= now)
+            .map(|(&q, _)| q)
+            .collect();
+        for qid in late {
+            log::debug!("a user view went out without every node's answer");
+            self.finish_view(qid);
+        }
         for i in 0..self.shards.len() {
             let s = &self.shards[i];
             if s.retry_at.is_some_and(|t| t <= now) {
@@ -1142,6 +1371,54 @@ impl Cluster {
         self.shards
             .iter()
             .all(|s| !s.ready || (s.cmd.out.is_empty() && s.cmd.replies.is_empty()))
+    }
+}
+
+/// `Q <asker> <qid>\n`: who asks, and which question.
+fn question(payload: &[u8]) -> Option<(String, u64)> {
+    let line = std::str::from_utf8(payload.strip_suffix(b"\n")?).ok()?;
+    let mut words = line.split(' ');
+    let (_, asker, qid) = (words.next()?, words.next()?, words.next()?);
+    if words.next().is_some() || !crate::hub::cluster::valid_node_name(asker) {
+        return None;
+    }
+    Some((asker.to_string(), qid.parse().ok()?))
+}
+
+/// A room view from the QUERY script's reply with totals:
+/// `[members, connections, (user, connections, meta)*]`.
+fn room_view(frame: &BytesFrame, room: String, limit: usize) -> RoomView {
+    let (members, connections, rest) = match frame {
+        BytesFrame::Array(parts) if parts.len() >= 2 => {
+            let n = |f: &BytesFrame| match f {
+                BytesFrame::Integer(n) => (*n).max(0) as usize,
+                _ => 0,
+            };
+            (n(&parts[0]), n(&parts[1]), &parts[2..])
+        }
+        _ => (0, 0, &[][..]),
+    };
+    let mut with_members = vec![BytesFrame::Integer(members as i64)];
+    with_members.extend(rest.iter().cloned());
+    let listing = listing(&BytesFrame::Array(with_members));
+    let details: Vec<MemberView> = listing
+        .users
+        .into_iter()
+        .take(limit)
+        .map(|u| MemberView {
+            user: u.user,
+            connections: u.connections,
+            since: u.since,
+            info: u.info,
+        })
+        .collect();
+    RoomView {
+        room,
+        members,
+        connections,
+        users: details.iter().map(|d| d.user.clone()).collect(),
+        truncated: details.len() < members,
+        details,
     }
 }
 

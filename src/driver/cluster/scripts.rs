@@ -122,9 +122,16 @@ set_user(a[1], a[2], a[3], a[4], tonumber(a[5]), a[6], a[7], a[8], tonumber(a[9]
 return listing(a[1], a[2], tonumber(a[10]))
 "#;
 
-/// `QUERY p room list`: the listing.
+/// `QUERY p room list totals`: the listing; with `totals` 1, the room's
+/// connections over all nodes follow the member count.
 const QUERY: &str = r#"
-return listing(ARGV[1], ARGV[2], tonumber(ARGV[3]))
+local out = listing(ARGV[1], ARGV[2], tonumber(ARGV[3]))
+if ARGV[4] == '1' then
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', ARGV[1]..':ru:'..ARGV[2])) do total = total + tonumber(v) end
+  table.insert(out, 2, total)
+end
+return out
 "#;
 
 /// `SYNC p room node limit gen (user n since info)*`: re-assert some of
