@@ -195,3 +195,73 @@ fn contradicting_settings_are_refused_naming_both() {
         "{err}"
     );
 }
+
+const REDIS_PASSWORD: &str = "redispass-SECRET-4-0a1b2c3d4e5f";
+
+#[test]
+fn the_redis_password_never_shows() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pass = format!(">{REDIS_PASSWORD}");
+    let acl = ["--user", "app", "on", &pass, "~*", "&*", "+@all"];
+    let _redis = Redis::start_with(port, &acl);
+    let url = format!("redis://app:{REDIS_PASSWORD}@127.0.0.1:{port}");
+    let mut server = Server::start(&["--log-level", "trace", "--cluster", &url]);
+    let stats = server.wait_stats("cluster up", |s| s["cluster"]["state"] == "up");
+    assert_free_of(&stats.to_string(), &[REDIS_PASSWORD], "/stats");
+    let mut ann = server.joined("/ws/r?user=ann");
+    ann.send_json(json!({"type":"message","room":"r","data":"hi","echo":true}));
+    ann.expect("message");
+    let metrics = server.get("/metrics").1;
+    assert_free_of(&metrics, &[REDIS_PASSWORD], "/metrics");
+    ann.close();
+    // A wrong password: refused by Redis, and said so without it.
+    let wrong = "redispass-WRONG-0000000000000";
+    let bad = format!("redis://app:{wrong}@127.0.0.1:{port}");
+    let mut refused_node = Server::start(&["--log-level", "trace", "--cluster", &bad]);
+    let mut saw_refusal = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = refused_node
+            .log
+            .recv_timeout(std::time::Duration::from_millis(100))
+        {
+            let done = line.contains("WRONGPASS");
+            saw_refusal.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+    let text = saw_refusal.join("\n");
+    assert!(text.contains("setup: WRONGPASS"), "{text}");
+    let (status, body) = refused_node.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("degraded"), "{body}");
+    refused_node.signal_and_wait(libc::SIGTERM);
+    let mut all = refused_node.startup_log.clone();
+    all.extend(saw_refusal);
+    all.extend(refused_node.log.try_iter());
+    assert_free_of(&all.join("\n"), &[wrong], "the log of a refused link");
+
+    server.signal_and_wait(libc::SIGTERM);
+    let mut log = server.startup_log.clone();
+    log.extend(server.log.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("[TRACE]"), "{log}");
+    assert!(log.contains("<redacted>"), "{log}");
+    assert_free_of(&log, &[REDIS_PASSWORD], "the log");
+    // A settings error about a Redis URL names its position, not the URL.
+    let err = refused(
+        &[
+            "--cluster",
+            &format!("redis://:{REDIS_PASSWORD}@h:notaport"),
+        ],
+        &[],
+    );
+    assert!(err.contains("URL 1"), "{err}");
+    assert_free_of(&err, &[REDIS_PASSWORD], "a --cluster error");
+}
