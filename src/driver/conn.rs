@@ -207,3 +207,16 @@ mod tests {
         assert_eq!(close_reply(None)[..], [0x88, 0]);
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn connection_state_stays_small() {
+        // Every open connection carries one: two words, as before `Waiting`.
+        assert!(
+            std::mem::size_of::<super::State>() <= 16,
+            "{}",
+            std::mem::size_of::<super::State>()
+        );
+    }
+}

@@ -10,14 +10,13 @@
 //! each event by token (`LISTENER`, `SIGNALS`, `WAKER`, or a connection's
 //! slab key); deadlines; then every dirty connection flushed once.
 //!
-//! Where the cluster (DESIGN.md §6) goes: `driver/cluster/` — per Redis
-//! shard a command link and a subscriber link, each a socket with a token of
-//! its own beside the three above, its input read by a pure RESP reader in
-//! the style of `rx` (bytes in, frames out, fuzzed whole against chunked),
-//! its output a pipeline flushed once per iteration after the connections.
-//! Cluster effects stay values: the hub emits them as `Output`s, and what
-//! Redis delivers goes back in through `Hub::handle_*` calls, so the hub
-//! stays pure and the cluster's state machines are tested like the hub's.
+//! Cluster mode (DESIGN.md §6) lives in [`cluster`]: per Redis shard a
+//! command link and a subscriber link, sockets with tokens of their own
+//! beside the three above, read by the pure RESP reader
+//! ([`cluster::resp`], fuzzed) and written once per iteration after the
+//! connections. Cluster effects stay values: the hub emits them as
+//! `Output`s, and what Redis delivers goes back in through
+//! `Hub::handle_cluster_*` calls, so the hub stays pure.
 
 pub mod api;
 pub mod cluster;
@@ -432,6 +431,12 @@ impl Driver {
             for key in std::mem::take(&mut self.again) {
                 self.conn_ready(key, now, true);
             }
+            if let Some(c) = &mut self.cluster {
+                for token in c.take_again() {
+                    c.on_ready(self.poll.registry(), token, now);
+                }
+                self.drain_hub();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
@@ -478,7 +483,7 @@ impl Driver {
     }
 
     fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.cluster.as_ref().is_some_and(|c| c.has_again()) {
             return Some(Duration::ZERO);
         }
         let candidates = [

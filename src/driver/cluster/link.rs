@@ -50,6 +50,10 @@ impl<R> Link<R> {
         }
     }
 
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
     /// Start connecting; `setup` is written first, and `steps` replies are
     /// due before the link is up.
     pub fn open(

@@ -70,6 +70,9 @@ const REFRESH_EVERY: Duration = Duration::from_secs(60);
 const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 /// User views gathering answers at once; beyond, this node's view answers.
 const MAX_GATHERING: usize = 1024;
+/// Replies read from one link per readiness event (the rest next
+/// iteration), so what the hub is handed at once stays bounded.
+const READ_BUDGET: usize = 1024;
 /// Tokens of the Redis links: two per shard, counting down from here.
 pub const TOKEN_TOP: usize = usize::MAX - 16;
 
@@ -255,6 +258,8 @@ pub struct Cluster {
     shutting_down: bool,
     gathering: HashMap<u64, Gathering>,
     next_qid: u64,
+    /// Links that used their read budget and have more to read.
+    again: Vec<Token>,
 }
 
 impl Cluster {
@@ -323,7 +328,18 @@ impl Cluster {
             shutting_down: false,
             gathering: HashMap::new(),
             next_qid: 0,
+            again: Vec::new(),
         })
+    }
+
+    /// Links to read again at once (their read budget ran out).
+    pub fn take_again(&mut self) -> Vec<Token> {
+        std::mem::take(&mut self.again)
+    }
+
+    /// Whether some link has more to read now.
+    pub fn has_again(&self) -> bool {
+        !self.again.is_empty()
     }
 
     /// Whether `token` is one of the Redis links.
@@ -774,7 +790,15 @@ impl Cluster {
     }
 
     fn read_cmd(&mut self, i: usize, now: Instant) -> Result<(), String> {
-        while let Some(frame) = self.shards[i].cmd.next_frame()? {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            let Some(frame) = self.shards[i].cmd.next_frame()? else {
+                break;
+            };
+            budget -= 1;
+            if budget == 0 {
+                self.again.push(self.shards[i].cmd.token());
+            }
             let Some(reply) = self.shards[i].cmd.replies.pop_front() else {
                 return Err("a reply to no command".into());
             };
@@ -889,8 +913,16 @@ impl Cluster {
     }
 
     fn read_sub(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let mut budget = READ_BUDGET;
         let node_channel = self.node_channel();
-        while let Some(frame) = self.shards[i].sub.next_frame()? {
+        while budget > 0 {
+            let Some(frame) = self.shards[i].sub.next_frame()? else {
+                break;
+            };
+            budget -= 1;
+            if budget == 0 {
+                self.again.push(self.shards[i].sub.token());
+            }
             let s = &mut self.shards[i];
             if s.sub.state == LinkState::Handshake {
                 if let BytesFrame::Error(e) = &frame {
