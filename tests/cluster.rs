@@ -552,28 +552,50 @@ fn two_shards_share_the_rooms() {
 
 #[test]
 fn two_processes_share_one_port_with_reuse_port() {
+    let redis = Redis::start();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let flags = ["--listen", listen.as_str(), "--reuse-port", "true"];
+    let url = redis.url();
+    let flags = [
+        "--listen",
+        listen.as_str(),
+        "--reuse-port",
+        "true",
+        "--cluster",
+        &url,
+    ];
     let a = Server::start(&flags);
     let b = Server::start(&flags);
     assert_eq!(a.addr, b.addr);
-    // Every connection lands on one of the two (their welcomes name it).
+    // Every connection lands on one of the two (their welcomes name it),
+    // and all are in one room whichever process holds them.
     let mut nodes = std::collections::HashMap::new();
     let mut clients = Vec::new();
-    for i in 0..64 {
-        let mut c = a.client(&format!("/ws?user=u{i}"));
+    for i in 0..32 {
+        let mut c = a.client(&format!("/ws/shared?user=u{i}"));
         let w = c.expect("welcome");
         *nodes
             .entry(w["node"].as_str().unwrap().to_string())
             .or_insert(0) += 1;
-        clients.push(c);
+        let j = next_data(&mut c);
+        assert_eq!(
+            (j["type"].as_str(), j["members"].as_u64()),
+            (Some("joined"), Some(i + 1)),
+            "{j}"
+        );
+        clients.push((w["node"].as_str().unwrap().to_string(), c));
     }
     assert_eq!(nodes.len(), 2, "the kernel spread nothing: {nodes:?}");
+    let first_node = clients[0].0.clone();
+    let other = clients.iter().position(|(n, _)| *n != first_node).unwrap();
+    clients[0]
+        .1
+        .send_json(json!({"type": "message", "room": "shared", "data": "across"}));
+    assert_eq!(next_data(&mut clients[other].1)["data"], "across");
     drop(b);
 }
 
