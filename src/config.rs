@@ -558,9 +558,10 @@ impl Config {
             "metrics_require_key" => self.metrics_require_key = boolean(value).map_err(err)?,
             "reuse_port" => self.reuse_port = boolean(value).map_err(err)?,
             "node_name" => {
-                if !crate::hub::cluster::valid_node_name(value) {
+                // The id adds `-` and 8 hex digits: at most 64 in all.
+                if !crate::hub::cluster::valid_node_name(value) || value.len() > 55 {
                     return Err(err(
-                        "1 to 64 letters, digits and . _ : - (it names Redis keys)".into(),
+                        "1 to 55 letters, digits and . _ : - (it names Redis keys)".into(),
                     ));
                 }
                 self.node_name = Some(value.to_string());

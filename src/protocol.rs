@@ -101,6 +101,9 @@ pub enum ErrorCode {
     RateLimited,
     /// A payload over a size limit.
     PayloadTooLarge,
+    /// Cluster mode: the cluster could not be asked (Redis unreachable
+    /// or busy), so whether it was delivered is not known.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -85,6 +85,7 @@ const DOCUMENTED: &[&str] = &[
     "forbidden",
     "rate_limited",
     "payload_too_large",
+    "unavailable",
 ];
 const CLOSE_REASONS: &[CloseReason] = &[
     CloseReason::GoingAway,

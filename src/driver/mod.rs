@@ -467,6 +467,7 @@ impl Driver {
             }
             self.on_deadlines(now);
             if let Some(c) = &mut self.cluster {
+                c.pump(&self.hub);
                 c.flush(self.poll.registry(), now);
                 self.drain_hub();
             }
@@ -661,11 +662,11 @@ impl Driver {
         for key in handshaking {
             self.drop_conn(key);
         }
-        self.hub.close_all(CloseReason::GoingAway);
-        self.drain_hub();
         if let Some(c) = &mut self.cluster {
             c.begin_shutdown();
         }
+        self.hub.close_all(CloseReason::GoingAway);
+        self.drain_hub();
     }
 
     /// A socket event (or leftover read budget). Writable-only events just
@@ -678,10 +679,14 @@ impl Driver {
             State::Http { .. } => 0,
             State::Open { .. } => 1,
             State::Closing { .. } => 2,
-            // Read on once the answer is out.
-            State::Waiting { .. } => return,
+            // Read on once the answer is out (a response still being
+            // written goes on: marked dirty below).
+            State::Waiting { .. } => 3,
         };
         self.mark_dirty(key);
+        if phase == 3 {
+            return;
+        }
         if !readable {
             return;
         }

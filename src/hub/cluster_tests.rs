@@ -435,20 +435,37 @@ fn what_a_client_sends_before_its_welcome_waits_for_the_claim() {
         ["welcome", "pong", "joined"],
         "welcome first, then the early messages in order"
     );
-    // Bounded: past MAX_EARLY, refused.
+    // Bounded: one past MAX_EARLY closes the connection (4102), with
+    // nothing sent before a welcome.
     let id = t.try_open(Some("bob"), None).unwrap();
-    for _ in 0..MAX_EARLY + 2 {
+    for _ in 0..MAX_EARLY + 1 {
         t.text(id, r#"{"type":"ping"}"#);
     }
-    let refused = t.drain();
-    assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(refused
-        .iter()
-        .all(|(to, v)| *to == id && v["code"] == "rate_limited"));
-    // Refused claim: the early messages go with the connection.
-    t.hub.handle_cluster_claim(t.now, id, false);
+    assert!(t.drain().is_empty());
+    assert_eq!(t.take_closes(), [(id, CloseReason::RateLimited)]);
+    // A late answer to its claim finds nothing to do.
+    t.hub.handle_cluster_claim(t.now, id, true);
     t.step();
     assert!(t.drain().is_empty());
+    // Privates and broadcasts skip a connection still waiting.
+    let ann = id_of_user(&t, "ann");
+    let waiting = t.try_open(Some("ann"), None).unwrap();
+    t.take_cluster();
+    t.arrive(ChannelName::User("ann"), &frame_env(b"\x81\x02hi"));
+    t.arrive(ChannelName::All, &frame_env(b"\x81\x02hi"));
+    let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
+    assert_eq!(got, [ann, ann], "not to {waiting}");
+}
+
+fn id_of_user(t: &T, user: &str) -> ConnId {
+    let reg = t.hub.registry();
+    reg.user(reg.user_key(user).unwrap()).unwrap().conns[0]
+}
+
+fn frame_env(frame: &[u8]) -> Vec<u8> {
+    let mut e = b"F n2-00000002 -\n".to_vec();
+    e.extend_from_slice(frame);
+    e
 }
 
 #[test]

@@ -120,8 +120,8 @@ enum Early {
     Binary(Box<[u8]>),
 }
 
-/// Messages a connection may send before its claim is answered; beyond,
-/// they are refused (`rate_limited`).
+/// Messages a connection may send before its claim is answered; one more
+/// closes it (4102).
 const MAX_EARLY: usize = 32;
 
 /// A channel as named by a message that arrived on it.
@@ -316,7 +316,12 @@ impl Hub {
             }
             Target::User(user) => {
                 if let Some(user) = self.registry.user(user) {
-                    user.conns.iter().copied().for_each(f)
+                    for &id in &user.conns {
+                        // Nothing reaches a connection before its welcome.
+                        if self.claims.is_empty() || !self.claims.contains_key(&id) {
+                            f(id)
+                        }
+                    }
                 }
             }
             Target::RoomExceptUser { room, user } => {
@@ -330,7 +335,10 @@ impl Hub {
             }
             Target::All { except } => {
                 for s in self.registry.sessions() {
-                    if s.kind == Kind::Hub && Some(s.id) != except {
+                    if s.kind == Kind::Hub
+                        && Some(s.id) != except
+                        && (self.claims.is_empty() || !self.claims.contains_key(&s.id))
+                    {
                         f(s.id)
                     }
                 }
@@ -442,13 +450,10 @@ impl Hub {
         if claim.early.len() < MAX_EARLY {
             claim.early.push(early());
         } else {
-            self.refuse(
-                id,
-                Refusal::new(
-                    ErrorCode::RateLimited,
-                    "too many messages before the welcome",
-                ),
-            );
+            // Nothing may reach a connection before its welcome: close.
+            log::info!("{id} closed: over {MAX_EARLY} messages before its welcome");
+            self.counters.rate_limit_closes += 1;
+            self.close(id, CloseReason::RateLimited);
         }
         true
     }
@@ -1507,6 +1512,15 @@ impl Hub {
         let frame = match (pending.kind, answer) {
             (PendingKind::Private, ClusterAnswer::Delivered(n)) if n > 0 => return,
             (PendingKind::Private, ClusterAnswer::Listing(_)) => return,
+            (PendingKind::Private, ClusterAnswer::Unavailable) => {
+                let mut refusal = Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the cluster could not be reached: not sent to connections on other nodes",
+                );
+                refusal.reference = reference;
+                self.refuse(id, refusal);
+                return;
+            }
             (PendingKind::Private, _) => {
                 let mut refusal =
                     Refusal::new(ErrorCode::UserOffline, "no connection for that user");

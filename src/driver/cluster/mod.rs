@@ -56,8 +56,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reconnect backoff: first delay and cap (with jitter).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
-/// Dead nodes one heartbeat forgets at most (the rest on the next).
-const REAP_PER_BEAT: usize = 4;
+/// Bounded steps (about 50 rooms each) one heartbeat spends forgetting a
+/// dead node (the rest on the next beat, of any node).
+const REAP_STEPS: usize = 20;
 /// Channels per SUBSCRIBE command when re-subscribing.
 const SUBSCRIBE_BATCH: usize = 512;
 /// Users per SYNC script when re-asserting a room.
@@ -183,6 +184,12 @@ enum Reply {
     /// A presence or count update: an error means the state in Redis may
     /// be wrong, so the shard is re-asserted.
     Update,
+    /// A re-assertion script of this generation.
+    Sync(u64),
+    /// A sweep step of this generation (0: shutdown).
+    Sweep(u64),
+    /// A step of refreshing key expiries.
+    Refresh,
     Ignore,
 }
 
@@ -201,6 +208,25 @@ struct Held {
     bytes: BytesMut,
     reply: Reply,
 }
+
+/// A re-assertion in progress (see [`Cluster::resync`]).
+struct Reassert {
+    generation: u64,
+    /// What this node held on the shard when it began (looked up again as
+    /// each is sent).
+    rooms: Vec<Arc<str>>,
+    users: Vec<Arc<str>>,
+    next_room: usize,
+    next_user: usize,
+    /// Scripts sent and not answered yet.
+    in_flight: usize,
+    /// One could not be sent or was refused: no sweep, start again.
+    failed: bool,
+}
+
+/// Re-assertion scripts in flight at once per shard, so a heartbeat never
+/// waits behind more than a few of them.
+const REASSERT_IN_FLIGHT: usize = 4;
 
 /// A channel being subscribed: confirmations still due, commands waiting.
 #[derive(Debug)]
@@ -238,8 +264,8 @@ struct Shard {
     beats: u64,
     /// Connections made (the first is no reconnect).
     connects: u64,
-    /// Commands waiting until every pending subscription is confirmed.
-    after_subscribing: Vec<Held>,
+    /// The re-assertion in progress, if any.
+    reassert: Option<Reassert>,
     next_refresh: Instant,
 }
 
@@ -288,10 +314,18 @@ impl Cluster {
             // client or the server API may send, twice for safety.
             let largest = config.hub.max_message_size.max(config.max_request_body);
             let reply_max = largest.saturating_mul(2).max(1 << 20) + 64 * 1024;
+            // The longest reply to a command: a room listing of the most
+            // users a view may ask for, each with the longest id and info.
+            let listed = config
+                .hub
+                .member_list_limit
+                .max(crate::driver::api::MAX_LISTED_USERS);
+            let per_user = config.hub.max_user_id_len + config.hub.max_info_bytes + 96;
+            let cmd_max = reply_max.max(listed.saturating_mul(per_user) + 64 * 1024);
             shards.push(Shard {
                 url: url.clone(),
                 addr,
-                cmd: Link::new(Token(TOKEN_TOP - 2 * i), reply_max),
+                cmd: Link::new(Token(TOKEN_TOP - 2 * i), cmd_max),
                 sub: Link::new(Token(TOKEN_TOP - 2 * i - 1), reply_max),
                 shas: Default::default(),
                 generation: 0,
@@ -307,7 +341,7 @@ impl Cluster {
                 resync_due: false,
                 beats: 0,
                 connects: 0,
-                after_subscribing: Vec::new(),
+                reassert: None,
                 next_refresh: now + REFRESH_EVERY,
             });
         }
@@ -705,6 +739,16 @@ impl Cluster {
             .push_back(Event::View(g.waiter, View::User(view)));
     }
 
+    /// A re-assertion script was answered (`ok`: without an error).
+    fn sync_answered(&mut self, i: usize, gen: u64, ok: bool) {
+        if let Some(r) = &mut self.shards[i].reassert {
+            if r.generation == gen {
+                r.in_flight = r.in_flight.saturating_sub(1);
+                r.failed |= !ok;
+            }
+        }
+    }
+
     /// A request that cannot reach Redis is answered at once.
     fn unavailable(&mut self, reply: Reply) {
         match reply {
@@ -830,6 +874,8 @@ impl Cluster {
                     match &other {
                         Reply::Beat(_) => self.shards[i].beat_sent = None,
                         Reply::Presence(_) | Reply::Claim(_) | Reply::Update => self.lost_update(i),
+                        Reply::Sync(gen) => self.sync_answered(i, *gen, false),
+                        Reply::Sweep(gen) if *gen != 0 => self.lost_update(i),
                         _ => {}
                     }
                     self.unavailable(other);
@@ -839,6 +885,23 @@ impl Cluster {
         }
         match reply {
             Reply::Handshake | Reply::Ignore | Reply::Update => {}
+            Reply::Sync(gen) => self.sync_answered(i, gen, true),
+            Reply::Sweep(gen) => {
+                // Go on with the next step while it is still this
+                // generation's (or the shutdown's).
+                if let Some((phase, cursor)) = step_of(&frame) {
+                    if phase < 2 && (gen == 0 || gen == self.shards[i].generation) {
+                        self.sweep_step(i, gen, phase, &cursor);
+                    }
+                }
+            }
+            Reply::Refresh => {
+                if let Some((phase, cursor)) = step_of(&frame) {
+                    if phase < 2 {
+                        self.refresh_step(i, phase, &cursor);
+                    }
+                }
+            }
             Reply::Loaded(script) => {
                 let sha = match frame {
                     BytesFrame::BulkString(b) => b,
@@ -1017,14 +1080,13 @@ impl Cluster {
         };
         sub.due -= 1;
         if sub.due > 0 {
+            // Progress: the timeout counts from the latest confirmation, so
+            // a channel joined and left over and over is not "stuck".
+            sub.since = now;
             return;
         }
         let sub = s.subscribing.remove(name).expect("just seen");
-        let mut release = sub.held;
-        if s.subscribing.is_empty() {
-            release.append(&mut s.after_subscribing);
-        }
-        for held in release {
+        for held in sub.held {
             s.held_bytes -= held.bytes.len();
             s.cmd.out.extend_from_slice(&held.bytes);
             s.cmd.replies.push_back(held.reply);
@@ -1079,28 +1141,44 @@ impl Cluster {
 
     /// Re-assert everything this node holds on shard `i` in a new
     /// generation (after subscribing to its channels, with `subscribe`),
-    /// then sweep what it asserted before; `hub` gives the local state.
-    /// If any of it cannot go out, the sweep is not sent (it would remove
-    /// what was not re-asserted) and the whole is tried again later.
+    /// then sweep what it asserted before. Paced by [`Cluster::pump`]: a
+    /// few scripts in flight at a time, each built from the hub's state
+    /// when it is sent (so it never undoes a later change), heartbeats
+    /// never stuck behind a burst. The sweep goes out only once every
+    /// re-assertion was answered without error; otherwise the whole is
+    /// tried again later.
     pub fn resync(&mut self, i: usize, hub: &Hub, subscribe: bool) {
+        if !self.shards[i].ready {
+            return;
+        }
         let registry = hub.registry();
+        let mut rooms = Vec::new();
+        for room in registry.rooms() {
+            if self.channel(&Channel::Room(room.name.clone())).1 == i {
+                rooms.push(room.name.clone());
+            }
+        }
+        let mut users = Vec::new();
+        for user in registry.users() {
+            if self.channel(&Channel::User(user.name.clone())).1 == i {
+                users.push(user.name.clone());
+            }
+        }
         if subscribe {
-            let mut names = Vec::new();
+            let mut names = Vec::with_capacity(rooms.len() + users.len() + 2);
             if i == 0 {
                 names.push(self.channel(&Channel::All).0);
             }
-            for room in registry.rooms() {
-                let (name, shard) = self.channel(&Channel::Room(room.name.clone()));
-                if shard == i {
-                    names.push(name);
-                }
-            }
-            for user in registry.users() {
-                let (name, shard) = self.channel(&Channel::User(user.name.clone()));
-                if shard == i {
-                    names.push(name);
-                }
-            }
+            names.extend(
+                rooms
+                    .iter()
+                    .map(|r| self.channel(&Channel::Room(r.clone())).0),
+            );
+            names.extend(
+                users
+                    .iter()
+                    .map(|u| self.channel(&Channel::User(u.clone())).0),
+            );
             // The node's own channel last: its confirmation says all are.
             names.push(self.node_channel());
             for batch in names.chunks(SUBSCRIBE_BATCH) {
@@ -1112,87 +1190,171 @@ impl Cluster {
         let s = &mut self.shards[i];
         s.generation += 1;
         s.resync_due = false;
-        let gen = s.generation.to_string().into_bytes();
-        let mut complete = true;
-        // Presence, room by room, in chunks: each waits for its channel.
-        let mut rooms: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
-        hub.local_presence(|room, user, presence, info| {
-            let args = rooms.entry(room.clone()).or_default();
-            args.push(user.as_bytes().to_vec());
-            args.push(presence.connections().to_string().into_bytes());
-            args.push(presence.since().to_string().into_bytes());
-            args.push(info.map_or(Vec::new(), |i| i.get().as_bytes().to_vec()));
+        s.reassert = Some(Reassert {
+            generation: s.generation,
+            rooms,
+            users,
+            next_room: 0,
+            next_user: 0,
+            in_flight: 0,
+            failed: false,
         });
-        for (room, entries) in rooms {
-            let (channel, shard) = self.channel(&Channel::Room(room.clone()));
-            if shard != i {
-                continue;
+    }
+
+    /// Send the next re-assertion scripts while few are in flight and the
+    /// link has room (once per loop iteration).
+    pub fn pump(&mut self, hub: &Hub) {
+        for i in 0..self.shards.len() {
+            while self.pump_one(i, hub) {}
+        }
+    }
+
+    /// One step of shard `i`'s re-assertion; whether to go on.
+    fn pump_one(&mut self, i: usize, hub: &Hub) -> bool {
+        let max = self.max_pending;
+        let s = &mut self.shards[i];
+        let Some(r) = &mut s.reassert else {
+            return false;
+        };
+        let busy = s.cmd.out.len() + s.held_bytes >= max;
+        if r.in_flight >= REASSERT_IN_FLIGHT || (busy && r.in_flight > 0) {
+            return false;
+        }
+        let gen = r.generation;
+        let registry = hub.registry();
+        if r.next_room < r.rooms.len() {
+            let room = r.rooms[r.next_room].clone();
+            r.next_room += 1;
+            // The room as it is now (gone: its departures went out already).
+            let Some(local) = registry.room_key(&room).and_then(|k| registry.room(k)) else {
+                return true;
+            };
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            for (u, presence) in local.presences() {
+                let Some(user) = registry.user(u) else {
+                    continue;
+                };
+                entries.push(user.name.as_bytes().to_vec());
+                entries.push(presence.connections().to_string().into_bytes());
+                entries.push(presence.since().to_string().into_bytes());
+                entries.push(
+                    registry
+                        .user_info(u)
+                        .map_or(Vec::new(), |i| i.get().as_bytes().to_vec()),
+                );
             }
+            let (channel, _) = self.channel(&Channel::Room(room.clone()));
             for chunk in entries.chunks(4 * SYNC_CHUNK) {
                 let mut args = vec![
                     self.prefix.as_bytes().to_vec(),
                     room.as_bytes().to_vec(),
                     self.node.as_bytes().to_vec(),
                     self.announce_limit.to_string().into_bytes(),
-                    gen.clone(),
+                    gen.to_string().into_bytes(),
                 ];
                 args.extend_from_slice(chunk);
-                let sent = self.script(i, Script::Sync, &args).is_some_and(|bytes| {
-                    let reply = Reply::Update;
-                    self.send(i, Some(&channel), bytes, reply, Class::Control)
-                        .is_ok()
-                });
-                complete &= sent;
+                self.send_sync(i, Some(&channel), Script::Sync, &args);
             }
+            return true;
         }
-        for user in registry.users() {
-            let (channel, shard) = self.channel(&Channel::User(user.name.clone()));
-            if shard != i {
-                continue;
-            }
+        if r.next_user < r.users.len() {
+            let user = r.users[r.next_user].clone();
+            r.next_user += 1;
+            let Some(local) = registry.user_key(&user).and_then(|k| registry.user(k)) else {
+                return true;
+            };
+            let (channel, _) = self.channel(&Channel::User(user.clone()));
             let args = [
                 self.prefix.as_bytes(),
-                user.name.as_bytes(),
+                user.as_bytes(),
                 self.node.as_bytes(),
-                user.conns.len().to_string().as_bytes(),
+                local.conns.len().to_string().as_bytes(),
                 b"0",
-                &gen,
+                gen.to_string().as_bytes(),
             ]
             .map(<[u8]>::to_vec);
-            let sent = self.script(i, Script::User, &args).is_some_and(|bytes| {
-                self.send(i, Some(&channel), bytes, Reply::Update, Class::Control)
-                    .is_ok()
-            });
-            complete &= sent;
+            self.send_sync(i, Some(&channel), Script::User, &args);
+            return true;
         }
-        if !complete {
+        if r.in_flight > 0 {
+            return false;
+        }
+        let failed = r.failed;
+        s.reassert = None;
+        if failed {
             log::warn!(
-                "cluster shard {}: this node's state did not fit the link; re-asserting again later",
+                "cluster shard {}: re-asserting this node's state failed; trying again",
                 i + 1
             );
-            self.shards[i].resync_due = true;
-            return;
+            s.resync_due = true;
+        } else {
+            self.sweep_step(i, gen, 0, b"0");
         }
-        // The sweep waits until every subscription is confirmed, so it runs
-        // after every re-assertion above.
+        false
+    }
+
+    /// Send one re-assertion script, counted in flight until answered.
+    fn send_sync(&mut self, i: usize, channel: Option<&Bytes>, script: Script, args: &[Vec<u8>]) {
+        let Some(gen) = self.shards[i].reassert.as_ref().map(|r| r.generation) else {
+            return;
+        };
+        let sent = self.script(i, script, args).is_some_and(|bytes| {
+            // Paced by the in-flight count, not the budget: it must go.
+            let s = &mut self.shards[i];
+            match channel.and_then(|c| s.subscribing.get_mut(c)) {
+                Some(sub) => {
+                    s.held_bytes += bytes.len();
+                    sub.held.push(Held {
+                        bytes,
+                        reply: Reply::Sync(gen),
+                    });
+                }
+                None => {
+                    s.cmd.out.extend_from_slice(&bytes);
+                    s.cmd.replies.push_back(Reply::Sync(gen));
+                }
+            }
+            true
+        });
+        if let Some(r) = &mut self.shards[i].reassert {
+            if sent {
+                r.in_flight += 1;
+            } else {
+                r.failed = true;
+            }
+        }
+    }
+
+    /// One step of sweeping what this node asserted before `gen` (0: all
+    /// of it and the node itself); the reply sends the next.
+    fn sweep_step(&mut self, i: usize, gen: u64, phase: i64, cursor: &[u8]) {
         let args = [
             self.prefix.as_bytes().to_vec(),
             self.node.as_bytes().to_vec(),
             self.announce_limit.to_string().into_bytes(),
-            gen,
+            gen.to_string().into_bytes(),
+            phase.to_string().into_bytes(),
+            cursor.to_vec(),
         ];
         if let Some(bytes) = self.script(i, Script::Sweep, &args) {
             let s = &mut self.shards[i];
-            if s.subscribing.is_empty() {
+            if s.ready {
                 s.cmd.out.extend_from_slice(&bytes);
-                s.cmd.replies.push_back(Reply::Update);
-            } else {
-                s.held_bytes += bytes.len();
-                s.after_subscribing.push(Held {
-                    bytes,
-                    reply: Reply::Update,
-                });
+                s.cmd.replies.push_back(Reply::Sweep(gen));
             }
+        }
+    }
+
+    /// One step of refreshing the expiry of this node's keys.
+    fn refresh_step(&mut self, i: usize, phase: i64, cursor: &[u8]) {
+        let args = [
+            self.prefix.as_bytes().to_vec(),
+            self.node.as_bytes().to_vec(),
+            phase.to_string().into_bytes(),
+            cursor.to_vec(),
+        ];
+        if let Some(bytes) = self.script(i, Script::Refresh, &args) {
+            let _ = self.send(i, None, bytes, Reply::Refresh, Class::Control);
         }
     }
 
@@ -1247,18 +1409,15 @@ impl Cluster {
                 self.fail(registry, i, now, "a subscription was not confirmed in time");
                 continue;
             }
-            if s.resync_due && s.cmd.out.len() + s.held_bytes < self.max_pending / 2 {
+            if s.resync_due
+                && s.reassert.is_none()
+                && s.cmd.out.len() + s.held_bytes < self.max_pending / 2
+            {
                 self.events.push_back(Event::Resync(i, false));
             }
             if s.next_refresh <= now && !self.shutting_down {
                 self.shards[i].next_refresh = now + REFRESH_EVERY;
-                let args = [
-                    self.prefix.as_bytes().to_vec(),
-                    self.node.as_bytes().to_vec(),
-                ];
-                if let Some(bytes) = self.script(i, Script::Refresh, &args) {
-                    let _ = self.send(i, None, bytes, Reply::Ignore, Class::Control);
-                }
+                self.refresh_step(i, 0, b"0");
             }
             self.shards[i].next_beat = now + BEAT_EVERY;
             if self.shards[i].beat_sent.is_none() && !self.shutting_down {
@@ -1267,7 +1426,7 @@ impl Cluster {
                     self.node.as_bytes().to_vec(),
                     NODE_TIMEOUT.as_millis().to_string().into_bytes(),
                     self.announce_limit.to_string().into_bytes(),
-                    REAP_PER_BEAT.to_string().into_bytes(),
+                    REAP_STEPS.to_string().into_bytes(),
                 ];
                 if let Some(bytes) = self.script(i, Script::Beat, &args) {
                     if self
@@ -1343,7 +1502,7 @@ impl Cluster {
         for (_, sub) in s.subscribing.drain() {
             waiting.extend(sub.held.into_iter().map(|h| h.reply));
         }
-        waiting.extend(s.after_subscribing.drain(..).map(|h| h.reply));
+        s.reassert = None;
         s.held_bytes = 0;
         // Backoff: doubling from BACKOFF_MIN to BACKOFF_MAX, half of it
         // random, so nodes do not reconnect in step.
@@ -1382,28 +1541,39 @@ impl Cluster {
     }
 
     /// Shutting down: forget this node everywhere (its users' `user_left`
-    /// go out now, not after the dead-node timeout).
+    /// go out now, not after the dead-node timeout). Call before the hub
+    /// closes its connections, so the sweep goes first.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
         for i in 0..self.shards.len() {
-            let args = [
-                self.prefix.as_bytes().to_vec(),
-                self.node.as_bytes().to_vec(),
-                self.announce_limit.to_string().into_bytes(),
-                b"0".to_vec(),
-            ];
-            if let Some(bytes) = self.script(i, Script::Sweep, &args) {
-                let _ = self.send(i, None, bytes, Reply::Ignore, Class::Control);
-            }
+            self.shards[i].reassert = None;
+            self.sweep_step(i, 0, 0, b"0");
         }
     }
 
     /// Nothing left to write or to hear back (shutdown may finish).
     pub fn settled(&self) -> bool {
-        self.shards
-            .iter()
-            .all(|s| !s.ready || (s.cmd.out.is_empty() && s.cmd.replies.is_empty()))
+        self.shards.iter().all(|s| {
+            !s.ready || (s.cmd.out.is_empty() && s.cmd.replies.is_empty() && s.held_bytes == 0)
+        })
     }
+}
+
+/// A bounded step's answer: `{phase, cursor}`.
+fn step_of(frame: &BytesFrame) -> Option<(i64, Vec<u8>)> {
+    let BytesFrame::Array(parts) = frame else {
+        return None;
+    };
+    let phase = match parts.first()? {
+        BytesFrame::Integer(n) => *n,
+        _ => return None,
+    };
+    let cursor = match parts.get(1)? {
+        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => b.to_vec(),
+        BytesFrame::Integer(n) => n.to_string().into_bytes(),
+        _ => return None,
+    };
+    Some((phase, cursor))
 }
 
 /// `Q <asker> <qid>\n`: who asks, and which question.

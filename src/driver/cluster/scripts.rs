@@ -90,27 +90,37 @@ local function listing(p, room, k)
   return out
 end
 
--- Remove what node asserted before generation below (0: everything).
-local function forget(p, node, limit, below)
+-- One bounded step of forgetting what node asserted before generation
+-- below (0: everything): about 50 of its rooms from HSCAN `cursor`
+-- (phase 0), then its users (phase 1). Returns {phase, cursor}; phase 2
+-- is done. Deleting while scanning is safe (SCAN returns what stays).
+local function forget_step(p, node, limit, below, phase, cursor)
   local nr, nu = p..':nr:'..node, p..':nu:'..node
-  local rooms = redis.call('HKEYS', nr)
-  for i = 1, #rooms do
-    local room = rooms[i]
-    local held = redis.call('HGETALL', rn_key(p, node, room))
-    for j = 1, #held, 2 do
-      if below == 0 or gen_of(held[j + 1]) < below then
-        set_user(p, room, node, held[j], 0, '0', '', '-', limit, 0)
+  if phase == 0 then
+    local r = redis.call('HSCAN', nr, cursor, 'COUNT', 50)
+    for i = 1, #r[2], 2 do
+      local room = r[2][i]
+      local rn = rn_key(p, node, room)
+      local held = redis.call('HGETALL', rn)
+      for j = 1, #held, 2 do
+        if below == 0 or gen_of(held[j + 1]) < below then
+          set_user(p, room, node, held[j], 0, '0', '', '-', limit, 0)
+        end
       end
+      if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', nr, room) end
     end
-    if redis.call('EXISTS', rn_key(p, node, room)) == 0 then redis.call('HDEL', nr, room) end
+    if r[1] == '0' then return {1, '0'} end
+    return {0, r[1]}
   end
-  local users = redis.call('HGETALL', nu)
-  for i = 1, #users, 2 do
-    if below == 0 or tonumber(users[i + 1]) < below then
-      redis.call('HDEL', p..':uc:'..users[i], node)
-      redis.call('HDEL', nu, users[i])
+  local r = redis.call('HSCAN', nu, cursor, 'COUNT', 200)
+  for i = 1, #r[2], 2 do
+    if below == 0 or tonumber(r[2][i + 1]) < below then
+      redis.call('HDEL', p..':uc:'..r[2][i], node)
+      redis.call('HDEL', nu, r[2][i])
     end
   end
+  if r[1] == '0' then return {2, '0'} end
+  return {1, r[1]}
 end
 "#;
 
@@ -169,10 +179,12 @@ end
 return 1
 "#;
 
-/// `BEAT p node dead_after_ms limit max_reaped`: this node is alive (and
-/// hears its own channel); nodes silent for `dead_after_ms` are forgotten,
-/// their users' `user_left` announced. Answers [live nodes, reaped, 1 if
-/// this node was not listed (first beat, or others took it for dead)].
+/// `BEAT p node dead_after_ms limit steps`: this node is alive (and hears
+/// its own channel); a node silent for `dead_after_ms` is forgotten, its
+/// users' `user_left` announced, in at most `steps` bounded steps per beat
+/// (so no beat blocks Redis for long). Answers [live nodes, nodes fully
+/// forgotten, 1 if this node was not listed (first beat, or others took
+/// it for dead)].
 const BEAT: &str = r#"
 local p, node, dead_after, limit, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -180,40 +192,62 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = p..':nodes'
 local added = redis.call('ZADD', nodes, now, node)
 redis.call('PUBLISH', p..':n:'..node, 'H')
-local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, most)
+-- One dead node per beat, `most` bounded steps at a time: it stays listed
+-- (and dead) until forgotten, so the next beat of any node goes on.
+local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, 1)
+local reaped = 0
 for _, d in ipairs(dead) do
-  forget(p, d, limit, 0)
-  redis.call('ZREM', nodes, d)
+  local st = {0, '0'}
+  for _ = 1, most do
+    -- Every entry seen is removed, so scanning from 0 again progresses.
+    st = forget_step(p, d, limit, 0, st[1], '0')
+    if st[1] == 2 then break end
+  end
+  if st[1] == 2 then
+    redis.call('ZREM', nodes, d)
+    reaped = reaped + 1
+  end
 end
-return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), #dead, added}
+return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), reaped, added}
 "#;
 
-/// `REFRESH p node`: keep alive the keys of everything this node holds.
+/// `REFRESH p node phase cursor`: one bounded step of keeping alive the
+/// keys of what this node holds: its rooms (phase 0), then its users
+/// (phase 1). Answers {phase, cursor}: the caller goes on until phase 2.
 const REFRESH: &str = r#"
-local p, node = ARGV[1], ARGV[2]
+local p, node, phase, cursor = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local nr, nu = p..':nr:'..node, p..':nu:'..node
-for _, room in ipairs(redis.call('HKEYS', nr)) do
-  redis.call('EXPIRE', rn_key(p, node, room), TTL)
-  redis.call('EXPIRE', p..':ru:'..room, TTL)
-  redis.call('EXPIRE', p..':rm:'..room, TTL)
+if phase == 0 then
+  local r = redis.call('HSCAN', nr, cursor, 'COUNT', 200)
+  for i = 1, #r[2], 2 do
+    local room = r[2][i]
+    redis.call('EXPIRE', rn_key(p, node, room), TTL)
+    redis.call('EXPIRE', p..':ru:'..room, TTL)
+    redis.call('EXPIRE', p..':rm:'..room, TTL)
+  end
+  redis.call('EXPIRE', nr, TTL)
+  redis.call('EXPIRE', p..':nodes', TTL)
+  if r[1] == '0' then return {1, '0'} end
+  return {0, r[1]}
 end
-for _, user in ipairs(redis.call('HKEYS', nu)) do
-  redis.call('EXPIRE', p..':uc:'..user, TTL)
+local r = redis.call('HSCAN', nu, cursor, 'COUNT', 200)
+for i = 1, #r[2], 2 do
+  redis.call('EXPIRE', p..':uc:'..r[2][i], TTL)
 end
-redis.call('EXPIRE', nr, TTL)
 redis.call('EXPIRE', nu, TTL)
-redis.call('EXPIRE', p..':nodes', TTL)
-return 1
+if r[1] == '0' then return {2, '0'} end
+return {1, r[1]}
 "#;
 
-/// `SWEEP p node limit gen`: forget what this node asserted before `gen`
-/// (after a reconnect's re-assertion); `gen` 0 forgets everything and the
-/// node itself (shutdown).
+/// `SWEEP p node limit gen phase cursor`: one bounded step of forgetting
+/// what this node asserted before `gen` (after a re-assertion); `gen` 0
+/// forgets everything and, at the end, the node itself (shutdown).
+/// Answers {phase, cursor}: the caller goes on until phase 2.
 const SWEEP: &str = r#"
 local p, node, limit, gen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-forget(p, node, limit, gen)
-if gen == 0 then redis.call('ZREM', p..':nodes', node) end
-return 1
+local st = forget_step(p, node, limit, gen, tonumber(ARGV[5]), ARGV[6])
+if gen == 0 and st[1] == 2 then redis.call('ZREM', p..':nodes', node) end
+return st
 "#;
 
 /// The scripts, in the order of [`Script`].
