@@ -775,3 +775,55 @@ fn user_and_room_views_see_every_node() {
     handle.shutdown().unwrap();
     thread.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_big_node_reasserts_everything_after_redis_restarts() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    // A small link budget, so the re-assertion must be paced.
+    let small = ["--cluster-max-pending", "65536"];
+    let (n1, n2) = (node(&redis.url(), &small), node(&redis.url(), &small));
+    const ROOMS: usize = 20;
+    const PER_ROOM: usize = 15;
+    let mut clients = Vec::new();
+    for i in 0..ROOMS * PER_ROOM {
+        let info = format!("%7B%22pad%22%3A%22{}%22%7D", "x".repeat(200));
+        clients.push(n1.joined(&format!("/ws/big{}?user=u{i}&info={info}", i % ROOMS)));
+    }
+    let mut watcher = n2.joined("/ws/big0?user=watcher");
+    settle(&mut watcher);
+    redis.stop();
+    n1.wait_stats_with_key(Some(API_KEY), "cluster down", |s| {
+        s["cluster"]["state"] == "down"
+    });
+    let _redis = Redis::start_on(port);
+    wait_up(&n1);
+    wait_up(&n2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for room in 0..ROOMS {
+        loop {
+            let r = get(&n2, &format!("/api/rooms/big{room}"));
+            let want = PER_ROOM + usize::from(room == 0);
+            if r["members"].as_u64() == Some(want as u64) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "room big{room} not re-asserted: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Everyone leaves: nothing is left in Redis.
+    drop(clients);
+    drop(watcher);
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let keys = _redis.cli(&["--scan", "--pattern", "switchboard:r*"]);
+        if keys.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence left in Redis: {keys}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
