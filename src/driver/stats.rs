@@ -322,6 +322,12 @@ impl Driver {
                 &[("", k.deaf as f64)],
             );
             metric(
+                "cluster_reasserts_total",
+                "counter",
+                "Re-assertions of this node's presence not caused by a reconnect (an update that could not go out, or the node taken for dead).",
+                &[("", k.reasserts as f64)],
+            );
+            metric(
                 "cluster_errors_total",
                 "counter",
                 "Error replies from Redis.",
