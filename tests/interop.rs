@@ -41,12 +41,26 @@ fn python_websockets_client() {
 
 #[test]
 fn metrics_parse_with_the_prometheus_parser() {
+    check_metrics(&[], None);
+}
+
+#[test]
+fn cluster_metrics_parse_with_the_prometheus_parser() {
+    let redis = support::Redis::start();
+    let url = redis.url();
+    check_metrics(&["--cluster", &url], Some("cluster"));
+}
+
+fn check_metrics(flags: &[&str], mode: Option<&str>) {
     let python = repo(".tools/venv/bin/python");
     assert!(
         python.exists(),
         "run scripts/test.sh (it installs the Python tools)"
     );
-    let server = Server::start(&[]);
+    let server = Server::start(flags);
+    if mode == Some("cluster") {
+        server.wait_stats("cluster up", |s| s["cluster"]["state"] == "up");
+    }
     let mut a = server.joined("/ws/m?user=a");
     let _b = server.joined("/ws/m?user=b");
     a.expect("user_joined");
@@ -56,6 +70,7 @@ fn metrics_parse_with_the_prometheus_parser() {
     let out = Command::new(&python)
         .arg(repo("tests/interop/metrics.py"))
         .arg(format!("http://{}", server.addr))
+        .args(mode)
         .output()
         .unwrap();
     assert!(
