@@ -625,8 +625,8 @@ fn anonymous_users_on_two_nodes_are_two_users() {
     let ua = a.expect("welcome")["user"].as_str().unwrap().to_string();
     let ub = b.expect("welcome")["user"].as_str().unwrap().to_string();
     assert_ne!(ua, ub);
-    // Two users in the room, whichever joined first; the one who joined
-    // first hears of the other.
+    // Two users in the room, whichever joined first; each gets its
+    // `joined` before anything of the room.
     assert_eq!(next_data(&mut a)["type"], "joined");
     assert_eq!(next_data(&mut b)["type"], "joined");
     for (c, other) in [(&mut a, &ub), (&mut b, &ua)] {
@@ -825,5 +825,48 @@ fn a_big_node_reasserts_everything_after_redis_restarts() {
         }
         assert!(Instant::now() < deadline, "presence left in Redis: {keys}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn concurrent_joins_on_two_nodes_announce_everyone_exactly_once() {
+    let redis = Redis::start();
+    let (n1, n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    const N: usize = 20;
+    // Connect all at once (URL room: the join starts at the handshake).
+    let mut clients: Vec<Client> = (0..N)
+        .map(|i| {
+            let n = if i % 2 == 0 { &n1 } else { &n2 };
+            n.client(&format!("/ws/race?user=r{i}"))
+        })
+        .collect();
+    let everyone: std::collections::BTreeSet<String> = (0..N).map(|i| format!("r{i}")).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.expect("welcome")["user"], format!("r{i}"));
+        // `joined` before anything of the room.
+        let j = c.expect("joined");
+        let listed: std::collections::BTreeSet<String> = j["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_string())
+            .collect();
+        assert!(listed.contains(&format!("r{i}")), "{j}");
+        // Everyone not listed is announced, once; nobody listed is.
+        let mut announced = std::collections::BTreeSet::new();
+        while listed.len() + announced.len() < N {
+            let e = c.expect("user_joined");
+            let user = e["user"].as_str().unwrap().to_string();
+            assert!(!listed.contains(&user), "r{i}: {user} listed and announced");
+            assert!(
+                announced.insert(user.clone()),
+                "r{i}: {user} announced twice"
+            );
+        }
+        let seen: std::collections::BTreeSet<String> = listed.union(&announced).cloned().collect();
+        assert_eq!(seen, everyone, "r{i}");
+    }
+    for c in &mut clients {
+        c.expect_silence(Duration::from_millis(100));
     }
 }

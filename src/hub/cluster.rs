@@ -20,6 +20,7 @@
 //! J <node> <conn|-> <members> <user len>\n<user><info>   user_joined (from a script)
 //! L <node> <members> <user len>\n<user>                  user_left (from a script)
 //! D <code>\n<text>                                       close every connection of the user
+//! M <node> <conn>\n                                       where a join took effect (from a script)
 //! ```
 
 use std::sync::Arc;
@@ -121,6 +122,12 @@ pub enum Envelope<'a> {
         code: u16,
         text: &'a str,
     },
+    /// Where connection `conn` of node `origin` joined, in the channel's
+    /// order (a `Joined` marks it too).
+    Marker {
+        origin: &'a str,
+        conn: ConnId,
+    },
 }
 
 /// The longest envelope header line read.
@@ -168,6 +175,10 @@ impl<'a> Envelope<'a> {
                     user: std::str::from_utf8(body).ok()?,
                 }
             }
+            "M" if body.is_empty() => Envelope::Marker {
+                origin: words.next()?,
+                conn: conn(words.next()?)??,
+            },
             "D" => Envelope::Disconnect {
                 code: words.next()?.parse().ok()?,
                 text: std::str::from_utf8(body).ok()?,

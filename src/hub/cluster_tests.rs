@@ -256,6 +256,13 @@ fn joined_and_presence_answer_with_the_clusters_listing() {
         ],
     };
     t.answer(replies.remove(0), ClusterAnswer::Listing(listing));
+    // The join's marker comes back on the room's channel (its place in
+    // the room's order): only then the joined goes out.
+    assert!(t.drain().is_empty());
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}\n").as_bytes(),
+    );
     let j = t.only(ann);
     assert_eq!(
         (j["type"].as_str(), j["members"].as_u64(), j["ref"].as_str()),
@@ -492,4 +499,74 @@ fn user_left_skips_the_users_devices_that_joined_since() {
         (got[0].0, got[0].1["type"].as_str()),
         (bob, Some("user_left"))
     );
+}
+
+#[test]
+fn a_join_takes_effect_where_its_marker_is_in_the_rooms_order() {
+    let mut t = cluster();
+    let (ann, bob) = (t.open_granted("ann"), t.open_granted("bob"));
+    t.join_cluster(bob, "r");
+    t.text(ann, r#"{"type":"join","room":"r","ref":1}"#);
+    let (_, mut replies) = presence_changes(t.take_cluster());
+    // Published before ann's join took effect: bob's, not ann's.
+    t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x06\"old\"\x20"));
+    let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
+    assert_eq!(got, [bob]);
+    // The marker, then a message: it waits for ann's joined.
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}\n").as_bytes(),
+    );
+    t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x05\"new\""));
+    let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
+    assert_eq!(got, [bob]);
+    t.answer(
+        replies.remove(0),
+        ClusterAnswer::Listing(Listing {
+            members: 2,
+            users: Vec::new(),
+        }),
+    );
+    let got = t.drain_frames();
+    let to_ann: Vec<String> = got
+        .iter()
+        .filter(|f| f.to == ann)
+        .map(|f| String::from_utf8_lossy(&f.payload).into_owned())
+        .collect();
+    assert_eq!(to_ann.len(), 2, "{to_ann:?}");
+    assert!(to_ann[0].contains("\"joined\""), "joined first: {to_ann:?}");
+    assert_eq!(to_ann[1], "\"new\"");
+    // From now on, straight through.
+    t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x05\"now\""));
+    assert_eq!(t.drain_frames().len(), 2);
+    // A marker of another node's connection with the same id changes nothing.
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M n2-00000002 {ann}\n").as_bytes(),
+    );
+    assert!(t.drain_frames().is_empty());
+}
+
+#[test]
+fn a_join_whose_marker_never_comes_takes_effect_after_a_while() {
+    let mut t = cluster();
+    let (ann, bob) = (t.open_granted("ann"), t.open_granted("bob"));
+    t.join_cluster(bob, "r");
+    t.text(ann, r#"{"type":"join","room":"r"}"#);
+    let (_, mut replies) = presence_changes(t.take_cluster());
+    t.answer(
+        replies.remove(0),
+        ClusterAnswer::Listing(Listing {
+            members: 2,
+            users: Vec::new(),
+        }),
+    );
+    assert!(t.drain().is_empty(), "joined waits for the marker");
+    assert!(t.hub.poll_timeout().unwrap() <= t.now + JOIN_TIMEOUT);
+    t.now += JOIN_TIMEOUT;
+    t.hub.handle_timeout(t.now);
+    t.step();
+    assert_eq!(t.only(ann)["type"], "joined");
+    t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x02hi"));
+    assert_eq!(t.drain_frames().len(), 2);
 }

@@ -120,6 +120,29 @@ enum Early {
     Binary(Box<[u8]>),
 }
 
+/// Cluster mode: a connection whose join has not taken effect in Redis
+/// yet. Until its marker comes back on the room's channel it gets nothing
+/// of the room (what arrives was published before it joined); between the
+/// marker and the `joined` reply, the room's frames wait here, so `joined`
+/// comes first and nothing after the join is missed.
+#[derive(Debug)]
+struct Joining {
+    conn: ConnId,
+    /// When the join began: past [`JOIN_TIMEOUT`] without its marker, it
+    /// is taken as in effect (a marker lost with a broken link).
+    since: Instant,
+    marker: bool,
+    reply: Option<SharedFrame>,
+    held: Vec<SharedFrame>,
+}
+
+/// See [`Joining::since`].
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Frames one joining connection may have waiting; one more closes it as
+/// a slow consumer (it never happens unless Redis stalls mid-join).
+const MAX_JOINING_HELD: usize = 4096;
+
 /// Messages a connection may send before its claim is answered; one more
 /// closes it (4102).
 const MAX_EARLY: usize = 32;
@@ -200,6 +223,8 @@ pub struct Hub {
     /// Cluster mode: connections waiting for the cluster's per-user cap,
     /// with the room of their URL.
     claims: HashMap<ConnId, Claim>,
+    /// Cluster mode: joins not in effect yet, by room.
+    joining: HashMap<RoomKey, Vec<Joining>>,
 }
 
 impl Hub {
@@ -218,6 +243,7 @@ impl Hub {
             unix: (now, 0),
             node_id: Arc::from(""),
             claims: HashMap::new(),
+            joining: HashMap::new(),
         }
     }
 
@@ -270,13 +296,20 @@ impl Hub {
 
     /// When [`Hub::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (
+        let joins = self
+            .joining
+            .values()
+            .flatten()
+            .map(|j| j.since + JOIN_TIMEOUT)
+            .min();
+        [
             self.heartbeats.next_deadline(),
             self.expiries.next_deadline(),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            joins,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Give back memory that tables grew for a crowd that has left.
@@ -305,11 +338,22 @@ impl Hub {
     pub fn for_each_recipient(&self, target: Target, mut f: impl FnMut(ConnId)) {
         match target {
             Target::Conn(id) => f(id),
-            Target::Room { room, except } => {
-                if let Some(room) = self.registry.room(room) {
-                    for &id in &room.members {
-                        if Some(id) != except {
-                            f(id)
+            Target::Room { room: key, except } => {
+                if let Some(room) = self.registry.room(key) {
+                    match self.joining.get(&key) {
+                        None => {
+                            for &id in &room.members {
+                                if Some(id) != except {
+                                    f(id)
+                                }
+                            }
+                        }
+                        Some(joining) => {
+                            for &id in &room.members {
+                                if Some(id) != except && !joining.iter().any(|j| j.conn == id) {
+                                    f(id)
+                                }
+                            }
                         }
                     }
                 }
@@ -324,10 +368,13 @@ impl Hub {
                     }
                 }
             }
-            Target::RoomExceptUser { room, user } => {
-                if let Some(room) = self.registry.room(room) {
+            Target::RoomExceptUser { room: key, user } => {
+                if let Some(room) = self.registry.room(key) {
+                    let joining = self.joining.get(&key);
                     for &id in &room.members {
-                        if self.registry.session(id).and_then(|s| s.user) != Some(user) {
+                        if self.registry.session(id).and_then(|s| s.user) != Some(user)
+                            && joining.is_none_or(|j| !j.iter().any(|j| j.conn == id))
+                        {
                             f(id)
                         }
                     }
@@ -593,6 +640,19 @@ impl Hub {
 
     /// Heartbeats: ping the silent, close the dead (4100). O(due entries).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.joining.is_empty() {
+            let late: Vec<(RoomKey, ConnId)> = self
+                .joining
+                .iter()
+                .flat_map(|(&k, list)| list.iter().map(move |j| (k, j)))
+                .filter(|(_, j)| now.saturating_duration_since(j.since) >= JOIN_TIMEOUT)
+                .map(|(k, j)| (k, j.conn))
+                .collect();
+            for (key, conn) in late {
+                log::debug!("{conn}: the marker of its join never came; in effect now");
+                self.finish_join(key, conn);
+            }
+        }
         // Expired tokens first: a connection closed now needs no ping.
         while let Some(id) = self.expiries.pop_due(now) {
             if self.registry.session(id).is_some() {
@@ -1097,6 +1157,13 @@ impl Hub {
                     },
                     reference: reference.map(ToOwned::to_owned),
                 };
+                self.joining.entry(key).or_default().push(Joining {
+                    conn: id,
+                    since: now,
+                    marker: false,
+                    reply: None,
+                    held: Vec::new(),
+                });
                 let user = self.user_arc(id);
                 self.presence_change(id, user, key, name, Some(reply));
                 return Ok(key);
@@ -1134,6 +1201,7 @@ impl Hub {
     }
 
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
+        self.forget_joining(id, Some(key));
         let name = self.registry.room(key).expect("member's room").name.clone();
         let last = self.registry.leave(id, key).expect("checked membership");
         if self.config.cluster {
@@ -1299,8 +1367,8 @@ impl Hub {
         let Some(session) = self.registry.session(id) else {
             return false;
         };
-        self.claims.remove(&id);
         let Some(user_key) = session.user else {
+            self.claims.remove(&id);
             return self.registry.remove(id, |_, _, _| {});
         };
         let user = self.registry.user(user_key).expect("its user").name.clone();
@@ -1309,6 +1377,8 @@ impl Hub {
             .iter()
             .map(|&(k, _)| (k, self.registry.room(k).expect("its room").name.clone()))
             .collect();
+        self.claims.remove(&id);
+        self.forget_joining(id, None);
         self.registry.remove(id, |_, _, _| {});
         for (key, name) in rooms {
             let gone = self.registry.room_key(&name).is_none();
@@ -1414,7 +1484,15 @@ impl Hub {
             ) => {
                 if let Some(key) = self.registry.room_key(room) {
                     let except = mine(origin, except);
+                    self.hold_for_joining(key, |c, _| Some(c) == except, &frame);
                     self.send(Target::Room { room: key, except }, frame);
+                }
+            }
+            (ChannelName::Room(room), Envelope::Marker { origin, conn }) => {
+                if origin == &*self.node_id {
+                    if let Some(key) = self.registry.room_key(room) {
+                        self.join_in_effect(key, conn);
+                    }
                 }
             }
             (ChannelName::User(user), Envelope::Frame { frame, .. }) => {
@@ -1448,8 +1526,8 @@ impl Hub {
                 };
                 // Never to the user's own connections (a re-assertion
                 // after Redis lost its state announces users again).
-                let _ = (origin, except);
-                let to = match self.registry.user_key(user) {
+                let user_key = self.registry.user_key(user);
+                let to = match user_key {
                     Some(u) => Target::RoomExceptUser { room: key, user: u },
                     None => Target::Room {
                         room: key,
@@ -1464,7 +1542,12 @@ impl Hub {
                     members,
                     info,
                 });
+                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame);
                 self.send(to, frame);
+                // It marks where the joining connection came in, too.
+                if let (Some(conn), true) = (except, origin == &*self.node_id) {
+                    self.join_in_effect(key, conn);
+                }
             }
             (ChannelName::Room(room), Envelope::Left { members, user }) => {
                 let Some(key) = self.registry.room_key(room) else {
@@ -1485,6 +1568,8 @@ impl Hub {
                     members,
                     info: None,
                 });
+                let user_key = self.registry.user_key(user);
+                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame);
                 self.send(to, frame);
             }
             (ChannelName::User(user), Envelope::Disconnect { code, text }) => {
@@ -1499,6 +1584,90 @@ impl Hub {
                 log::debug!("ignored {envelope:?} on {channel:?}")
             }
         }
+    }
+
+    /// Cluster mode: a frame for room `key` waits for each joining
+    /// connection whose join is in effect but whose `joined` has not gone
+    /// out (unless `skip(conn, its user)` says it is not for it).
+    fn hold_for_joining(
+        &mut self,
+        key: RoomKey,
+        skip: impl Fn(ConnId, Option<UserKey>) -> bool,
+        frame: &SharedFrame,
+    ) {
+        let Some(list) = self.joining.get_mut(&key) else {
+            return;
+        };
+        let mut overflow = Vec::new();
+        for j in list.iter_mut() {
+            if !j.marker || j.reply.is_some() {
+                continue;
+            }
+            let user = self.registry.session(j.conn).and_then(|s| s.user);
+            if skip(j.conn, user) {
+                continue;
+            }
+            if j.held.len() < MAX_JOINING_HELD {
+                j.held.push(frame.clone());
+            } else {
+                overflow.push(j.conn);
+            }
+        }
+        for id in overflow {
+            log::info!("{id} closed: too many frames waiting for its joined");
+            self.close(id, CloseReason::SlowConsumer);
+        }
+    }
+
+    /// Cluster mode: connection `conn`'s join of room `key` took effect
+    /// (its marker came back): it gets the room's frames from here on,
+    /// after its `joined` (now, if that has come).
+    fn join_in_effect(&mut self, key: RoomKey, conn: ConnId) {
+        let Some(j) = self
+            .joining
+            .get_mut(&key)
+            .and_then(|list| list.iter_mut().find(|j| j.conn == conn))
+        else {
+            return;
+        };
+        j.marker = true;
+        if j.reply.is_some() {
+            self.finish_join(key, conn);
+        }
+    }
+
+    /// Cluster mode: end connection `conn`'s join of room `key`: its
+    /// `joined`, then what waited for it.
+    fn finish_join(&mut self, key: RoomKey, conn: ConnId) {
+        let Some(list) = self.joining.get_mut(&key) else {
+            return;
+        };
+        let Some(at) = list.iter().position(|j| j.conn == conn) else {
+            return;
+        };
+        let j = list.swap_remove(at);
+        if list.is_empty() {
+            self.joining.remove(&key);
+        }
+        if let Some(reply) = j.reply {
+            self.send(Target::Conn(conn), reply);
+        }
+        for frame in j.held {
+            self.send(Target::Conn(conn), frame);
+        }
+    }
+
+    /// Cluster mode: forget `conn`'s joins (of room `key`, or all).
+    fn forget_joining(&mut self, conn: ConnId, key: Option<RoomKey>) {
+        if self.joining.is_empty() {
+            return;
+        }
+        self.joining.retain(|&k, list| {
+            if key.is_none_or(|key| key == k) {
+                list.retain(|j| j.conn != conn);
+            }
+            !list.is_empty()
+        });
     }
 
     /// Cluster mode: the answer to a request the hub made (`reply` of an
@@ -1545,7 +1714,22 @@ impl Hub {
                 })
             }
             (PendingKind::Joined { room, details }, answer) => {
-                self.listing_frame("joined", &room, details, reference, answer)
+                let unavailable = matches!(answer, ClusterAnswer::Unavailable);
+                let frame = self.listing_frame("joined", &room, details, reference, answer);
+                let key = self.registry.room_key(&room);
+                let Some((key, j)) = key.and_then(|k| {
+                    let list = self.joining.get_mut(&k)?;
+                    Some((k, list.iter_mut().find(|j| j.conn == id)?))
+                }) else {
+                    self.send(Target::Conn(id), frame);
+                    return;
+                };
+                j.reply = Some(frame);
+                // Without Redis no marker comes: in effect now.
+                if j.marker || unavailable {
+                    self.finish_join(key, id);
+                }
+                return;
             }
             (PendingKind::Presence { room, details }, answer) => {
                 self.listing_frame("presence", &room, details, reference, answer)

@@ -66,12 +66,19 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
     local first = meta and string.match(meta, '^(%d+)') or since
     redis.call('HSET', rm, user, first..'\n'..info)
     redis.call('EXPIRE', rm, TTL)
+    local announced = false
     if total == delta then
       local members = redis.call('HLEN', ru)
       if members <= limit then
         redis.call('PUBLISH', p..':r:'..room,
           'J '..node..' '..conn..' '..members..' '..#user..'\n'..user..info)
+        announced = true
       end
+    end
+    -- The joining connection's place in the channel's order: from here on
+    -- it gets the room's messages (its user_joined marks it too).
+    if not announced and conn ~= '-' then
+      redis.call('PUBLISH', p..':r:'..room, 'M '..node..' '..conn..'\n')
     end
   end
 end
