@@ -11,8 +11,11 @@
 //! data frame is refused.
 //!
 //! Input layout: records separated by 0xFF; a record's first byte picks
-//! the channel (room `r`, room `s`, user `ann`, user `bob`, all, or a room
-//! named by the next bytes up to a 0xFE) and the rest is the payload.
+//! the channel (room `r`, room `s`, user `ann`, user `bob`, all, room `t`
+//! — where two joins wait for their markers — or a room named by the next
+//! bytes up to a 0xFE) and the rest is the payload; a first byte from 0xF0
+//! answers the oldest request the hub made (a listing or `Unavailable`) or
+//! lets as many seconds pass as the record is long (`handle_timeout`).
 #![no_main]
 
 use std::sync::Arc;
@@ -27,22 +30,36 @@ use switchboard::HubConfig;
 
 const NODE: &str = "n1-00000001";
 
-fn drain(hub: &mut Hub) {
+/// Drain outputs; replies the cluster owes go to `owed` (answered later by
+/// the input, so joins stay pending until their marker or the timeout).
+fn drain(hub: &mut Hub, owed: &mut Vec<Pending>) {
+    // One batch, as the driver carries it out: a frame may go to a
+    // connection that a later output of the same batch closes (the frame
+    // is written before the close).
+    let mut batch = Vec::new();
     while let Some(out) = hub.poll_output() {
+        batch.push(out);
+    }
+    let closed: Vec<ConnId> = batch
+        .iter()
+        .filter_map(|o| match o {
+            Output::Close { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    for out in batch {
         match out {
             Output::Send { to, .. } => hub.for_each_recipient(to, |id| {
-                let s = hub.registry().session(id).expect("recipient is open");
-                assert_eq!(s.kind, Kind::Hub);
+                match hub.registry().session(id) {
+                    Some(s) => assert_eq!(s.kind, Kind::Hub),
+                    None => assert!(closed.contains(&id), "recipient {id} is not open"),
+                }
             }),
             Output::Close { conn, .. } => {
                 assert!(hub.registry().session(conn).is_none(), "closed {conn} still open")
             }
-            Output::Presence(c) => {
-                if let Some(p) = c.reply {
-                    hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);
-                }
-            }
-            Output::Query { reply, .. } => hub.handle_cluster_answer(reply, ClusterAnswer::Unavailable),
+            Output::Presence(c) => owed.extend(c.reply),
+            Output::Query { reply, .. } => owed.push(reply),
             _ => {}
         }
     }
@@ -59,6 +76,8 @@ fuzz_target!(|data: &[u8]| {
         now,
     );
     hub.set_node_id(Arc::from(NODE));
+    let mut owed = Vec::new();
+    let mut now = now;
     let mut ids = Vec::new();
     for (i, (user, room)) in [("ann", "r"), ("ann", "s"), ("bob", "r"), ("cat", "s")]
         .into_iter()
@@ -76,20 +95,47 @@ fuzz_target!(|data: &[u8]| {
         };
         hub.handle_open(now, id, req).expect("open");
         hub.handle_cluster_claim(now, id, true);
-        drain(&mut hub);
+        drain(&mut hub, &mut owed);
         ids.push(id);
+    }
+    // Two joins left pending: their markers may come in the input.
+    for id in &ids[..2] {
+        hub.handle_text(now, *id, r#"{"type":"join","room":"t"}"#);
+        drain(&mut hub, &mut owed);
     }
     for record in data.split(|&b| b == 0xFF) {
         let Some((&pick, rest)) = record.split_first() else {
             continue;
         };
+        if pick >= 0xF0 {
+            // Answer what the cluster owes, or let time pass.
+            match pick & 3 {
+                0 if !owed.is_empty() => {
+                    let p = owed.remove(0);
+                    let members = rest.first().copied().unwrap_or(0) as usize;
+                    let l = switchboard::hub::cluster::Listing { members, users: Vec::new() };
+                    hub.handle_cluster_answer(p, ClusterAnswer::Listing(l));
+                }
+                1 if !owed.is_empty() => {
+                    let p = owed.remove(0);
+                    hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);
+                }
+                _ => {
+                    now += std::time::Duration::from_secs(rest.len() as u64);
+                    hub.handle_timeout(now);
+                }
+            }
+            drain(&mut hub, &mut owed);
+            continue;
+        }
         let named;
-        let (channel, payload) = match pick % 6 {
+        let (channel, payload) = match pick % 7 {
             0 => (ChannelName::Room("r"), rest),
             1 => (ChannelName::Room("s"), rest),
             2 => (ChannelName::User("ann"), rest),
             3 => (ChannelName::User("bob"), rest),
             4 => (ChannelName::All, rest),
+            5 => (ChannelName::Room("t"), rest),
             _ => {
                 let end = rest.iter().position(|&b| b == 0xFE).unwrap_or(rest.len());
                 named = String::from_utf8_lossy(&rest[..end]).into_owned();
@@ -98,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let payload = Bytes::copy_from_slice(payload);
         hub.handle_cluster_message(channel, &payload);
-        drain(&mut hub);
+        drain(&mut hub, &mut owed);
         // The same bytes as Redis replies to a listing question.
         let mut reader = RespReader::new(1 << 16);
         let mut src: &[u8] = &payload;
@@ -133,7 +179,7 @@ fuzz_target!(|data: &[u8]| {
                 reference: None,
             };
             hub.handle_cluster_answer(pending, ClusterAnswer::Listing(l));
-            drain(&mut hub);
+            drain(&mut hub, &mut owed);
         }
         // An F envelope round-trips whatever its frame bytes.
         let except = ConnId {
@@ -161,7 +207,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for id in ids {
         hub.handle_closed(id);
-        drain(&mut hub);
+        drain(&mut hub, &mut owed);
+    }
+    for p in owed.drain(..) {
+        hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);
     }
     assert!(hub.registry().is_empty());
     assert_eq!(hub.registry().room_count(), 0);
