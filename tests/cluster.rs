@@ -870,3 +870,47 @@ fn concurrent_joins_on_two_nodes_announce_everyone_exactly_once() {
         c.expect_silence(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_killed_node_in_thousands_of_rooms_is_forgotten_everywhere() {
+    let redis = Redis::start();
+    let many = ["--max-rooms-per-connection", "2000", "--rate-limit", "0"];
+    let n1 = node(&redis.url(), &[]);
+    let mut n2 = node(&redis.url(), &many);
+    const ROOMS: usize = 1500;
+    let mut big = n2.client("/ws?user=big");
+    let dead = big.expect("welcome")["node"].as_str().unwrap().to_string();
+    for r in 0..ROOMS {
+        big.send_json(json!({"type": "join", "room": format!("k{r}")}));
+    }
+    for _ in 0..ROOMS {
+        assert_eq!(next_data(&mut big)["type"], "joined");
+    }
+    let mut first = n1.joined("/ws/k0?user=w1");
+    let mut last = n1.joined(&format!("/ws/k{}?user=w2", ROOMS - 1));
+    n2.signal_and_wait(libc::SIGKILL);
+    let start = Instant::now();
+    for w in [&mut first, &mut last] {
+        let e = w.expect("user_left");
+        assert_eq!(e["user"], "big");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    // Every room of the dead node is gone from Redis, and so is the node.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = redis.cli(&["HLEN", &format!("switchboard:nr:{dead}")]);
+        let nodes = redis.cli(&["ZCARD", "switchboard:nodes"]);
+        if left.trim() == "0" && nodes.trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {left} rooms, {nodes} nodes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -161,6 +161,7 @@ fuzz_target!(|data: &[u8]| {
                     kind: PendingKind::Joined {
                         room: Arc::from("r"),
                         details: pick & 1 == 0,
+                        join: (pick & 2 == 0).then_some(pick as u64),
                     },
                     reference: None,
                 };

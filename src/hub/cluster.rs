@@ -51,8 +51,13 @@ pub struct Pending {
 /// What the hub answers once the cluster has.
 #[derive(Debug, Clone)]
 pub enum PendingKind {
-    /// `joined` (with `details` if asked).
-    Joined { room: Arc<str>, details: bool },
+    /// `joined` (with `details` if asked): of the join numbered `join`
+    /// (whose marker it waits for), or `None` for a room already joined.
+    Joined {
+        room: Arc<str>,
+        details: bool,
+        join: Option<u64>,
+    },
     /// `left`.
     Left { room: Arc<str> },
     /// `presence`.
@@ -77,6 +82,8 @@ pub struct PresenceChange {
     pub info: Option<Box<RawValue>>,
     /// The connection that changed it (skipped by its own `user_joined`).
     pub conn: ConnId,
+    /// A join: its number, so its marker is told from another join's.
+    pub join: Option<u64>,
     /// Answer with the room's listing afterwards.
     pub reply: Option<Pending>,
 }
@@ -110,6 +117,8 @@ pub enum Envelope<'a> {
     Joined {
         origin: &'a str,
         except: Option<ConnId>,
+        /// The number of the join it marks.
+        join: Option<u64>,
         members: usize,
         user: &'a str,
         info: Option<&'a str>,
@@ -127,6 +136,7 @@ pub enum Envelope<'a> {
     Marker {
         origin: &'a str,
         conn: ConnId,
+        join: Option<u64>,
     },
 }
 
@@ -150,7 +160,7 @@ impl<'a> Envelope<'a> {
             },
             "J" => {
                 let origin = words.next()?;
-                let except = conn(words.next()?)?;
+                let (except, join) = conn_join(words.next()?)?;
                 let members = words.next()?.parse().ok()?;
                 let len: usize = words.next()?.parse().ok()?;
                 let user = std::str::from_utf8(body.get(..len)?).ok()?;
@@ -158,6 +168,7 @@ impl<'a> Envelope<'a> {
                 Envelope::Joined {
                     origin,
                     except,
+                    join,
                     members,
                     user,
                     info: (!info.is_empty()).then_some(info),
@@ -175,10 +186,15 @@ impl<'a> Envelope<'a> {
                     user: std::str::from_utf8(body).ok()?,
                 }
             }
-            "M" if body.is_empty() => Envelope::Marker {
-                origin: words.next()?,
-                conn: conn(words.next()?)??,
-            },
+            "M" if body.is_empty() => {
+                let origin = words.next()?;
+                let (conn, join) = conn_join(words.next()?)?;
+                Envelope::Marker {
+                    origin,
+                    conn: conn?,
+                    join,
+                }
+            }
             "D" => Envelope::Disconnect {
                 code: words.next()?.parse().ok()?,
                 text: std::str::from_utf8(body).ok()?,
@@ -211,6 +227,22 @@ fn is_data_frame(bytes: &[u8]) -> bool {
         n => (n as u64, rest),
     };
     len == rest.len() as u64
+}
+
+/// `"index.generation"`, `"index.generation.join"` or `-`.
+fn conn_join(word: &str) -> Option<(Option<ConnId>, Option<u64>)> {
+    match word.rsplit_once('.') {
+        Some((id, join)) if id.contains('.') => Some((conn(id)?, Some(join.parse().ok()?))),
+        _ => Some((conn(word)?, None)),
+    }
+}
+
+/// A connection and, for a join, its number, as scripts publish it.
+pub fn conn_word(id: ConnId, join: Option<u64>) -> String {
+    match join {
+        Some(n) => format!("{id}.{n}"),
+        None => id.to_string(),
+    }
 }
 
 /// `"index.generation"` or `-`.
@@ -279,6 +311,7 @@ mod tests {
                     index: 3,
                     generation: 4
                 }),
+                join: None,
                 members: 2,
                 user: "alice",
                 info: Some("{\"a\":1}"),

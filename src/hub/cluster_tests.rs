@@ -81,7 +81,7 @@ fn the_welcome_waits_for_the_clusters_count_of_the_user() {
     let (changes, replies) = presence_changes(out);
     assert_eq!(changes, [("lobby".into(), "ann".into(), 1)]);
     assert!(
-        matches!(&replies[0].kind, PendingKind::Joined { room, details: false } if &**room == "lobby")
+        matches!(&replies[0].kind, PendingKind::Joined { room, details: false, join: Some(_) } if &**room == "lobby")
     );
 
     // Over the cap somewhere else: closed with 1008, and the count taken back.
@@ -255,13 +255,14 @@ fn joined_and_presence_answer_with_the_clusters_listing() {
             },
         ],
     };
+    let join = join_of(&replies[0]);
     t.answer(replies.remove(0), ClusterAnswer::Listing(listing));
     // The join's marker comes back on the room's channel (its place in
     // the room's order): only then the joined goes out.
     assert!(t.drain().is_empty());
     t.arrive(
         ChannelName::Room("r"),
-        format!("M {NODE} {ann}\n").as_bytes(),
+        format!("M {NODE} {ann}.{join}\n").as_bytes(),
     );
     let j = t.only(ann);
     assert_eq!(
@@ -464,6 +465,14 @@ fn what_a_client_sends_before_its_welcome_waits_for_the_claim() {
     assert_eq!(got, [ann, ann], "not to {waiting}");
 }
 
+/// The number of the join a `joined` reply is for.
+fn join_of(p: &Pending) -> u64 {
+    match p.kind {
+        PendingKind::Joined { join: Some(n), .. } => n,
+        _ => panic!("not a join's reply: {p:?}"),
+    }
+}
+
 fn id_of_user(t: &T, user: &str) -> ConnId {
     let reg = t.hub.registry();
     reg.user(reg.user_key(user).unwrap()).unwrap().conns[0]
@@ -512,10 +521,19 @@ fn a_join_takes_effect_where_its_marker_is_in_the_rooms_order() {
     t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x06\"old\"\x20"));
     let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
     assert_eq!(got, [bob]);
+    // Another join's marker (an earlier join of the room) changes nothing.
+    let join = join_of(&replies[0]);
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}.{}\n", join - 1).as_bytes(),
+    );
+    t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x06\"old2\""));
+    let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
+    assert_eq!(got, [bob]);
     // The marker, then a message: it waits for ann's joined.
     t.arrive(
         ChannelName::Room("r"),
-        format!("M {NODE} {ann}\n").as_bytes(),
+        format!("M {NODE} {ann}.{join}\n").as_bytes(),
     );
     t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x05\"new\""));
     let got: Vec<ConnId> = t.drain_frames().iter().map(|f| f.to).collect();
@@ -569,4 +587,72 @@ fn a_join_whose_marker_never_comes_takes_effect_after_a_while() {
     assert_eq!(t.only(ann)["type"], "joined");
     t.arrive(ChannelName::Room("r"), &frame_env(b"\x81\x02hi"));
     assert_eq!(t.drain_frames().len(), 2);
+}
+
+#[test]
+fn joins_and_leaves_in_a_row_answer_each_in_order() {
+    let mut t = cluster();
+    let (ann, bob) = (t.open_granted("ann"), t.open_granted("bob"));
+    t.join_cluster(bob, "r");
+    // join (ref 1), join again (ref 2: already), leave (ref 3), join (ref 4)
+    // before the cluster answered anything.
+    t.text(ann, r#"{"type":"join","room":"r","ref":1}"#);
+    t.text(ann, r#"{"type":"join","room":"r","ref":2}"#);
+    t.text(ann, r#"{"type":"leave","room":"r","ref":3}"#);
+    t.text(ann, r#"{"type":"join","room":"r","ref":4}"#);
+    let mut owed: Vec<Pending> = Vec::new();
+    for o in t.take_cluster() {
+        match o {
+            Output::Presence(c) => owed.extend(c.reply),
+            Output::Query { reply, .. } => owed.push(reply),
+            _ => {}
+        }
+    }
+    // Leaving answered the first join from this node's view, then the
+    // already-joined, then left.
+    let refs: Vec<(String, i64)> = t
+        .drain()
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["ref"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(refs, [("joined".into(), 1), ("joined".into(), 2)]);
+    // The cluster answers all four in order, with the markers.
+    let first = join_of(&owed[0]);
+    for p in owed {
+        t.answer(
+            p,
+            ClusterAnswer::Listing(Listing {
+                members: 2,
+                users: Vec::new(),
+            }),
+        );
+    }
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}.{first}\n").as_bytes(),
+    );
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}.{}\n", first + 1).as_bytes(),
+    );
+    let refs: Vec<(String, i64)> = t
+        .drain()
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["ref"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        [("left".into(), 3), ("joined".into(), 4)],
+        "each answered once, in order"
+    );
 }

@@ -128,12 +128,24 @@ enum Early {
 #[derive(Debug)]
 struct Joining {
     conn: ConnId,
+    /// This join's number (a join, leave and join again are two joins).
+    join: u64,
     /// When the join began: past [`JOIN_TIMEOUT`] without its marker, it
-    /// is taken as in effect (a marker lost with a broken link).
+    /// is taken as in effect (a marker lost with a broken link) and the
+    /// room's frames wait for the `joined` like after a marker.
     since: Instant,
     marker: bool,
-    reply: Option<SharedFrame>,
+    /// The `joined` replies, once the cluster answered: this join's, then
+    /// those of the joins of the room asked meanwhile (`more`).
+    reply: Option<Vec<SharedFrame>>,
+    /// Joins of the same room asked while this one is pending (`details`,
+    /// `ref`): answered with the same listing, right after it.
+    more: Vec<(bool, Option<Box<RawValue>>)>,
     held: Vec<SharedFrame>,
+    /// What a `joined` from this node's view needs, if the connection
+    /// leaves before the cluster answered.
+    details: bool,
+    reference: Option<Box<RawValue>>,
 }
 
 /// See [`Joining::since`].
@@ -225,6 +237,7 @@ pub struct Hub {
     claims: HashMap<ConnId, Claim>,
     /// Cluster mode: joins not in effect yet, by room.
     joining: HashMap<RoomKey, Vec<Joining>>,
+    next_join: u64,
 }
 
 impl Hub {
@@ -244,6 +257,7 @@ impl Hub {
             node_id: Arc::from(""),
             claims: HashMap::new(),
             joining: HashMap::new(),
+            next_join: 0,
         }
     }
 
@@ -300,6 +314,7 @@ impl Hub {
             .joining
             .values()
             .flatten()
+            .filter(|j| !j.marker)
             .map(|j| j.since + JOIN_TIMEOUT)
             .min();
         [
@@ -641,16 +656,18 @@ impl Hub {
     /// Heartbeats: ping the silent, close the dead (4100). O(due entries).
     pub fn handle_timeout(&mut self, now: Instant) {
         if !self.joining.is_empty() {
-            let late: Vec<(RoomKey, ConnId)> = self
+            let late: Vec<(RoomKey, ConnId, u64)> = self
                 .joining
                 .iter()
                 .flat_map(|(&k, list)| list.iter().map(move |j| (k, j)))
-                .filter(|(_, j)| now.saturating_duration_since(j.since) >= JOIN_TIMEOUT)
-                .map(|(k, j)| (k, j.conn))
+                .filter(|(_, j)| {
+                    !j.marker && now.saturating_duration_since(j.since) >= JOIN_TIMEOUT
+                })
+                .map(|(k, j)| (k, j.conn, j.join))
                 .collect();
-            for (key, conn) in late {
+            for (key, conn, join) in late {
                 log::debug!("{conn}: the marker of its join never came; in effect now");
-                self.finish_join(key, conn);
+                self.join_in_effect(key, conn, Some(join));
             }
         }
         // Expired tokens first: a connection closed now needs no ping.
@@ -1149,32 +1166,65 @@ impl Hub {
                     self.outputs
                         .push_back(Output::Subscribe(Channel::Room(name.clone())));
                 }
+                self.next_join += 1;
+                let join = self.next_join;
                 let reply = Pending {
                     conn: id,
                     kind: PendingKind::Joined {
                         room: name.clone(),
                         details,
+                        join: Some(join),
                     },
                     reference: reference.map(ToOwned::to_owned),
                 };
                 self.joining.entry(key).or_default().push(Joining {
                     conn: id,
+                    join,
                     since: now,
                     marker: false,
                     reply: None,
+                    more: Vec::new(),
                     held: Vec::new(),
+                    details,
+                    reference: reference.map(ToOwned::to_owned),
                 });
                 let user = self.user_arc(id);
                 self.presence_change(id, user, key, name, Some(reply));
+                if let Some(Output::Presence(change)) = self.outputs.back_mut() {
+                    change.join = Some(join);
+                }
                 return Ok(key);
             }
             Joined::Already(key) if self.config.cluster => {
+                // Its join still pending: answered with it, right after.
+                let answered = self
+                    .joining
+                    .get(&key)
+                    .and_then(|list| list.iter().find(|j| j.conn == id))
+                    .map(|j| j.reply.is_some());
+                if let Some(answered) = answered {
+                    let frame = answered.then(|| {
+                        let name = &self.registry.room(key).expect("joined room").name;
+                        self.member_list("joined", name, details, reference)
+                    });
+                    let j = self
+                        .joining
+                        .get_mut(&key)
+                        .and_then(|list| list.iter_mut().find(|j| j.conn == id))
+                        .expect("found above");
+                    match (frame, &mut j.reply) {
+                        (Some(frame), Some(replies)) => replies.push(frame),
+                        _ => j.more.push((details, reference.map(ToOwned::to_owned))),
+                    }
+                    return Ok(key);
+                }
                 let name = self.registry.room(key).expect("joined room").name.clone();
                 let reply = Pending {
                     conn: id,
                     kind: PendingKind::Joined {
                         room: name.clone(),
                         details,
+                        join: None,
                     },
                     reference: reference.map(ToOwned::to_owned),
                 };
@@ -1201,7 +1251,7 @@ impl Hub {
     }
 
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
-        self.forget_joining(id, Some(key));
+        self.end_join_by_leaving(id, key);
         let name = self.registry.room(key).expect("member's room").name.clone();
         let last = self.registry.leave(id, key).expect("checked membership");
         if self.config.cluster {
@@ -1378,7 +1428,7 @@ impl Hub {
             .map(|&(k, _)| (k, self.registry.room(k).expect("its room").name.clone()))
             .collect();
         self.claims.remove(&id);
-        self.forget_joining(id, None);
+        self.forget_joining(id);
         self.registry.remove(id, |_, _, _| {});
         for (key, name) in rooms {
             let gone = self.registry.room_key(&name).is_none();
@@ -1430,6 +1480,7 @@ impl Hub {
             since: presence.map_or(0, |p| p.since()),
             info: if presence.is_some() { info } else { None },
             conn: id,
+            join: None,
             reply,
         }));
     }
@@ -1488,10 +1539,10 @@ impl Hub {
                     self.send(Target::Room { room: key, except }, frame);
                 }
             }
-            (ChannelName::Room(room), Envelope::Marker { origin, conn }) => {
-                if origin == &*self.node_id {
+            (ChannelName::Room(room), Envelope::Marker { origin, conn, join }) => {
+                if origin == &*self.node_id && join.is_some() {
                     if let Some(key) = self.registry.room_key(room) {
-                        self.join_in_effect(key, conn);
+                        self.join_in_effect(key, conn, join);
                     }
                 }
             }
@@ -1516,6 +1567,7 @@ impl Hub {
                 Envelope::Joined {
                     origin,
                     except,
+                    join,
                     members,
                     user,
                     info,
@@ -1545,8 +1597,8 @@ impl Hub {
                 self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame);
                 self.send(to, frame);
                 // It marks where the joining connection came in, too.
-                if let (Some(conn), true) = (except, origin == &*self.node_id) {
-                    self.join_in_effect(key, conn);
+                if let (Some(conn), Some(_), true) = (except, join, origin == &*self.node_id) {
+                    self.join_in_effect(key, conn, join);
                 }
             }
             (ChannelName::Room(room), Envelope::Left { members, user }) => {
@@ -1622,12 +1674,11 @@ impl Hub {
     /// Cluster mode: connection `conn`'s join of room `key` took effect
     /// (its marker came back): it gets the room's frames from here on,
     /// after its `joined` (now, if that has come).
-    fn join_in_effect(&mut self, key: RoomKey, conn: ConnId) {
-        let Some(j) = self
-            .joining
-            .get_mut(&key)
-            .and_then(|list| list.iter_mut().find(|j| j.conn == conn))
-        else {
+    fn join_in_effect(&mut self, key: RoomKey, conn: ConnId, join: Option<u64>) {
+        let Some(j) = self.joining.get_mut(&key).and_then(|list| {
+            list.iter_mut()
+                .find(|j| j.conn == conn && Some(j.join) == join)
+        }) else {
             return;
         };
         j.marker = true;
@@ -1649,25 +1700,52 @@ impl Hub {
         if list.is_empty() {
             self.joining.remove(&key);
         }
-        if let Some(reply) = j.reply {
-            self.send(Target::Conn(conn), reply);
-        }
-        for frame in j.held {
+        for frame in j.reply.into_iter().flatten().chain(j.held) {
             self.send(Target::Conn(conn), frame);
         }
     }
 
-    /// Cluster mode: forget `conn`'s joins (of room `key`, or all).
-    fn forget_joining(&mut self, conn: ConnId, key: Option<RoomKey>) {
+    /// Cluster mode: forget `conn`'s joins (all of them: it closed).
+    fn forget_joining(&mut self, conn: ConnId) {
         if self.joining.is_empty() {
             return;
         }
-        self.joining.retain(|&k, list| {
-            if key.is_none_or(|key| key == k) {
-                list.retain(|j| j.conn != conn);
-            }
+        self.joining.retain(|_, list| {
+            list.retain(|j| j.conn != conn);
             !list.is_empty()
         });
+    }
+
+    /// Cluster mode: `conn` leaves room `key` while its join is pending:
+    /// its `joined` goes out first (the cluster's answer if it came, else
+    /// this node's view), then its other replies; what the room sent
+    /// meanwhile is not for it any more. A late answer finds nothing.
+    fn end_join_by_leaving(&mut self, conn: ConnId, key: RoomKey) {
+        let Some(list) = self.joining.get_mut(&key) else {
+            return;
+        };
+        let Some(at) = list.iter().position(|j| j.conn == conn) else {
+            return;
+        };
+        let j = list.swap_remove(at);
+        if list.is_empty() {
+            self.joining.remove(&key);
+        }
+        let replies = match j.reply {
+            Some(replies) => replies,
+            None => {
+                let name = self.registry.room(key).expect("member's room").name.clone();
+                std::iter::once((j.details, j.reference))
+                    .chain(j.more)
+                    .map(|(details, reference)| {
+                        self.member_list("joined", &name, details, reference.as_deref())
+                    })
+                    .collect()
+            }
+        };
+        for frame in replies {
+            self.send(Target::Conn(conn), frame);
+        }
     }
 
     /// Cluster mode: the answer to a request the hub made (`reply` of an
@@ -1713,26 +1791,62 @@ impl Hub {
                     reference,
                 })
             }
-            (PendingKind::Joined { room, details }, answer) => {
+            (
+                PendingKind::Joined {
+                    room,
+                    details,
+                    join,
+                },
+                answer,
+            ) => {
                 let unavailable = matches!(answer, ClusterAnswer::Unavailable);
-                let frame = self.listing_frame("joined", &room, details, reference, answer);
                 let key = self.registry.room_key(&room);
-                let Some((key, j)) = key.and_then(|k| {
-                    let list = self.joining.get_mut(&k)?;
-                    Some((k, list.iter_mut().find(|j| j.conn == id)?))
-                }) else {
-                    self.send(Target::Conn(id), frame);
-                    return;
-                };
-                j.reply = Some(frame);
-                // Without Redis no marker comes: in effect now.
-                if j.marker || unavailable {
-                    self.finish_join(key, id);
+                let pending = key.and_then(|k| {
+                    let list = self.joining.get(&k)?;
+                    let j = list.iter().find(|j| j.conn == id && Some(j.join) == join)?;
+                    Some((k, j.more.clone()))
+                });
+                match (join, pending) {
+                    // The answer of this join (and of those asked while it
+                    // was pending): in effect at its marker (without Redis
+                    // no marker comes: now).
+                    (Some(_), Some((key, more))) => {
+                        let mut replies =
+                            vec![self.listing_frame("joined", &room, details, reference, &answer)];
+                        for (details, reference) in &more {
+                            replies.push(self.listing_frame(
+                                "joined",
+                                &room,
+                                *details,
+                                reference.as_deref(),
+                                &answer,
+                            ));
+                        }
+                        let j = self
+                            .joining
+                            .get_mut(&key)
+                            .and_then(|l| {
+                                l.iter_mut().find(|j| j.conn == id && Some(j.join) == join)
+                            })
+                            .expect("found above");
+                        j.reply = Some(replies);
+                        j.more.clear();
+                        if j.marker || unavailable {
+                            self.finish_join(key, id);
+                        }
+                    }
+                    // A join that ended by leaving, or a closed one.
+                    (Some(_), None) => {}
+                    (None, _) => {
+                        let frame =
+                            self.listing_frame("joined", &room, details, reference, &answer);
+                        self.send(Target::Conn(id), frame);
+                    }
                 }
                 return;
             }
             (PendingKind::Presence { room, details }, answer) => {
-                self.listing_frame("presence", &room, details, reference, answer)
+                self.listing_frame("presence", &room, details, reference, &answer)
             }
         };
         self.send(Target::Conn(id), frame);
@@ -1746,7 +1860,7 @@ impl Hub {
         room: &str,
         details: bool,
         reference: Option<&RawValue>,
-        answer: ClusterAnswer,
+        answer: &ClusterAnswer,
     ) -> SharedFrame {
         let ClusterAnswer::Listing(listing) = answer else {
             return self.member_list(kind, room, details, reference);

@@ -56,9 +56,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Reconnect backoff: first delay and cap (with jitter).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
-/// Bounded steps (about 50 rooms each) one heartbeat spends forgetting a
-/// dead node (the rest on the next beat, of any node).
-const REAP_STEPS: usize = 20;
+/// Entries one heartbeat forgets of a dead node at most (the rest on the
+/// next beat, of any node).
+const REAP_STEPS: usize = 2000;
 /// Channels per SUBSCRIBE command when re-subscribing.
 const SUBSCRIBE_BATCH: usize = 512;
 /// Users per SYNC script when re-asserting a room.
@@ -542,7 +542,7 @@ impl Cluster {
                 .info
                 .as_ref()
                 .map_or(&b""[..], |i| i.get().as_bytes()),
-            change.conn.to_string().as_bytes(),
+            crate::hub::cluster::conn_word(change.conn, change.join).as_bytes(),
             self.announce_limit.to_string().as_bytes(),
             list.to_string().as_bytes(),
             gen.as_bytes(),

@@ -51,7 +51,17 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
     if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', p..':nr:'..node, room) end
   end
   local delta = n - old
-  if delta == 0 then return end
+  -- A join's place in the channel's order: from here on the joining
+  -- connection gets the room's messages. Its user_joined marks it when
+  -- there is one; otherwise (another device, a big room, or a count Redis
+  -- already had) a marker does.
+  local function mark()
+    if conn ~= '-' then redis.call('PUBLISH', p..':r:'..room, 'M '..node..' '..conn..'\n') end
+  end
+  if delta == 0 then
+    if n > 0 then mark() end
+    return
+  end
   local total = redis.call('HINCRBY', ru, user, delta)
   redis.call('EXPIRE', ru, TTL)
   if total <= 0 then
@@ -75,11 +85,7 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
         announced = true
       end
     end
-    -- The joining connection's place in the channel's order: from here on
-    -- it gets the room's messages (its user_joined marks it too).
-    if not announced and conn ~= '-' then
-      redis.call('PUBLISH', p..':r:'..room, 'M '..node..' '..conn..'\n')
-    end
+    if not announced then mark() end
   end
 end
 
@@ -95,6 +101,34 @@ local function listing(p, room, k)
     out[#out + 1] = redis.call('HGET', rm, some[i]) or '0\n'
   end
   return out
+end
+
+-- One bounded step of forgetting everything node asserted (a dead node,
+-- or this one shutting down): at most about `budget` entries, drawn at
+-- random and removed, so every step progresses without a cursor. Returns
+-- true once nothing is left.
+local function drain_step(p, node, limit, budget)
+  local nr, nu = p..':nr:'..node, p..':nu:'..node
+  while budget > 0 do
+    local rooms = redis.call('HRANDFIELD', nr, 20)
+    if #rooms == 0 then break end
+    for _, room in ipairs(rooms) do
+      local rn = rn_key(p, node, room)
+      local some = redis.call('HRANDFIELD', rn, 100)
+      for _, user in ipairs(some) do
+        set_user(p, room, node, user, 0, '0', '', '-', limit, 0)
+      end
+      budget = budget - #some - 1
+      if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', nr, room) end
+    end
+  end
+  if budget <= 0 then return false end
+  local users = redis.call('HRANDFIELD', nu, math.max(budget, 1))
+  for _, user in ipairs(users) do
+    redis.call('HDEL', p..':uc:'..user, node)
+    redis.call('HDEL', nu, user)
+  end
+  return redis.call('EXISTS', nr) == 0 and redis.call('EXISTS', nu) == 0
 end
 
 -- One bounded step of forgetting what node asserted before generation
@@ -186,31 +220,29 @@ end
 return 1
 "#;
 
-/// `BEAT p node dead_after_ms limit steps`: this node is alive (and hears
-/// its own channel); a node silent for `dead_after_ms` is forgotten, its
-/// users' `user_left` announced, in at most `steps` bounded steps per beat
+/// `BEAT p node dead_after_ms limit entries`: this node is alive (and
+/// hears its own channel); a node silent for `dead_after_ms` is
+/// forgotten, its users' `user_left` announced, at most `entries` per beat
 /// (so no beat blocks Redis for long). Answers [live nodes, nodes fully
-/// forgotten, 1 if this node was not listed (first beat, or others took
-/// it for dead)].
+/// forgotten, 1 if this node was not listed or listed as dead (first beat,
+/// or others took it for dead)].
 const BEAT: &str = r#"
 local p, node, dead_after, limit, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = p..':nodes'
-local added = redis.call('ZADD', nodes, now, node)
+-- Taken for dead (or new): no score, or one older than the timeout.
+local last = redis.call('ZSCORE', nodes, node)
+local added = 0
+if not last or now - tonumber(last) > dead_after then added = 1 end
+redis.call('ZADD', nodes, now, node)
 redis.call('PUBLISH', p..':n:'..node, 'H')
--- One dead node per beat, `most` bounded steps at a time: it stays listed
--- (and dead) until forgotten, so the next beat of any node goes on.
+-- One dead node per beat, at most `most` entries: it stays listed (and
+-- dead) until forgotten, so the next beat of any node goes on.
 local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, 1)
 local reaped = 0
 for _, d in ipairs(dead) do
-  local st = {0, '0'}
-  for _ = 1, most do
-    -- Every entry seen is removed, so scanning from 0 again progresses.
-    st = forget_step(p, d, limit, 0, st[1], '0')
-    if st[1] == 2 then break end
-  end
-  if st[1] == 2 then
+  if drain_step(p, d, limit, most) then
     redis.call('ZREM', nodes, d)
     reaped = reaped + 1
   end
@@ -252,9 +284,14 @@ return {1, r[1]}
 /// Answers {phase, cursor}: the caller goes on until phase 2.
 const SWEEP: &str = r#"
 local p, node, limit, gen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local st = forget_step(p, node, limit, gen, tonumber(ARGV[5]), ARGV[6])
-if gen == 0 and st[1] == 2 then redis.call('ZREM', p..':nodes', node) end
-return st
+if gen == 0 then
+  if drain_step(p, node, limit, 2000) then
+    redis.call('ZREM', p..':nodes', node)
+    return {2, '0'}
+  end
+  return {0, '0'}
+end
+return forget_step(p, node, limit, gen, tonumber(ARGV[5]), ARGV[6])
 "#;
 
 /// The scripts, in the order of [`Script`].
