@@ -14,6 +14,7 @@
 #   scripts/bench.sh cluster-fanout [N] [K]   one node, --cluster on, every member local
 #   scripts/bench.sh cluster-latency [N] [RATE]  N subscribers over nodes A and B,
 #                                        the publisher on node C, RATE msg/s
+#                                        (PUBLISHER_CORE=1: node C on core 1)
 #   scripts/bench.sh cluster-publish [K]  publishes/s one node pushes through one Redis
 #                                        (one subscriber on another node, K in flight),
 #                                        with Redis's CPU per 10,000 publishes
@@ -165,11 +166,14 @@ redis_cpu() {
 start_nodes() {
   NODE_PORTS=()
   NODE_PIDS=()
-  for _ in $(seq "$1"); do
-    local port
+  for k in $(seq "$1"); do
+    local port pin=$PIN_S
     port=$(free_port)
+    # PUBLISHER_CORE=1: the last node (the publisher's) on core 1 with Redis
+    # and the load tool, so the subscribers' nodes have core 0 as one node would.
+    if [ "$k" = "$1" ] && [ "${PUBLISHER_CORE:-0}" = 1 ]; then pin=$PIN_L; fi
     # shellcheck disable=SC2086
-    $PIN_S "$SERVER" --listen "127.0.0.1:$port" --log-level warn --max-connections 19500 \
+    $pin "$SERVER" --listen "127.0.0.1:$port" --log-level warn --max-connections 19500 \
       --max-connections-per-user 100000 --rate-limit 0 \
       --cluster "redis://127.0.0.1:$REDIS_PORT" ${SERVER_FLAGS:-} &
     NODE_PIDS+=($!)
@@ -270,5 +274,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,33p' "$0"; exit 2 ;;
+  *) sed -n '2,34p' "$0"; exit 2 ;;
 esac
