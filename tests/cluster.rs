@@ -569,8 +569,23 @@ fn two_processes_share_one_port_with_reuse_port() {
         &url,
     ];
     let a = Server::start(&flags);
+    let first = a.wait_stats("cluster up", |s| s["cluster"]["state"] == "up");
     let b = Server::start(&flags);
     assert_eq!(a.addr, b.addr);
+    // The port is shared: wait until a request lands on the second process
+    // and finds it up too.
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let s = b.stats();
+        if s["node"] != first["node"] && s["cluster"]["state"] == "up" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second process never answered up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Every connection lands on one of the two (their welcomes name it),
     // and all are in one room whichever process holds them.
     let mut nodes = std::collections::HashMap::new();
@@ -913,4 +928,29 @@ fn a_killed_node_in_thousands_of_rooms_is_forgotten_everywhere() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_stopped_node_announces_a_user_with_two_devices_once() {
+    let redis = Redis::start();
+    let n1 = node(&redis.url(), &[]);
+    let mut n2 = node(&redis.url(), &[]);
+    let mut ann = n1.joined("/ws/two?user=ann");
+    let _d1 = n2.joined("/ws/two?user=bob");
+    let _d2 = n2.joined("/ws/two?user=bob");
+    assert_eq!(ann.expect("user_joined")["user"], "bob");
+    n2.signal_and_wait(libc::SIGTERM);
+    let e = ann.expect("user_left");
+    assert_eq!(
+        (e["user"].as_str(), e["members"].as_u64()),
+        (Some("bob"), Some(1))
+    );
+    // Never announced again, nor twice.
+    ann.expect_silence(Duration::from_millis(1500));
+    assert!(redis
+        .cli(&["--scan", "--pattern", "switchboard:uc:*"])
+        .contains("uc:ann"));
+    assert!(!redis
+        .cli(&["--scan", "--pattern", "switchboard:uc:*"])
+        .contains("uc:bob"));
 }

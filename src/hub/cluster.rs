@@ -89,7 +89,7 @@ pub struct PresenceChange {
 }
 
 /// A room's users over the whole cluster.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Listing {
     /// Distinct users in the room.
     pub members: usize,
@@ -98,7 +98,7 @@ pub struct Listing {
 }
 
 /// One user in a [`Listing`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ListedUser {
     pub user: String,
     pub connections: u32,

@@ -656,3 +656,35 @@ fn joins_and_leaves_in_a_row_answer_each_in_order() {
         "each answered once, in order"
     );
 }
+
+#[test]
+fn a_join_asked_again_after_the_answer_gets_the_clusters_listing() {
+    let mut t = cluster();
+    let ann = t.open_granted("ann");
+    t.text(ann, r#"{"type":"join","room":"r","ref":1}"#);
+    let (_, mut replies) = presence_changes(t.take_cluster());
+    let join = join_of(&replies[0]);
+    t.answer(
+        replies.remove(0),
+        ClusterAnswer::Listing(Listing {
+            members: 9,
+            users: Vec::new(),
+        }),
+    );
+    // Asked again before the marker: answered with the same listing.
+    t.text(ann, r#"{"type":"join","room":"r","ref":2}"#);
+    assert!(
+        t.take_cluster().is_empty(),
+        "no second question to the cluster"
+    );
+    t.arrive(
+        ChannelName::Room("r"),
+        format!("M {NODE} {ann}.{join}\n").as_bytes(),
+    );
+    let got: Vec<(i64, u64)> = t
+        .drain()
+        .iter()
+        .map(|(_, v)| (v["ref"].as_i64().unwrap(), v["members"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [(1, 9), (2, 9)]);
+}

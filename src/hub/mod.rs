@@ -135,9 +135,8 @@ struct Joining {
     /// room's frames wait for the `joined` like after a marker.
     since: Instant,
     marker: bool,
-    /// The `joined` replies, once the cluster answered: this join's, then
-    /// those of the joins of the room asked meanwhile (`more`).
-    reply: Option<Vec<SharedFrame>>,
+    /// The cluster's answer (the room's listing), once it came.
+    answer: Option<ClusterAnswer>,
     /// Joins of the same room asked while this one is pending (`details`,
     /// `ref`): answered with the same listing, right after it.
     more: Vec<(bool, Option<Box<RawValue>>)>,
@@ -1182,7 +1181,7 @@ impl Hub {
                     join,
                     since: now,
                     marker: false,
-                    reply: None,
+                    answer: None,
                     more: Vec::new(),
                     held: Vec::new(),
                     details,
@@ -1197,24 +1196,17 @@ impl Hub {
             }
             Joined::Already(key) if self.config.cluster => {
                 // Its join still pending: answered with it, right after.
-                let answered = self
+                if let Some(j) = self
                     .joining
-                    .get(&key)
-                    .and_then(|list| list.iter().find(|j| j.conn == id))
-                    .map(|j| j.reply.is_some());
-                if let Some(answered) = answered {
-                    let frame = answered.then(|| {
-                        let name = &self.registry.room(key).expect("joined room").name;
-                        self.member_list("joined", name, details, reference)
-                    });
-                    let j = self
-                        .joining
-                        .get_mut(&key)
-                        .and_then(|list| list.iter_mut().find(|j| j.conn == id))
-                        .expect("found above");
-                    match (frame, &mut j.reply) {
-                        (Some(frame), Some(replies)) => replies.push(frame),
-                        _ => j.more.push((details, reference.map(ToOwned::to_owned))),
+                    .get_mut(&key)
+                    .and_then(|list| list.iter_mut().find(|j| j.conn == id))
+                {
+                    if j.more.len() < MAX_EARLY {
+                        j.more.push((details, reference.map(ToOwned::to_owned)));
+                    } else {
+                        log::info!("{id} closed: over {MAX_EARLY} joins of a room still joining");
+                        self.counters.rate_limit_closes += 1;
+                        self.close(id, CloseReason::RateLimited);
                     }
                     return Ok(key);
                 }
@@ -1652,7 +1644,7 @@ impl Hub {
         };
         let mut overflow = Vec::new();
         for j in list.iter_mut() {
-            if !j.marker || j.reply.is_some() {
+            if !j.marker || j.answer.is_some() {
                 continue;
             }
             let user = self.registry.session(j.conn).and_then(|s| s.user);
@@ -1682,7 +1674,7 @@ impl Hub {
             return;
         };
         j.marker = true;
-        if j.reply.is_some() {
+        if j.answer.is_some() {
             self.finish_join(key, conn);
         }
     }
@@ -1700,9 +1692,26 @@ impl Hub {
         if list.is_empty() {
             self.joining.remove(&key);
         }
-        for frame in j.reply.into_iter().flatten().chain(j.held) {
+        for frame in self.join_replies(key, &j).into_iter().chain(j.held) {
             self.send(Target::Conn(conn), frame);
         }
+    }
+
+    /// The `joined` replies of a pending join: its own, then those of the
+    /// joins of the room asked meanwhile, all from the cluster's answer
+    /// (this node's view without one).
+    fn join_replies(&self, key: RoomKey, j: &Joining) -> Vec<SharedFrame> {
+        let Some(room) = self.registry.room(key) else {
+            return Vec::new();
+        };
+        let unavailable = ClusterAnswer::Unavailable;
+        let answer = j.answer.as_ref().unwrap_or(&unavailable);
+        std::iter::once((j.details, &j.reference))
+            .chain(j.more.iter().map(|(d, r)| (*d, r)))
+            .map(|(details, reference)| {
+                self.listing_frame("joined", &room.name, details, reference.as_deref(), answer)
+            })
+            .collect()
     }
 
     /// Cluster mode: forget `conn`'s joins (all of them: it closed).
@@ -1731,18 +1740,7 @@ impl Hub {
         if list.is_empty() {
             self.joining.remove(&key);
         }
-        let replies = match j.reply {
-            Some(replies) => replies,
-            None => {
-                let name = self.registry.room(key).expect("member's room").name.clone();
-                std::iter::once((j.details, j.reference))
-                    .chain(j.more)
-                    .map(|(details, reference)| {
-                        self.member_list("joined", &name, details, reference.as_deref())
-                    })
-                    .collect()
-            }
-        };
+        let replies = self.join_replies(key, &j);
         for frame in replies {
             self.send(Target::Conn(conn), frame);
         }
@@ -1802,35 +1800,18 @@ impl Hub {
                 let unavailable = matches!(answer, ClusterAnswer::Unavailable);
                 let key = self.registry.room_key(&room);
                 let pending = key.and_then(|k| {
-                    let list = self.joining.get(&k)?;
-                    let j = list.iter().find(|j| j.conn == id && Some(j.join) == join)?;
-                    Some((k, j.more.clone()))
+                    let list = self.joining.get_mut(&k)?;
+                    let j = list
+                        .iter_mut()
+                        .find(|j| j.conn == id && Some(j.join) == join)?;
+                    Some((k, j))
                 });
                 match (join, pending) {
                     // The answer of this join (and of those asked while it
                     // was pending): in effect at its marker (without Redis
                     // no marker comes: now).
-                    (Some(_), Some((key, more))) => {
-                        let mut replies =
-                            vec![self.listing_frame("joined", &room, details, reference, &answer)];
-                        for (details, reference) in &more {
-                            replies.push(self.listing_frame(
-                                "joined",
-                                &room,
-                                *details,
-                                reference.as_deref(),
-                                &answer,
-                            ));
-                        }
-                        let j = self
-                            .joining
-                            .get_mut(&key)
-                            .and_then(|l| {
-                                l.iter_mut().find(|j| j.conn == id && Some(j.join) == join)
-                            })
-                            .expect("found above");
-                        j.reply = Some(replies);
-                        j.more.clear();
+                    (Some(_), Some((key, j))) => {
+                        j.answer = Some(answer);
                         if j.marker || unavailable {
                             self.finish_join(key, id);
                         }

@@ -522,6 +522,11 @@ impl Cluster {
 
     /// A user's connections in a room on this node changed.
     pub fn presence(&mut self, change: PresenceChange) {
+        if self.shutting_down {
+            // The shutdown's sweep forgets all of this node at once: a
+            // close after it would announce its user again.
+            return self.unavailable(Reply::Presence(change.reply));
+        }
         let (channel, shard) = self.channel(&Channel::Room(change.room.clone()));
         let list = match &change.reply {
             Some(Pending {
@@ -542,7 +547,12 @@ impl Cluster {
                 .info
                 .as_ref()
                 .map_or(&b""[..], |i| i.get().as_bytes()),
-            crate::hub::cluster::conn_word(change.conn, change.join).as_bytes(),
+            // Only a join is marked (a leave or count change needs no place).
+            match change.join {
+                Some(join) => crate::hub::cluster::conn_word(change.conn, Some(join)),
+                None => "-".to_string(),
+            }
+            .as_bytes(),
             self.announce_limit.to_string().as_bytes(),
             list.to_string().as_bytes(),
             gen.as_bytes(),
@@ -577,6 +587,10 @@ impl Cluster {
 
     /// This node holds `connections` of `user`; `claim` waits for the cap.
     pub fn user_conns(&mut self, user: &str, connections: u32, claim: Option<ConnId>) {
+        if self.shutting_down {
+            let reply = claim.map_or(Reply::Update, Reply::Claim);
+            return self.unavailable(reply);
+        }
         let (channel, shard) = self.channel(&Channel::User(Arc::from(user)));
         let cap = if claim.is_some() { self.user_cap } else { 0 };
         let gen = self.shards[shard].generation.to_string();

@@ -62,6 +62,9 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
     if n > 0 then mark() end
     return
   end
+  -- A count Redis had too high (an update lost before a re-assertion):
+  -- the join is still marked.
+  if delta < 0 and n > 0 then mark() end
   local total = redis.call('HINCRBY', ru, user, delta)
   redis.call('EXPIRE', ru, TTL)
   if total <= 0 then
@@ -117,18 +120,21 @@ local function drain_step(p, node, limit, budget)
       local some = redis.call('HRANDFIELD', rn, 100)
       for _, user in ipairs(some) do
         set_user(p, room, node, user, 0, '0', '', '-', limit, 0)
+        -- Whatever it held (even a value that is no count): gone.
+        redis.call('HDEL', rn, user)
       end
       budget = budget - #some - 1
       if redis.call('EXISTS', rn) == 0 then redis.call('HDEL', nr, room) end
     end
   end
-  if budget <= 0 then return false end
-  local users = redis.call('HRANDFIELD', nu, math.max(budget, 1))
+  if budget <= 0 then return false, 0 end
+  local users = redis.call('HRANDFIELD', nu, budget)
   for _, user in ipairs(users) do
     redis.call('HDEL', p..':uc:'..user, node)
     redis.call('HDEL', nu, user)
   end
-  return redis.call('EXISTS', nr) == 0 and redis.call('EXISTS', nu) == 0
+  budget = budget - #users
+  return redis.call('EXISTS', nr) == 0 and redis.call('EXISTS', nu) == 0, budget
 end
 
 -- One bounded step of forgetting what node asserted before generation
@@ -234,15 +240,18 @@ local nodes = p..':nodes'
 -- Taken for dead (or new): no score, or one older than the timeout.
 local last = redis.call('ZSCORE', nodes, node)
 local added = 0
-if not last or now - tonumber(last) > dead_after then added = 1 end
+if not last or now - tonumber(last) >= dead_after then added = 1 end
 redis.call('ZADD', nodes, now, node)
 redis.call('PUBLISH', p..':n:'..node, 'H')
 -- One dead node per beat, at most `most` entries: it stays listed (and
 -- dead) until forgotten, so the next beat of any node goes on.
-local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, 1)
+local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, 8)
 local reaped = 0
 for _, d in ipairs(dead) do
-  if drain_step(p, d, limit, most) then
+  if most <= 0 or d == node then break end
+  local done
+  done, most = drain_step(p, d, limit, most)
+  if done then
     redis.call('ZREM', nodes, d)
     reaped = reaped + 1
   end
