@@ -119,8 +119,9 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
                        (a.b new for each run)
-  --subscribers-on A,B fanout, latency: subscribers connect to these servers,
-                       round-robin (a cluster's nodes); the publisher to --server
+  --subscribers-on A,B connections (all but the fanout/latency publisher) go
+                       to these servers, round-robin (a cluster's nodes); the
+                       publisher to --server
   --wait-joined        fanout, latency: start once every connection has its
                        `joined` (cluster mode), not just its `welcome`
   --busy-poll          poll without sleeping (spins its core): on loopback
@@ -177,8 +178,8 @@ struct Opts {
     connect_window: usize,
     sources: u8,
     busy_poll: bool,
-    /// Fanout/latency: servers the subscribers spread over, round-robin
-    /// (empty: `server`); the publisher always uses `server`.
+    /// Servers the connections spread over, round-robin (empty: `server`);
+    /// the fanout/latency publisher always uses `server`.
     subscribers_on: Vec<SocketAddr>,
     /// Subscribers and publisher are ready at `joined`, not `welcome`.
     wait_joined: bool,
