@@ -31,6 +31,8 @@ pub struct RequestHead {
     pub origin: Option<String>,
     /// `Content-Type` header value.
     pub content_type: Option<String>,
+    /// `If-None-Match` header value.
+    pub if_none_match: Option<String>,
 }
 
 impl RequestHead {
@@ -109,6 +111,7 @@ pub fn parse_head(buf: &[u8]) -> Parse {
                 chunked,
                 keep_alive,
                 authorization: header("authorization"),
+                if_none_match: header("if-none-match"),
                 origin: header("origin"),
                 content_type: header("content-type"),
             })
@@ -130,6 +133,8 @@ pub enum Route {
     Healthz,
     Stats,
     Metrics,
+    /// The JavaScript client (`clients/js/switchboard.js`, embedded).
+    ClientJs,
     /// Anything under `/api/` (the server API for backends).
     Api,
     NotFound,
@@ -145,6 +150,7 @@ pub fn route(path: &str) -> Route {
         "/healthz" => Route::Healthz,
         "/stats" => Route::Stats,
         "/metrics" => Route::Metrics,
+        "/client.js" => Route::ClientJs,
         _ if path.starts_with("/api/") => Route::Api,
         _ => match path.strip_prefix("/ws/") {
             Some(room) if !room.contains('/') => match percent_decode(room) {
@@ -198,6 +204,7 @@ pub fn json_error(code: &str, message: &str) -> Vec<u8> {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -237,6 +244,7 @@ mod tests {
         assert_eq!(route("/ws/a%2"), Route::BadPath);
         assert_eq!(route("/ws/a/b"), Route::NotFound);
         assert_eq!(route("/echo"), Route::Echo);
+        assert_eq!(route("/client.js"), Route::ClientJs);
         assert_eq!(route("/nope"), Route::NotFound);
     }
 

@@ -254,6 +254,31 @@ impl Driver {
                 );
                 self.reply(key, head, response, reader, now);
             }
+            Route::ClientJs => {
+                let (body, etag) = client_js();
+                let headers = format!(
+                    "Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\nETag: {etag}\r\n"
+                );
+                let fresh = head.if_none_match.as_deref() == Some(etag);
+                let response = if fresh {
+                    http::response(
+                        304,
+                        "text/javascript; charset=utf-8",
+                        &headers,
+                        b"",
+                        head.keep_alive,
+                    )
+                } else {
+                    http::response(
+                        200,
+                        "text/javascript; charset=utf-8",
+                        &headers,
+                        body,
+                        head.keep_alive,
+                    )
+                };
+                self.reply(key, head, response, reader, now);
+            }
             Route::Healthz => {
                 // Redis unreachable: still 200 (this node serves its own
                 // clients), but say so.
@@ -397,6 +422,20 @@ impl Driver {
             }
         }
     }
+}
+
+/// The JavaScript client, embedded in the binary, and its ETag (a hash of
+/// the file, computed once).
+fn client_js() -> (&'static [u8], &'static str) {
+    static FILE: &str = include_str!("../../clients/js/switchboard.js");
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let etag = ETAG.get_or_init(|| {
+        let hash = FILE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        format!("\"{hash:016x}\"")
+    });
+    (FILE.as_bytes(), etag)
 }
 
 /// Run tungstenite's server handshake over a complete request head held in
