@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs Debian's `redis-server`
-# when missing (the cluster tests start their own), the interop clients
-# (Python `websockets` into .tools/venv, Node `ws` into tests/interop), then
-# runs `cargo test`. Extra arguments go to `cargo test`.
+# (the cluster tests start their own) and `chromium` (the JS client's
+# browser tests) when missing, the interop clients (Python `websockets` into
+# .tools/venv, Node `ws` and `playwright-core` into tests/interop), then runs
+# `cargo test`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import websockets, prometheus_client' 2>/dev/null; then
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check 'websockets>=12,<16' 'prometheus-client>=0.20,<1'
 fi
-if [ ! -d tests/interop/node_modules/ws ]; then
+if [ ! -d tests/interop/node_modules/ws ] || [ ! -d tests/interop/node_modules/playwright-core ]; then
   (cd tests/interop && npm ci --silent --no-audit --no-fund)
 fi
 # README's run command (`cargo run --release`) must find the daemon among

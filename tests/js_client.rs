@@ -46,16 +46,36 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
         repo("tests/interop/node_modules/ws").exists(),
         "run scripts/test.sh (it installs the Node tools)"
     );
+    drive("js_client.mjs", &[]);
+}
+
+#[test]
+fn js_client_in_headless_chromium() {
+    assert!(
+        repo("tests/interop/node_modules/playwright-core").exists(),
+        "run scripts/test.sh (it installs playwright-core and chromium)"
+    );
+    // A short heartbeat, so the client's own timer finds a stopped daemon.
+    drive(
+        "js_browser.mjs",
+        &["--ping-interval", "1", "--ping-timeout", "1"],
+    );
+}
+
+/// Run a Node script against a daemon on a fixed port, doing what it asks:
+/// KILL (kill, wait, start again on the same port), STOP, CONT.
+fn drive(script: &str, extra: &[&str]) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let flags = ["--listen", listen.as_str()];
+    let mut flags = vec!["--listen", listen.as_str()];
+    flags.extend_from_slice(extra);
     let mut server = Server::start(&flags);
     let mut node = Command::new("node")
-        .arg(repo("tests/interop/js_client.mjs"))
+        .arg(repo(&format!("tests/interop/{script}")))
         .arg(format!("http://{listen}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -70,7 +90,7 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -86,13 +106,19 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
         match line.as_str() {
             "KILL" => {
                 server.signal_and_wait(libc::SIGKILL);
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(2000));
                 server = Server::start(&flags);
-                writeln!(stdin, "restarted").unwrap();
             }
+            "STOP" => unsafe {
+                libc::kill(server.child.id() as i32, libc::SIGSTOP);
+            },
+            "CONT" => unsafe {
+                libc::kill(server.child.id() as i32, libc::SIGCONT);
+            },
             "OK" => break,
-            _ => {}
+            _ => continue,
         }
+        writeln!(stdin, "done").unwrap();
     }
     let out = node.wait_with_output().unwrap();
     assert!(
