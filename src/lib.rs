@@ -13,6 +13,7 @@
 //! * [`Server`][]: `Server::bind(config)?.run()`.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod driver;
 pub mod hub;

@@ -1,0 +1,533 @@
+//! A blocking Rust client that reconnects by itself: one I/O thread owns the
+//! socket (tungstenite's blocking client), the application talks to it
+//! through a cloneable [`ClientHandle`] and receives [`Event`]s from a
+//! channel. The same policy as the JavaScript client (README "Clients"):
+//! exponential backoff with full jitter reset only by a `welcome`, rooms
+//! joined again after every reconnect, close-code classes, and its own
+//! dead-connection timeout from the `welcome`'s heartbeat settings.
+//!
+//! ```no_run
+//! use switchboard::client::{Client, ClientConfig, Event};
+//! let (client, events) = Client::connect(ClientConfig::new("ws://127.0.0.1:8080/ws?user=ann"));
+//! client.join("lobby").unwrap();
+//! client.send("lobby", &serde_json::json!({"text": "hi"})).unwrap();
+//! for event in events {
+//!     if let Event::Message(m) = event {
+//!         println!("{m}");
+//!     }
+//! }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How a [`Client`] connects and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `ws://host:port/ws...` (with `?user=` or `?token=` as the server wants).
+    pub url: String,
+    /// First reconnect delay.
+    pub min_delay: Duration,
+    /// Longest reconnect delay.
+    pub max_delay: Duration,
+    /// How long a request waits for its reply.
+    pub request_timeout: Duration,
+    /// How long a TCP connect and handshake may take.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            url: url.into(),
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Connected,
+    Disconnected,
+}
+
+/// What the client tells the application.
+#[derive(Debug, Clone)]
+pub enum Event {
+    State(State),
+    /// The `welcome` of a new connection.
+    Connected(Value),
+    /// The connection ended; `will_reconnect` says whether it tries again.
+    Disconnected {
+        code: u16,
+        reason: String,
+        will_reconnect: bool,
+    },
+    /// Any other server message (`message`, `private`, `user_joined`, …).
+    Message(Value),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The server answered with an `error` (its code and message).
+    Refused { code: String, message: String },
+    /// Not connected now (nothing is queued).
+    NotConnected,
+    /// No reply within the request timeout.
+    Timeout,
+    /// The connection ended before the reply.
+    Disconnected,
+    /// The client was closed.
+    Closed,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Refused { code, message } => write!(f, "{code}: {message}"),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+type Reply = Sender<Result<Value, ClientError>>;
+
+enum Command {
+    Send(Value),
+    Request(Value, Reply),
+    Join(String, Reply),
+    Leave(String, Reply),
+    Close,
+}
+
+/// The application's side of a client: cheap to clone, usable from any
+/// thread.
+#[derive(Clone)]
+pub struct ClientHandle {
+    tx: Sender<Command>,
+    timeout: Duration,
+}
+
+/// Starts clients.
+pub struct Client;
+
+impl Client {
+    /// Start connecting (on a thread of its own); events come on the
+    /// receiver until the client is closed or gives up.
+    pub fn connect(config: ClientConfig) -> (ClientHandle, Receiver<Event>) {
+        let (tx, commands) = mpsc::channel();
+        let (events_tx, events) = mpsc::channel();
+        let timeout = config.request_timeout;
+        let _thread: JoinHandle<()> = std::thread::Builder::new()
+            .name("switchboard-client".into())
+            .spawn(move || IoThread::new(config, commands, events_tx).run())
+            .expect("spawn the client thread");
+        (ClientHandle { tx, timeout }, events)
+    }
+}
+
+impl ClientHandle {
+    fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Value, ClientError> {
+        let (reply, answer) = mpsc::channel();
+        self.tx.send(make(reply)).map_err(|_| ClientError::Closed)?;
+        match answer.recv_timeout(self.timeout + Duration::from_secs(1)) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Join `room` (and again after every reconnect); the `joined` reply.
+    pub fn join(&self, room: &str) -> Result<Value, ClientError> {
+        self.ask(|r| Command::Join(room.to_string(), r))
+    }
+
+    /// Leave `room` (and forget it); the `left` reply.
+    pub fn leave(&self, room: &str) -> Result<Value, ClientError> {
+        self.ask(|r| Command::Leave(room.to_string(), r))
+    }
+
+    /// Any request: a `ref` is added; the reply that carries it.
+    pub fn request(&self, message: Value) -> Result<Value, ClientError> {
+        self.ask(|r| Command::Request(message, r))
+    }
+
+    /// A room message (fire and forget; sent only while connected).
+    pub fn send(&self, room: &str, data: &Value) -> Result<(), ClientError> {
+        self.fire(json!({"type": "message", "room": room, "data": data}))
+    }
+
+    pub fn private(&self, user: &str, data: &Value) -> Result<(), ClientError> {
+        self.fire(json!({"type": "private", "to": user, "data": data}))
+    }
+
+    pub fn broadcast(&self, data: &Value) -> Result<(), ClientError> {
+        self.fire(json!({"type": "broadcast", "data": data}))
+    }
+
+    fn fire(&self, message: Value) -> Result<(), ClientError> {
+        self.tx
+            .send(Command::Send(message))
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Close with 1000 and stop; the event channel then ends.
+    pub fn close(&self) {
+        let _ = self.tx.send(Command::Close);
+    }
+}
+
+/// The reconnect delay before attempt `attempt` (0-based): `min(max, min +
+/// random(0, min(max, min·2^attempt)))`, with `random01` in `[0, 1)`.
+pub fn backoff(attempt: u32, min: Duration, max: Duration, random01: f64) -> Duration {
+    let cap = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    (min + cap.mul_f64(random01.clamp(0.0, 1.0))).min(max)
+}
+
+/// Whether a close with `code` is followed by a reconnect.
+pub fn reconnects_after(code: u16) -> bool {
+    !matches!(code, 1000 | 1002 | 1003 | 1007 | 1009 | 4000..=4099)
+}
+
+/// How often the I/O thread looks at its commands and timers.
+const TICK: Duration = Duration::from_millis(20);
+
+struct IoThread {
+    config: ClientConfig,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    rooms: BTreeSet<String>,
+    pending: HashMap<u64, (Reply, Instant)>,
+    next_ref: u64,
+    attempt: u32,
+    rng: u64,
+}
+
+/// How a connection ended.
+enum End {
+    Closed(u16, String),
+    Stop,
+}
+
+impl IoThread {
+    fn new(config: ClientConfig, commands: Receiver<Command>, events: Sender<Event>) -> IoThread {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        IoThread {
+            config,
+            commands,
+            events,
+            rooms: BTreeSet::new(),
+            pending: HashMap::new(),
+            next_ref: 1,
+            attempt: 0,
+            rng: seed,
+        }
+    }
+
+    fn random01(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn run(mut self) {
+        loop {
+            self.emit(Event::State(State::Connecting));
+            let end = match self.open() {
+                Ok(ws) => self.serve(ws),
+                Err(_) => End::Closed(1006, "connect failed".into()),
+            };
+            self.fail_pending(ClientError::Disconnected);
+            let (code, reason) = match end {
+                End::Stop => {
+                    self.emit(Event::State(State::Disconnected));
+                    return;
+                }
+                End::Closed(code, reason) => (code, reason),
+            };
+            let will_reconnect = reconnects_after(code);
+            self.emit(Event::State(State::Disconnected));
+            self.emit(Event::Disconnected {
+                code,
+                reason,
+                will_reconnect,
+            });
+            if !will_reconnect {
+                self.wait_for_close();
+                return;
+            }
+            let r = self.random01();
+            let delay = backoff(
+                self.attempt,
+                self.config.min_delay,
+                self.config.max_delay,
+                r,
+            );
+            self.attempt = self.attempt.saturating_add(1);
+            if self.idle(delay) {
+                self.emit(Event::State(State::Disconnected));
+                return;
+            }
+        }
+    }
+
+    /// While not connected: refuse sends, wait `delay`; true on close.
+    fn idle(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.commands.recv_timeout(left) {
+                Ok(Command::Close) | Err(RecvTimeoutError::Disconnected) => return true,
+                Ok(cmd) => self.refuse(cmd),
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+    }
+
+    /// After a final close: answer commands until closed.
+    fn wait_for_close(&mut self) {
+        while let Ok(cmd) = self.commands.recv() {
+            if matches!(cmd, Command::Close) {
+                return;
+            }
+            self.refuse(cmd);
+        }
+    }
+
+    fn refuse(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join(room, reply) => {
+                self.rooms.insert(room);
+                let _ = reply.send(Err(ClientError::NotConnected));
+            }
+            Command::Leave(room, reply) => {
+                self.rooms.remove(&room);
+                let _ = reply.send(Err(ClientError::NotConnected));
+            }
+            Command::Request(_, reply) => {
+                let _ = reply.send(Err(ClientError::NotConnected));
+            }
+            Command::Send(_) | Command::Close => {}
+        }
+    }
+
+    fn open(&self) -> io::Result<WebSocket<TcpStream>> {
+        let rest = self
+            .config
+            .url
+            .strip_prefix("ws://")
+            .ok_or_else(|| io::Error::other("only ws:// URLs"))?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let addr = hostport
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::other("no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.config.connect_timeout))?;
+        let (ws, _) = tungstenite::client::client(self.config.url.as_str(), stream)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        ws.get_ref().set_read_timeout(Some(TICK))?;
+        Ok(ws)
+    }
+
+    fn send_json(ws: &mut WebSocket<TcpStream>, v: &Value) -> bool {
+        ws.send(Message::text(v.to_string())).is_ok()
+    }
+
+    fn serve(&mut self, mut ws: WebSocket<TcpStream>) -> End {
+        let mut connected = false;
+        let mut heard = Instant::now();
+        let mut pinged = false;
+        let (mut interval, mut dead) = (Duration::from_secs(30), Duration::from_secs(40));
+        loop {
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    heard = Instant::now();
+                    pinged = false;
+                    let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                        continue;
+                    };
+                    if v["type"] == "welcome" {
+                        connected = true;
+                        self.attempt = 0;
+                        let secs = |k: &str, d: f64| {
+                            Duration::from_secs_f64(v["heartbeat"][k].as_f64().unwrap_or(d))
+                        };
+                        interval = secs("ping_interval", 30.0);
+                        dead = interval + secs("ping_timeout", 10.0);
+                        self.emit(Event::State(State::Connected));
+                        self.emit(Event::Connected(v.clone()));
+                        for room in self.rooms.clone() {
+                            let r = self.next_ref;
+                            self.next_ref += 1;
+                            Self::send_json(
+                                &mut ws,
+                                &json!({"type": "join", "room": room, "ref": r}),
+                            );
+                        }
+                        continue;
+                    }
+                    if let Some(r) = v.get("ref").and_then(Value::as_u64) {
+                        if let Some((reply, _)) = self.pending.remove(&r) {
+                            let result = if v["type"] == "error" {
+                                Err(ClientError::Refused {
+                                    code: v["code"].as_str().unwrap_or("").into(),
+                                    message: v["message"].as_str().unwrap_or("").into(),
+                                })
+                            } else {
+                                Ok(v.clone())
+                            };
+                            let _ = reply.send(result);
+                        }
+                    }
+                    self.emit(Event::Message(v));
+                }
+                Ok(Message::Close(frame)) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.as_str().to_string())
+                    });
+                    let _ = ws.flush();
+                    return End::Closed(code, reason);
+                }
+                Ok(_) => {
+                    heard = Instant::now();
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return End::Closed(1006, "connection lost".into()),
+            }
+            // Commands.
+            while let Ok(cmd) = self.commands.try_recv() {
+                let ok = match cmd {
+                    Command::Close => {
+                        let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "".into(),
+                        }));
+                        let _ = ws.flush();
+                        return End::Stop;
+                    }
+                    cmd if !connected => {
+                        self.refuse(cmd);
+                        true
+                    }
+                    Command::Send(v) => Self::send_json(&mut ws, &v),
+                    Command::Request(mut v, reply) => self.send_request(&mut ws, &mut v, reply),
+                    Command::Join(room, reply) => {
+                        self.rooms.insert(room.clone());
+                        let mut v = json!({"type": "join", "room": room});
+                        self.send_request(&mut ws, &mut v, reply)
+                    }
+                    Command::Leave(room, reply) => {
+                        self.rooms.remove(&room);
+                        let mut v = json!({"type": "leave", "room": room});
+                        self.send_request(&mut ws, &mut v, reply)
+                    }
+                };
+                if !ok {
+                    return End::Closed(1006, "connection lost".into());
+                }
+            }
+            // Timers: request timeouts, our ping, the dead-connection limit.
+            let now = Instant::now();
+            let timeout = self.config.request_timeout;
+            self.pending.retain(|_, (reply, at)| {
+                let late = now.saturating_duration_since(*at) >= timeout;
+                if late {
+                    let _ = reply.send(Err(ClientError::Timeout));
+                }
+                !late
+            });
+            if connected {
+                let silent = now.saturating_duration_since(heard);
+                if silent >= dead {
+                    return End::Closed(4190, "no heartbeat".into());
+                }
+                if silent >= interval && !pinged {
+                    pinged = true;
+                    Self::send_json(&mut ws, &json!({"type": "ping"}));
+                }
+            }
+        }
+    }
+
+    fn send_request(&mut self, ws: &mut WebSocket<TcpStream>, v: &mut Value, reply: Reply) -> bool {
+        let r = self.next_ref;
+        self.next_ref += 1;
+        v["ref"] = json!(r);
+        self.pending.insert(r, (reply, Instant::now()));
+        Self::send_json(ws, v)
+    }
+
+    fn fail_pending(&mut self, why: ClientError) {
+        for (_, (reply, _)) in self.pending.drain() {
+            let _ = reply.send(Err(why.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_between_min_and_the_growing_cap() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(20));
+        assert_eq!(backoff(0, min, max, 0.0), min);
+        assert_eq!(
+            backoff(0, min, max, 0.999_999),
+            Duration::from_millis(1000) - Duration::from_nanos(500)
+        );
+        assert_eq!(backoff(3, min, max, 0.5), Duration::from_millis(500 + 2000));
+        // The cap grows to max and stays there, whatever the attempt.
+        assert_eq!(backoff(10, min, max, 1.0), max);
+        assert_eq!(backoff(200, min, max, 0.25), Duration::from_millis(5500));
+        for a in 0..40 {
+            for r in [0.0, 0.3, 0.7, 0.99] {
+                let d = backoff(a, min, max, r);
+                assert!(d >= min && d <= max, "{a} {r} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn close_codes_decide_the_reconnect() {
+        for code in [1000, 1002, 1003, 1007, 1009, 4000, 4001, 4003, 4099] {
+            assert!(!reconnects_after(code), "{code}");
+        }
+        for code in [1001, 1006, 1008, 1011, 1012, 1013, 4100, 4101, 4190, 4199] {
+            assert!(reconnects_after(code), "{code}");
+        }
+    }
+}

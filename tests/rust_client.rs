@@ -1,0 +1,123 @@
+//! The blocking Rust client (`switchboard::client`) against the real
+//! daemon: join, messages, a refused request, the daemon killed and
+//! restarted on the same port (reconnect and rejoin unaided), a final close
+//! code, `close()`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::Server;
+use switchboard::client::{Client, ClientConfig, ClientError, Event, State};
+
+/// The next event matching `pred`, skipping others.
+fn until(events: &Receiver<Event>, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(e) if pred(&e) => return e,
+            Ok(_) => {}
+            Err(e) => panic!("no {what}: {e}"),
+        }
+    }
+}
+
+fn message_with(events: &Receiver<Event>, data: &str) {
+    until(
+        events,
+        data,
+        |e| matches!(e, Event::Message(m) if m["type"] == "message" && m["data"] == data),
+    );
+}
+
+#[test]
+fn rust_client_reconnects_rejoins_and_stops() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let flags = ["--listen", listen.as_str()];
+    let mut server = Server::start(&flags);
+    let config = |user: &str| {
+        let mut c = ClientConfig::new(format!("ws://{listen}/ws?user={user}"));
+        c.min_delay = Duration::from_millis(100);
+        c.max_delay = Duration::from_millis(1000);
+        c
+    };
+    let (ann, ann_events) = Client::connect(config("ann"));
+    let (bob, bob_events) = Client::connect(config("bob"));
+    for events in [&ann_events, &bob_events] {
+        until(events, "welcome", |e| matches!(e, Event::Connected(_)));
+    }
+    let joined = ann.join("lobby").unwrap();
+    assert_eq!(joined["type"], "joined");
+    bob.join("lobby").unwrap();
+    bob.send("lobby", &json!("hi")).unwrap();
+    message_with(&ann_events, "hi");
+    let refused = ann.request(json!({"type": "message", "room": "nope", "data": 1}));
+    assert!(
+        matches!(refused, Err(ClientError::Refused { ref code, .. }) if code == "not_in_room"),
+        "{refused:?}"
+    );
+
+    // Killed and back on the same port: both reconnect and rejoin.
+    server.signal_and_wait(libc::SIGKILL);
+    until(&ann_events, "disconnected", |e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                will_reconnect: true,
+                ..
+            }
+        )
+    });
+    assert_eq!(ann.send("lobby", &json!(1)), Ok(()), "fire and forget");
+    assert_eq!(
+        ann.request(json!({"type": "ping"})),
+        Err(ClientError::NotConnected)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    server = Server::start(&flags);
+    for events in [&ann_events, &bob_events] {
+        until(events, "welcome again", |e| {
+            matches!(e, Event::Connected(_))
+        });
+        until(
+            events,
+            "rejoined",
+            |e| matches!(e, Event::Message(m) if m["type"] == "joined" && m["room"] == "lobby"),
+        );
+    }
+    bob.send("lobby", &json!("after")).unwrap();
+    message_with(&ann_events, "after");
+
+    // A final close code: no reconnect.
+    let req = "POST /api/disconnect HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\nConnection: close\r\n\r\n{\"user\":\"ann\",\"code\":4003}    ";
+    assert_eq!(server.http(req).0, 200);
+    until(&ann_events, "final close", |e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                code: 4003,
+                will_reconnect: false,
+                ..
+            }
+        )
+    });
+    // close(): the event channel ends.
+    bob.close();
+    until(&bob_events, "stopped", |e| {
+        matches!(e, Event::State(State::Disconnected))
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bob_events.recv_timeout(Duration::from_millis(100)).is_ok() {
+        assert!(Instant::now() < deadline, "events after close");
+    }
+    ann.close();
+}
