@@ -121,3 +121,36 @@ fn rust_client_reconnects_rejoins_and_stops() {
     }
     ann.close();
 }
+
+#[test]
+fn rust_client_finds_a_stopped_daemon_dead_by_its_own_timer() {
+    let server = Server::start(&["--ping-interval", "1", "--ping-timeout", "1"]);
+    let mut config = ClientConfig::new(format!("ws://{}/ws?user=ann", server.addr));
+    config.min_delay = Duration::from_millis(100);
+    config.max_delay = Duration::from_millis(500);
+    let (client, events) = Client::connect(config);
+    until(&events, "welcome", |e| matches!(e, Event::Connected(_)));
+    let stopped = Instant::now();
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGSTOP) };
+    until(&events, "dead", |e| {
+        matches!(
+            e,
+            Event::Disconnected {
+                code: 4190,
+                will_reconnect: true,
+                ..
+            }
+        )
+    });
+    // interval + timeout is 2 s: found within that and a tick or two.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopped.elapsed()
+    );
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGCONT) };
+    until(&events, "welcome again", |e| {
+        matches!(e, Event::Connected(_))
+    });
+    client.close();
+}
