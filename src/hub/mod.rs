@@ -1682,16 +1682,9 @@ impl Hub {
     /// Cluster mode: end connection `conn`'s join of room `key`: its
     /// `joined`, then what waited for it.
     fn finish_join(&mut self, key: RoomKey, conn: ConnId) {
-        let Some(list) = self.joining.get_mut(&key) else {
+        let Some(j) = self.take_joining(key, conn) else {
             return;
         };
-        let Some(at) = list.iter().position(|j| j.conn == conn) else {
-            return;
-        };
-        let j = list.swap_remove(at);
-        if list.is_empty() {
-            self.joining.remove(&key);
-        }
         for frame in self.join_replies(key, &j).into_iter().chain(j.held) {
             self.send(Target::Conn(conn), frame);
         }
@@ -1714,6 +1707,18 @@ impl Hub {
             .collect()
     }
 
+    /// Cluster mode: take `conn`'s pending join of room `key` out of the
+    /// table.
+    fn take_joining(&mut self, key: RoomKey, conn: ConnId) -> Option<Joining> {
+        let list = self.joining.get_mut(&key)?;
+        let at = list.iter().position(|j| j.conn == conn)?;
+        let j = list.swap_remove(at);
+        if list.is_empty() {
+            self.joining.remove(&key);
+        }
+        Some(j)
+    }
+
     /// Cluster mode: forget `conn`'s joins (all of them: it closed).
     fn forget_joining(&mut self, conn: ConnId) {
         if self.joining.is_empty() {
@@ -1730,16 +1735,9 @@ impl Hub {
     /// this node's view), then its other replies; what the room sent
     /// meanwhile is not for it any more. A late answer finds nothing.
     fn end_join_by_leaving(&mut self, conn: ConnId, key: RoomKey) {
-        let Some(list) = self.joining.get_mut(&key) else {
+        let Some(j) = self.take_joining(key, conn) else {
             return;
         };
-        let Some(at) = list.iter().position(|j| j.conn == conn) else {
-            return;
-        };
-        let j = list.swap_remove(at);
-        if list.is_empty() {
-            self.joining.remove(&key);
-        }
         let replies = self.join_replies(key, &j);
         for frame in replies {
             self.send(Target::Conn(conn), frame);
