@@ -2,8 +2,9 @@
 # The whole test suite on a fresh machine: installs Debian's `redis-server`
 # (the cluster tests start their own) and `chromium` (the JS client's
 # browser tests) when missing, the interop clients (Python `websockets` into
-# .tools/venv, Node `ws` and `playwright-core` into tests/interop), then runs
-# `cargo test`. Extra arguments go to `cargo test`.
+# .tools/venv, Node `ws` into tests/interop) and `playwright-core` (into
+# scripts/browser-tools), then runs `cargo test`. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -19,8 +20,11 @@ if [ ! -x .tools/venv/bin/python ] || ! .tools/venv/bin/python -c 'import websoc
   python3 -m venv .tools/venv
   .tools/venv/bin/pip install --quiet --disable-pip-version-check 'websockets>=12,<16' 'prometheus-client>=0.20,<1'
 fi
-if [ ! -d tests/interop/node_modules/ws ] || [ ! -d tests/interop/node_modules/playwright-core ]; then
+if [ ! -d tests/interop/node_modules/ws ]; then
   (cd tests/interop && npm ci --silent --no-audit --no-fund)
+fi
+if [ ! -d scripts/browser-tools/node_modules/playwright-core ]; then
+  (cd scripts/browser-tools && npm ci --silent --no-audit --no-fund)
 fi
 # README's run command (`cargo run --release`) must find the daemon among
 # the crate's binaries (Cargo.toml's default-run); checked here in debug.

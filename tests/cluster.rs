@@ -553,11 +553,7 @@ fn two_shards_share_the_rooms() {
 #[test]
 fn two_processes_share_one_port_with_reuse_port() {
     let redis = Redis::start();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
     let flags = [

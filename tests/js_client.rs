@@ -7,7 +7,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,7 +51,7 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
 #[test]
 fn js_client_in_headless_chromium() {
     assert!(
-        repo("tests/interop/node_modules/playwright-core").exists(),
+        repo("scripts/browser-tools/node_modules/playwright-core").exists(),
         "run scripts/test.sh (it installs playwright-core and chromium)"
     );
     // A short heartbeat, so the client's own timer finds a stopped daemon.
@@ -65,11 +64,7 @@ fn js_client_in_headless_chromium() {
 /// Run a Node script against a daemon on a fixed port, doing what it asks:
 /// KILL (kill, wait, start again on the same port), STOP, CONT.
 fn drive(script: &str, extra: &[&str]) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut flags = vec!["--listen", listen.as_str()];
     flags.extend_from_slice(extra);

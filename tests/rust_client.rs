@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -36,11 +35,7 @@ fn message_with(events: &Receiver<Event>, data: &str) {
 
 #[test]
 fn rust_client_reconnects_rejoins_and_stops() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let listen = format!("127.0.0.1:{port}");
     let flags = ["--listen", listen.as_str()];
     let mut server = Server::start(&flags);

@@ -200,11 +200,7 @@ const REDIS_PASSWORD: &str = "redispass-SECRET-4-0a1b2c3d4e5f";
 
 #[test]
 fn the_redis_password_never_shows() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let pass = format!(">{REDIS_PASSWORD}");
     let acl = ["--user", "app", "on", &pass, "~*", "&*", "+@all"];
     let _redis = Redis::start_with(port, &acl);

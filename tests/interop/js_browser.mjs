@@ -5,8 +5,12 @@
 // STOP (SIGSTOP it) and CONT (SIGCONT it), each time waiting for a line on
 // stdin; prints OK and exits 0 when every check passed.
 import assert from "node:assert/strict";
+import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+
+// playwright-core lives in scripts/browser-tools (installed by scripts/test.sh).
+const tools = process.env.BROWSER_TOOLS ?? new URL("../../scripts/browser-tools/", import.meta.url).pathname;
+const { chromium } = createRequire(tools + "package.json")("playwright-core");
 
 const base = process.argv[2];
 const lines = createInterface({ input: process.stdin });

@@ -433,6 +433,16 @@ impl Client {
     }
 }
 
+/// A loopback port free right now (for servers that must be restarted on
+/// the same port, or share one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A real `redis-server` on a free loopback port, no persistence; killed on
 /// drop. (The README's test command installs Debian's `redis-server`.)
 pub struct Redis {
@@ -442,12 +452,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     /// A Redis on `port` (a restarted one: same port, empty).
