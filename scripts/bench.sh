@@ -7,6 +7,10 @@
 #   scripts/bench.sh latency [N] [RATE]  publish→delivery percentiles at RATE msg/s
 #   scripts/bench.sh echo [N]            round trips/s, N connections with one message each
 #   scripts/bench.sh joins [N]           join/leave pairs/s, N connections one request each
+#   scripts/bench.sh dashboard [N]       what the dashboard costs the server: N idle
+#                                        connections in N/10 rooms, then per request of
+#                                        /api/overview (what it polls), /stats, /metrics
+#                                        and /healthz the server's CPU and the bytes
 #   scripts/bench.sh all                 the issue's target table
 #
 # Cluster mode (a local redis-server, started and stopped here; nodes on
@@ -113,6 +117,52 @@ res.update(server_rss_kb_before=base, server_rss_kb_held=held, server_rss_kb_aft
 print(json.dumps(res))
 PY
   rm -f "$out" "$out.rss" "$out.cpu"
+}
+
+run_dashboard() {
+  local n=${1:-10000}
+  start_server
+  sleep 0.2
+  local ready
+  ready=$(mktemp)
+  # shellcheck disable=SC2086
+  $PIN_L "$LOAD" --server "127.0.0.1:$PORT" --mode idle --conns "$n" --idle-rooms $((n / 10 > 0 ? n / 10 : 1)) \
+    --hold 600 ${LOAD_FLAGS:-} 2>"$ready" >/dev/null &
+  local load_pid=$!
+  for _ in $(seq 1200); do grep -q READY "$ready" && break; sleep 0.1; done
+  sleep 1
+  $PIN_L python3 - "$PORT" "$SERVER_PID" "$n" "$(getconf CLK_TCK)" <<'PY'
+import http.client, json, sys, time
+port, pid, n, hz = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def cpu():
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / hz
+res = {"mode": "dashboard", "connections": n}
+c0, t0 = cpu(), time.time()
+time.sleep(5)
+res["idle_server_cpu_percent"] = round(100 * (cpu() - c0) / (time.time() - t0), 2)
+conn = http.client.HTTPConnection("127.0.0.1", port)
+for path in ["/healthz", "/api/overview?top=10", "/stats", "/metrics"]:
+    def get():
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return len(r.read())
+    for _ in range(20):
+        size = get()
+    runs = 500
+    c0, t0 = cpu(), time.perf_counter()
+    for _ in range(runs):
+        get()
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    res[path] = {"bytes": size, "server_cpu_us": round(1e6 * used / runs, 1),
+                 "round_trip_us": round(1e6 * wall / runs, 1)}
+print(json.dumps(res))
+PY
+  kill "$load_pid" 2>/dev/null || true
+  wait "$load_pid" 2>/dev/null || true
+  rm -f "$ready"
+  stop_server
 }
 
 run_load() {
@@ -262,6 +312,7 @@ case "${1:-all}" in
     "$0" cluster-joins 100
     ;;
   idle) run_idle "${2:-10000}" ;;
+  dashboard) run_dashboard "${2:-10000}" ;;
   fanout) run_load --mode fanout --conns "${2:-1000}" --in-flight "${3:-1}" --messages "${MESSAGES:-20000}" ;;
   latency) run_load --mode latency --conns "${2:-1000}" --rate "${3:-100}" --duration "${DURATION:-10}" ;;
   echo) run_load --mode echo --conns "${2:-100}" --duration "${DURATION:-5}" ;;
@@ -274,5 +325,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,34p' "$0"; exit 2 ;;
+  *) sed -n '2,33p' "$0"; exit 2 ;;
 esac

@@ -205,6 +205,49 @@ pub fn reconnects_after(code: u16) -> bool {
     !matches!(code, 1000 | 1002 | 1003 | 1007 | 1009 | 4000..=4099)
 }
 
+/// The reconnect schedule, pure: the time comes in as an argument (so its
+/// rules are tested with a fake clock) and the randomness from a seeded
+/// xorshift. Only a `welcome` resets it: a server that accepts and closes
+/// at once still gets growing delays, never a storm.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+    rng: u64,
+}
+
+impl Reconnect {
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Reconnect {
+        Reconnect {
+            min,
+            max,
+            attempt: 0,
+            rng: seed | 1,
+        }
+    }
+
+    /// A `welcome` arrived: the next drop starts from the shortest delay.
+    pub fn welcomed(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The connection ended with `code` at `now`: when to try again, or
+    /// `None` when this close is final.
+    pub fn next_attempt(&mut self, code: u16, now: Instant) -> Option<Instant> {
+        if !reconnects_after(code) {
+            return None;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let random01 = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        let delay = backoff(self.attempt, self.min, self.max, random01);
+        self.attempt = self.attempt.saturating_add(1);
+        Some(now + delay)
+    }
+}
+
 /// How often the I/O thread looks at its commands and timers.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -215,8 +258,7 @@ struct IoThread {
     rooms: BTreeSet<String>,
     pending: HashMap<u64, (Reply, Instant)>,
     next_ref: u64,
-    attempt: u32,
-    rng: u64,
+    reconnect: Reconnect,
 }
 
 /// How a connection ended.
@@ -229,25 +271,16 @@ impl IoThread {
     fn new(config: ClientConfig, commands: Receiver<Command>, events: Sender<Event>) -> IoThread {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1;
+            .map_or(1, |d| d.as_nanos() as u64);
         IoThread {
+            reconnect: Reconnect::new(config.min_delay, config.max_delay, seed),
             config,
             commands,
             events,
             rooms: BTreeSet::new(),
             pending: HashMap::new(),
             next_ref: 1,
-            attempt: 0,
-            rng: seed,
         }
-    }
-
-    fn random01(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn emit(&self, event: Event) {
@@ -269,35 +302,26 @@ impl IoThread {
                 }
                 End::Closed(code, reason) => (code, reason),
             };
-            let will_reconnect = reconnects_after(code);
+            let next = self.reconnect.next_attempt(code, Instant::now());
             self.emit(Event::State(State::Disconnected));
             self.emit(Event::Disconnected {
                 code,
                 reason,
-                will_reconnect,
+                will_reconnect: next.is_some(),
             });
-            if !will_reconnect {
+            let Some(at) = next else {
                 self.wait_for_close();
                 return;
-            }
-            let r = self.random01();
-            let delay = backoff(
-                self.attempt,
-                self.config.min_delay,
-                self.config.max_delay,
-                r,
-            );
-            self.attempt = self.attempt.saturating_add(1);
-            if self.idle(delay) {
+            };
+            if self.idle_until(at) {
                 self.emit(Event::State(State::Disconnected));
                 return;
             }
         }
     }
 
-    /// While not connected: refuse sends, wait `delay`; true on close.
-    fn idle(&mut self, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
+    /// While not connected: refuse sends, wait until `until`; true on close.
+    fn idle_until(&mut self, until: Instant) -> bool {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -377,7 +401,7 @@ impl IoThread {
                     };
                     if v["type"] == "welcome" {
                         connected = true;
-                        self.attempt = 0;
+                        self.reconnect.welcomed();
                         let secs = |k: &str, d: f64| {
                             Duration::from_secs_f64(v["heartbeat"][k].as_f64().unwrap_or(d))
                         };
@@ -519,6 +543,52 @@ mod tests {
                 assert!(d >= min && d <= max, "{a} {r} {d:?}");
             }
         }
+    }
+
+    /// The schedule with a fake clock: each delay within full jitter of the
+    /// growing cap, no storm from a server that closes before `welcome`, a
+    /// `welcome` starting again from `min`, final codes ending it.
+    #[test]
+    fn reconnect_schedule_with_a_fake_clock() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(20));
+        let start = Instant::now();
+        for seed in [1, 7, 0xdead_beef, u64::MAX] {
+            let mut r = Reconnect::new(min, max, seed);
+            let mut now = start;
+            // Twelve drops in a row with no welcome (a server that closes
+            // right after the handshake): the delays grow to the cap.
+            let mut total = Duration::ZERO;
+            for attempt in 0..12u32 {
+                let at = r.next_attempt(1006, now).expect("1006 reconnects");
+                let delay = at - now;
+                let cap = min.saturating_mul(1 << attempt).min(max);
+                assert!(
+                    delay >= min && delay <= (min + cap).min(max),
+                    "{attempt}: {delay:?}"
+                );
+                total += delay;
+                now = at;
+            }
+            // At least min each, and far fewer than a tight loop would make.
+            assert!(total >= min * 12, "{total:?}");
+            // A welcome: the next drop is at most min + min away again.
+            r.welcomed();
+            let delay = r.next_attempt(1012, now).unwrap() - now;
+            assert!(delay >= min && delay <= min * 2, "{delay:?}");
+            // Final codes: no attempt at all.
+            for code in [1000, 1002, 4000, 4001] {
+                assert_eq!(r.next_attempt(code, now), None, "{code}");
+            }
+        }
+        // Different seeds spread the same attempt apart (jitter).
+        let firsts: Vec<_> = (1..20u64)
+            .map(|seed| {
+                Reconnect::new(min, max, seed * 7919)
+                    .next_attempt(1006, start)
+                    .unwrap()
+            })
+            .collect();
+        assert!(firsts.iter().any(|t| *t != firsts[0]));
     }
 
     #[test]

@@ -834,7 +834,7 @@ pub fn help_text() -> String {
     let mut out = String::from(
         "switchboard — a WebSocket hub: rooms, users, presence, heartbeats and limits\n\n\
          Usage: switchboard [OPTIONS]\n\n\
-         Routes: /ws, /ws/<room>, /echo (WebSocket); /healthz, /stats, /metrics, /api/* (HTTP)\n\n\
+         Routes: /ws, /ws/<room>, /echo (WebSocket); /healthz, /stats, /metrics, /api/*, /client.js, /dashboard, /demo (HTTP)\n\n\
          Options (each also SWITCHBOARD_<NAME> in the environment and <name> in the TOML file):\n",
     );
     for s in SETTINGS {

@@ -950,3 +950,58 @@ fn a_stopped_node_announces_a_user_with_two_devices_once() {
         .cli(&["--scan", "--pattern", "switchboard:uc:*"])
         .contains("uc:bob"));
 }
+
+/// `/api/overview` on any node lists every live node with its own figures
+/// (what the dashboard's node table shows), and forgets a node that left.
+#[test]
+fn the_overview_lists_every_node() {
+    let redis = Redis::start();
+    let (n1, mut n2) = (node(&redis.url(), &[]), node(&redis.url(), &[]));
+    wait_nodes(&[&n1, &n2], 2);
+    let _a = n1.joined("/ws/a?user=ann");
+    let _b = n2.joined("/ws/b?user=bob");
+    let _c = n2.joined("/ws/b?user=cy");
+    let ids = [
+        n1.stats_with_key(Some(API_KEY))["node"].clone(),
+        n2.stats_with_key(Some(API_KEY))["node"].clone(),
+    ];
+    // The first ask starts the fetching; the next heartbeats bring them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let nodes = loop {
+        let v = get(&n1, "/api/overview");
+        let nodes = v["nodes"].as_array().unwrap().clone();
+        let counts: Vec<_> = nodes
+            .iter()
+            .map(|n| (n["node"].clone(), n["connections"].clone()))
+            .collect();
+        let want = [(ids[0].clone(), json!(1)), (ids[1].clone(), json!(2))];
+        if want.iter().all(|w| counts.contains(w)) && counts.len() == 2 {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "nodes: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for n in &nodes {
+        for field in [
+            "users",
+            "rooms",
+            "messages_in",
+            "messages_out",
+            "bytes_in",
+            "bytes_out",
+            "uptime_seconds",
+        ] {
+            assert!(n[field].is_number(), "{field} in {n}");
+        }
+    }
+    // A node shut down is gone from the list.
+    n2.signal_and_wait(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&n1, "/api/overview")["nodes"].as_array().unwrap().len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped node is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -6,10 +6,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::Server;
 
@@ -45,7 +42,7 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
         repo("tests/interop/node_modules/ws").exists(),
         "run scripts/test.sh (it installs the Node tools)"
     );
-    drive("js_client.mjs", &[]);
+    support::drive_node("js_client.mjs", &[], &[]);
 }
 
 #[test]
@@ -55,71 +52,9 @@ fn js_client_in_headless_chromium() {
         "run scripts/test.sh (it installs playwright-core and chromium)"
     );
     // A short heartbeat, so the client's own timer finds a stopped daemon.
-    drive(
+    support::drive_node(
         "js_browser.mjs",
         &["--ping-interval", "1", "--ping-timeout", "1"],
+        &[],
     );
-}
-
-/// Run a Node script against a daemon on a fixed port, doing what it asks:
-/// KILL (kill, wait, start again on the same port), STOP, CONT.
-fn drive(script: &str, extra: &[&str]) {
-    let port = support::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut flags = vec!["--listen", listen.as_str()];
-    flags.extend_from_slice(extra);
-    let mut server = Server::start(&flags);
-    let mut node = Command::new("node")
-        .arg(repo(&format!("tests/interop/{script}")))
-        .arg(format!("http://{listen}"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut stdin = node.stdin.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = node.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            let _ = node.kill();
-            let out = node.wait_with_output().unwrap();
-            panic!(
-                "node said {seen:?}, then nothing\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        seen.push(line.clone());
-        match line.as_str() {
-            "KILL" => {
-                server.signal_and_wait(libc::SIGKILL);
-                std::thread::sleep(Duration::from_millis(2000));
-                server = Server::start(&flags);
-            }
-            "STOP" => unsafe {
-                libc::kill(server.child.id() as i32, libc::SIGSTOP);
-            },
-            "CONT" => unsafe {
-                libc::kill(server.child.id() as i32, libc::SIGCONT);
-            },
-            "OK" => break,
-            _ => continue,
-        }
-        writeln!(stdin, "done").unwrap();
-    }
-    let out = node.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{seen:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(server);
 }

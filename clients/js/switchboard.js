@@ -14,6 +14,8 @@
 
 /** Close codes after which the client does not reconnect. */
 const FINAL = new Set([1000, 1002, 1003, 1007, 1009]);
+/** Error codes of a failed rejoin after which the room is kept. */
+const TRANSIENT = new Set(["timeout", "disconnected", "not_connected", "unavailable", "rate_limited"]);
 
 export class Switchboard {
   /**
@@ -25,6 +27,8 @@ export class Switchboard {
    * @param {number} [options.minDelay] first reconnect delay, ms (500)
    * @param {number} [options.maxDelay] longest reconnect delay, ms (20000)
    * @param {number} [options.requestTimeout] ms a request waits (10000)
+   * @param {number} [options.connectTimeout] ms from opening a socket to
+   *   its `welcome` before it is given up and retried (10000)
    * @param {Function} [options.WebSocket] constructor (Node: `ws`)
    */
   constructor(url, options = {}) {
@@ -34,6 +38,7 @@ export class Switchboard {
     this.minDelay = options.minDelay ?? 500;
     this.maxDelay = options.maxDelay ?? 20000;
     this.requestTimeout = options.requestTimeout ?? 10000;
+    this.connectTimeout = options.connectTimeout ?? 10000;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (!this.WebSocket) throw new Error("no WebSocket: pass options.WebSocket");
     this.state = "disconnected";
@@ -45,7 +50,7 @@ export class Switchboard {
     this.attempt = 0;
     this.ws = null;
     this.closed = false;
-    this.timers = { retry: null, ping: null, dead: null };
+    this.timers = { retry: null, ping: null, dead: null, connect: null };
     this.lastHeard = 0;
     this.browser = typeof window !== "undefined" && typeof window.addEventListener === "function";
     if (this.browser) {
@@ -105,6 +110,12 @@ export class Switchboard {
       if (this.ws === ws) this.onClose(e.code, e.reason);
     };
     ws.onerror = () => {};
+    // A server that accepts but never says welcome (stopped, or a silent
+    // network) is given up like a dead one.
+    clearTimeout(this.timers.connect);
+    this.timers.connect = setTimeout(() => {
+      if (this.ws === ws && this.state === "connecting") this.drop(4190, "connect timed out");
+    }, this.connectTimeout);
   }
 
   connectNow() {
@@ -129,11 +140,17 @@ export class Switchboard {
     if (msg.type === "welcome") {
       this.welcome = msg;
       this.attempt = 0;
+      clearTimeout(this.timers.connect);
       this.setState("connected");
       this.emit("connected", msg);
       this.armPing();
       for (const room of this.rooms) {
-        this.request({ type: "join", room }).catch((e) => this.emit("rejoin_failed", { room, error: e }));
+        this.request({ type: "join", room }).catch((e) => {
+          // Refused (forbidden, a cap…): forgotten, not asked again after
+          // every reconnect. Transient failures keep the room.
+          if (!TRANSIENT.has(e.code)) this.rooms.delete(room);
+          this.emit("rejoin_failed", { room, error: e });
+        });
       }
     }
     if (msg.ref !== undefined && this.pending.has(msg.ref)) {
@@ -141,9 +158,11 @@ export class Switchboard {
       this.pending.delete(msg.ref);
       clearTimeout(p.timer);
       if (msg.type === "error") {
+        // Answered through the promise, not also as an `error` event.
         const err = new Error(msg.message);
         err.code = msg.code;
         p.reject(err);
+        return;
       } else {
         p.resolve(msg);
       }
@@ -196,6 +215,7 @@ export class Switchboard {
     this.ws = null;
     clearInterval(this.timers.ping);
     clearTimeout(this.timers.dead);
+    clearTimeout(this.timers.connect);
     this.failPending("disconnected");
     const expired = code === 4001 && this.options.getToken;
     const willReconnect =
@@ -270,7 +290,12 @@ export class Switchboard {
   /** Join `room` (and again after every reconnect); the `joined` reply. */
   join(room) {
     this.rooms.add(room);
-    return this.request({ type: "join", room });
+    return this.request({ type: "join", room }).catch((e) => {
+      // Refused: not remembered. Not connected (or a passing failure):
+      // remembered, joined at the next welcome.
+      if (!TRANSIENT.has(e.code)) this.rooms.delete(room);
+      throw e;
+    });
   }
 
   leave(room) {
@@ -278,8 +303,9 @@ export class Switchboard {
     return this.request({ type: "leave", room });
   }
 
-  send(room, data) {
-    this.raw({ type: "message", room, data });
+  /** A room message; `{ echo: true }` sends it back to this connection too. */
+  send(room, data, options = {}) {
+    this.raw(options.echo ? { type: "message", room, data, echo: true } : { type: "message", room, data });
   }
 
   private(user, data) {
@@ -296,6 +322,7 @@ export class Switchboard {
     clearTimeout(this.timers.retry);
     clearInterval(this.timers.ping);
     clearTimeout(this.timers.dead);
+    clearTimeout(this.timers.connect);
     if (this.browser) {
       window.removeEventListener("online", this.onOnline);
       window.removeEventListener("offline", this.onOffline);

@@ -135,6 +135,13 @@ pub enum Route {
     Metrics,
     /// The JavaScript client (`clients/js/switchboard.js`, embedded).
     ClientJs,
+    /// `GET /dashboard`: the live view of the hub (a page, embedded).
+    Dashboard,
+    /// `GET /demo`: a chat on the JavaScript client (a page, embedded).
+    Demo,
+    /// `GET /api/overview`: what the dashboard shows (counters, the
+    /// busiest rooms and users, the cluster's nodes).
+    Overview,
     /// Anything under `/api/` (the server API for backends).
     Api,
     NotFound,
@@ -151,6 +158,9 @@ pub fn route(path: &str) -> Route {
         "/stats" => Route::Stats,
         "/metrics" => Route::Metrics,
         "/client.js" => Route::ClientJs,
+        "/dashboard" => Route::Dashboard,
+        "/demo" => Route::Demo,
+        "/api/overview" => Route::Overview,
         _ if path.starts_with("/api/") => Route::Api,
         _ => match path.strip_prefix("/ws/") {
             Some(room) if !room.contains('/') => match percent_decode(room) {
@@ -245,6 +255,10 @@ mod tests {
         assert_eq!(route("/ws/a/b"), Route::NotFound);
         assert_eq!(route("/echo"), Route::Echo);
         assert_eq!(route("/client.js"), Route::ClientJs);
+        assert_eq!(route("/dashboard"), Route::Dashboard);
+        assert_eq!(route("/demo"), Route::Demo);
+        assert_eq!(route("/api/overview"), Route::Overview);
+        assert_eq!(route("/api/overview/x"), Route::Api);
         assert_eq!(route("/nope"), Route::NotFound);
     }
 

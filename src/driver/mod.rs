@@ -997,8 +997,11 @@ impl Driver {
             self.hub.handle_timeout(now);
             self.drain_hub();
         }
-        if let Some(c) = &mut self.cluster {
+        if let Some(c) = &self.cluster {
             if c.poll_timeout().is_some_and(|t| t <= now) {
+                let summary = serde_json::to_vec(&self.node_summary(now)).expect("serializes");
+                let c = self.cluster.as_mut().expect("cluster mode");
+                c.set_summary(summary);
                 c.on_timeout(self.poll.registry(), now);
                 self.drain_hub();
             }

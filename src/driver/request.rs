@@ -127,6 +127,30 @@ impl Driver {
         self.reply(key, head, response, reader, now);
     }
 
+    /// An embedded file, or `304` when the client holds this version.
+    fn asset(
+        &mut self,
+        key: usize,
+        head: &RequestHead,
+        asset: &'static Asset,
+        reader: Box<RequestReader>,
+        now: Instant,
+    ) {
+        let etag = format!("\"{:016x}\"", asset.hash);
+        let headers = format!(
+            "{}Cache-Control: no-cache\r\nETag: {etag}\r\n",
+            asset.headers
+        );
+        let fresh = head.if_none_match.as_deref() == Some(etag.as_str());
+        let (status, body) = if fresh {
+            (304, &b""[..])
+        } else {
+            (200, asset.body.as_bytes())
+        };
+        let response = http::response(status, asset.content_type, &headers, body, head.keep_alive);
+        self.reply(key, head, response, reader, now);
+    }
+
     /// Answer a server API request now.
     fn api_request(
         &mut self,
@@ -191,7 +215,7 @@ impl Driver {
     ) {
         let head = &request.head;
         let route = http::route(&head.path);
-        let needs_key = matches!(route, Route::Stats | Route::Api)
+        let needs_key = matches!(route, Route::Stats | Route::Api | Route::Overview)
             || (route == Route::Metrics && self.config.metrics_require_key);
         if needs_key && !self.authorized(head) {
             let body = http::json_error(
@@ -254,30 +278,17 @@ impl Driver {
                 );
                 self.reply(key, head, response, reader, now);
             }
-            Route::ClientJs => {
-                let (body, etag) = client_js();
-                let headers = format!(
-                    "Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\nETag: {etag}\r\n"
-                );
-                let fresh = head.if_none_match.as_deref() == Some(etag);
-                let response = if fresh {
-                    http::response(
-                        304,
-                        "text/javascript; charset=utf-8",
-                        &headers,
-                        b"",
-                        head.keep_alive,
-                    )
-                } else {
-                    http::response(
-                        200,
-                        "text/javascript; charset=utf-8",
-                        &headers,
-                        body,
-                        head.keep_alive,
-                    )
-                };
-                self.reply(key, head, response, reader, now);
+            Route::ClientJs => self.asset(key, head, &CLIENT_JS, reader, now),
+            Route::Dashboard => self.asset(key, head, &DASHBOARD, reader, now),
+            Route::Demo => self.asset(key, head, &DEMO, reader, now),
+            Route::Overview => {
+                let top = http::query_param(head.query.as_deref(), "top")
+                    .flatten()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(10)
+                    .min(MAX_TOP);
+                let body = self.overview_json(top, now);
+                self.json_reply(key, head, 200, &body, reader, now);
             }
             Route::Healthz => {
                 // Redis unreachable: still 200 (this node serves its own
@@ -426,17 +437,63 @@ impl Driver {
 
 /// The JavaScript client, embedded in the binary, and its ETag (a hash of
 /// the file, computed once).
-fn client_js() -> (&'static [u8], &'static str) {
-    static FILE: &str = include_str!("../../clients/js/switchboard.js");
-    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let etag = ETAG.get_or_init(|| {
-        let hash = FILE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        format!("\"{hash:016x}\"")
-    });
-    (FILE.as_bytes(), etag)
+/// Longest `top_rooms` / `top_users` list of `/api/overview`.
+const MAX_TOP: usize = 100;
+
+/// A file embedded in the binary, served with an `ETag` (the FNV-1a hash
+/// of its text, computed at compile time): `If-None-Match` → `304`.
+struct Asset {
+    body: &'static str,
+    content_type: &'static str,
+    /// Extra header lines, each ending in CRLF.
+    headers: &'static str,
+    hash: u64,
 }
+
+impl Asset {
+    const fn new(body: &'static str, content_type: &'static str, headers: &'static str) -> Self {
+        let bytes = body.as_bytes();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut i = 0;
+        while i < bytes.len() {
+            hash = (hash ^ bytes[i] as u64).wrapping_mul(0x100_0000_01b3);
+            i += 1;
+        }
+        Asset {
+            body,
+            content_type,
+            headers,
+            hash,
+        }
+    }
+}
+
+static CLIENT_JS: Asset = Asset::new(
+    include_str!("../../clients/js/switchboard.js"),
+    "text/javascript; charset=utf-8",
+    "Access-Control-Allow-Origin: *\r\n",
+);
+
+/// The pages hold no secret; the dashboard asks for the API key and sends
+/// it only to this origin. Neither may be framed (the dashboard's buttons
+/// act through the API).
+static DASHBOARD: Asset = Asset::new(
+    include_str!("../pages/dashboard.html"),
+    "text/html; charset=utf-8",
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'\r\n\
+     Referrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n",
+);
+
+static DEMO: Asset = Asset::new(
+    include_str!("../pages/demo.html"),
+    "text/html; charset=utf-8",
+    "Content-Security-Policy: default-src 'none'; script-src 'self' 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src data:; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'\r\n\
+     Referrer-Policy: no-referrer\r\nX-Content-Type-Options: nosniff\r\n",
+);
 
 /// Run tungstenite's server handshake over a complete request head held in
 /// memory. Returns the `101` response bytes, or the HTTP error to send.

@@ -40,6 +40,34 @@ fn labelled(label: &str, counts: &std::collections::BTreeMap<u16, u64>) -> Vec<(
         .collect()
 }
 
+/// The `top` largest `(count, name)` pairs, largest first (ties by name),
+/// keeping a heap of `top` entries.
+fn busiest<'a>(items: impl Iterator<Item = (usize, &'a str)>, top: usize) -> Vec<(usize, &'a str)> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    if top == 0 {
+        return Vec::new();
+    }
+    // A min-heap on (count, Reverse(name)): its top is the entry to drop.
+    let mut heap = BinaryHeap::with_capacity(top);
+    for (n, name) in items {
+        let item = Reverse((n, Reverse(name)));
+        if heap.len() < top {
+            heap.push(item);
+        } else if heap.peek().is_some_and(|least| item < *least) {
+            // Larger than the least kept (Reverse: smaller compares greater).
+            heap.pop();
+            heap.push(item);
+        }
+    }
+    let mut out: Vec<(usize, &str)> = heap
+        .into_iter()
+        .map(|Reverse((n, Reverse(name)))| (n, name))
+        .collect();
+    out.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    out
+}
+
 /// Counts derived by walking the connection tables (O(connections), only
 /// when `/stats` or `/metrics` is asked for).
 struct Gauges {
@@ -68,6 +96,88 @@ impl Driver {
         }
     }
 
+    fn cluster_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match &self.cluster {
+            None => json!({ "state": "off", "nodes": 1 }),
+            Some(c) => json!({
+                "state": c.state(),
+                "nodes": c.counters.nodes,
+                "publishes": c.counters.publishes,
+                "publishes_dropped": c.counters.publishes_dropped,
+                "messages_received": c.counters.messages_received,
+                "reconnects": c.counters.reconnects,
+                "deaf": c.counters.deaf,
+                "reasserts": c.counters.reasserts,
+                "pending_bytes": c.pending_bytes(),
+            }),
+        }
+    }
+
+    /// This node's figures for the dashboard's node table, O(1): what
+    /// every node writes beside its heartbeat in cluster mode.
+    pub(super) fn node_summary(&self, now: Instant) -> serde_json::Value {
+        let reg = self.hub.registry();
+        let hub = self.hub.counters();
+        serde_json::json!({
+            "node": self.hub.node_id(),
+            "connections": reg.len(),
+            "users": reg.user_count(),
+            "rooms": reg.room_count(),
+            "messages_in": hub.messages_in,
+            "bytes_in": hub.bytes_in,
+            "messages_out": self.counters.messages_out,
+            "bytes_out": self.counters.bytes_out,
+            "heartbeat_timeouts": hub.heartbeat_timeouts,
+            "slow_consumer_closes": self.counters.slow_consumer_closes,
+            "handshakes_refused": self.counters.refused_by_status.values().sum::<u64>(),
+            "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
+        })
+    }
+
+    /// `/api/overview`: what the dashboard shows — totals and counters
+    /// (no per-user map, unlike `/stats`), the `top` busiest rooms and
+    /// users, and in cluster mode every live node's summary. O(rooms +
+    /// users) with a heap of `top` entries: no sort of everything.
+    pub(super) fn overview_json(&mut self, top: usize, now: Instant) -> Vec<u8> {
+        use serde_json::{json, Value};
+        let reg = self.hub.registry();
+        let top_rooms: Vec<Value> = busiest(reg.rooms().map(|r| (r.user_count(), &*r.name)), top)
+            .into_iter()
+            .map(|(n, room)| json!({ "room": room, "members": n }))
+            .collect();
+        let top_users: Vec<Value> = busiest(reg.users().map(|u| (u.conns.len(), &*u.name)), top)
+            .into_iter()
+            .map(|(n, user)| json!({ "user": user, "connections": n }))
+            .collect();
+        let Gauges {
+            echo,
+            handshaking,
+            queued_bytes,
+        } = self.gauges();
+        let mut overview = self.node_summary(now);
+        let extra = json!({
+            "cluster": self.cluster_json(),
+            "echo_connections": echo,
+            "handshaking": handshaking,
+            "queued_bytes": queued_bytes,
+            "connections_opened": self.hub.counters().connections_opened,
+            "errors_sent": self.hub.counters().errors_sent,
+            "rate_limited": self.hub.counters().rate_limited,
+            "top_rooms": top_rooms,
+            "top_users": top_users,
+            "nodes": match &mut self.cluster {
+                // Asked for: the next heartbeats bring every node's.
+                Some(c) => c.watch_nodes(now),
+                None => Vec::new(),
+            },
+        });
+        if let (Value::Object(o), Value::Object(e)) = (&mut overview, extra) {
+            o.extend(e);
+        }
+        serde_json::to_vec(&overview).expect("overview serializes")
+    }
+
     pub(super) fn stats_json(&self, now: Instant) -> Vec<u8> {
         use serde_json::{json, Map, Value};
         let reg = self.hub.registry();
@@ -87,20 +197,7 @@ impl Driver {
         } = self.gauges();
         let stats = json!({
             "node": self.hub.node_id(),
-            "cluster": match &self.cluster {
-                None => json!({ "state": "off", "nodes": 1 }),
-                Some(c) => json!({
-                    "state": c.state(),
-                    "nodes": c.counters.nodes,
-                    "publishes": c.counters.publishes,
-                    "publishes_dropped": c.counters.publishes_dropped,
-                    "messages_received": c.counters.messages_received,
-                    "reconnects": c.counters.reconnects,
-                    "deaf": c.counters.deaf,
-                    "reasserts": c.counters.reasserts,
-                    "pending_bytes": c.pending_bytes(),
-                }),
-            },
+            "cluster": self.cluster_json(),
             "total_connections": reg.len(),
             "echo_connections": echo,
             "handshaking": handshaking,
@@ -371,5 +468,21 @@ impl Driver {
         let _ = writeln!(out, "switchboard_loop_iteration_seconds_sum {}", h.sum);
         let _ = writeln!(out, "switchboard_loop_iteration_seconds_count {cumulative}");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busiest;
+
+    #[test]
+    fn busiest_keeps_the_largest_ties_by_name() {
+        let items = [(1, "a"), (5, "b"), (3, "c"), (5, "a"), (0, "z"), (3, "b")];
+        assert_eq!(
+            busiest(items.into_iter(), 3),
+            [(5, "a"), (5, "b"), (3, "b")]
+        );
+        assert_eq!(busiest(items.into_iter(), 0), []);
+        assert_eq!(busiest(items.into_iter(), 100).len(), 6);
     }
 }

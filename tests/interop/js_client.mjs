@@ -4,6 +4,7 @@
 // daemon should be killed and started again on the same port, then waits for
 // a line on stdin; prints OK and exits 0 when every check passed.
 import assert from "node:assert/strict";
+import net from "node:net";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
 import { Switchboard } from "../../clients/js/switchboard.js";
@@ -49,8 +50,21 @@ bob.send("lobby", { text: "hi" });
 const m = await got;
 assert.deepEqual([m.from, m.data.text], ["bob", "hi"]);
 
-// A request refused: rejected with the error's code.
+// A request refused: rejected with the error's code, and not also emitted
+// as an `error` event.
+const errorEvents = [];
+ann.on("error", (e) => errorEvents.push(e));
 await assert.rejects(ann.request({ type: "message", room: "nope", data: 1 }), (e) => e.code === "not_in_room");
+// A refused join is not remembered (not joined again after a reconnect).
+await assert.rejects(ann.join("r".repeat(200)), (e) => e.code === "room_name_too_long");
+assert.deepEqual([...ann.rooms], ["lobby"]);
+assert.deepEqual(errorEvents, []);
+// echo: the sender gets its own message too.
+const own = once(bob, "message");
+const seen = once(ann, "message");
+bob.send("lobby", "mine", { echo: true });
+assert.deepEqual([(await own).from, (await own).data], ["bob", "mine"]);
+assert.equal((await seen).data, "mine");
 // Sends while not connected reject at once.
 const states = [];
 ann.on("state", (s) => states.push(s.to));
@@ -84,6 +98,27 @@ const bobAgain = once(bob, "connected");
 await api("/disconnect", { user: "bob", code: 4100 });
 assert.equal((await dropped).willReconnect, true);
 await bobAgain;
+
+// A server that accepts but never answers the handshake: given up after
+// connectTimeout (4190) and tried again, with backoff.
+const silent = net.createServer((socket) => {
+  accepted.push(socket);
+});
+const accepted = [];
+await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+const stuck = new Switchboard(`ws://127.0.0.1:${silent.address().port}/ws`, {
+  WebSocket,
+  connectTimeout: 300,
+  minDelay: 100,
+  maxDelay: 200,
+});
+const gaveUp = await once(stuck, "disconnected", 5000);
+assert.deepEqual([gaveUp.code, gaveUp.willReconnect], [4190, true]);
+await once(stuck, "disconnected", 5000);
+assert.ok(accepted.length >= 2, String(accepted.length));
+stuck.close();
+for (const socket of accepted) socket.destroy();
+silent.close();
 
 // close(): 1000, nothing more; the process can exit (no timer left).
 ann.close();

@@ -507,3 +507,74 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// Run `tests/interop/<script>` in Node against a daemon (started with
+/// `flags`) on a fixed port, with the base URL and `args`, doing what it
+/// asks on its stdout: KILL (kill, wait 2 s, start again on the same
+/// port), STOP, CONT; each answered with a line on its stdin. Passes when
+/// it prints OK and exits 0.
+pub fn drive_node(script: &str, flags: &[&str], args: &[&str]) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = vec!["--listen", listen.as_str()];
+    all.extend_from_slice(flags);
+    let flags = all;
+    let mut server = Server::start(&flags);
+    let mut node = Command::new("node")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/interop/{script}")),
+        )
+        .arg(format!("http://{listen}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut stdin = node.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = node.kill();
+            let out = node.wait_with_output().unwrap();
+            panic!(
+                "node said {seen:?}, then nothing\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        seen.push(line.clone());
+        match line.as_str() {
+            "KILL" => {
+                server.signal_and_wait(libc::SIGKILL);
+                std::thread::sleep(Duration::from_millis(2000));
+                server = Server::start(&flags);
+            }
+            "STOP" => unsafe {
+                libc::kill(server.child.id() as i32, libc::SIGSTOP);
+            },
+            "CONT" => unsafe {
+                libc::kill(server.child.id() as i32, libc::SIGCONT);
+            },
+            "OK" => break,
+            _ => continue,
+        }
+        writeln!(stdin, "done").unwrap();
+    }
+    let out = node.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{seen:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}

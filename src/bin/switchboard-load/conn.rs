@@ -124,6 +124,9 @@ impl Conn {
             }
             self.state = State::Upgrading;
             let path = match self.peer.role {
+                Role::Holder if s.opts.idle_rooms > 0 => {
+                    format!("/ws/idle-{}?user=u{idx}", idx % s.opts.idle_rooms as usize)
+                }
                 Role::Holder => format!("/ws?user=u{idx}"),
                 Role::Subscriber => format!("/ws/{}?user=u{idx}", s.opts.room),
                 Role::Publisher => format!("/ws/{}?user=publisher", s.opts.room),

@@ -16,7 +16,8 @@
 //!
 //! Modes:
 //!
-//! - `idle`: open N connections to `/ws?user=u<i>`, wait for each one's
+//! - `idle`: open N connections to `/ws?user=u<i>` (or, with
+//!   `--idle-rooms R`, `/ws/idle-<i mod R>?user=u<i>`), wait for each one's
 //!   `welcome`, then hold them for `--hold` seconds (default 10) answering
 //!   pings. `READY` is printed on stderr once every connection is open, so a
 //!   script can read the server's `VmRSS` while they are held.
@@ -115,6 +116,7 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --hold SECS          idle: how long to hold the connections [10]
   --duration SECS      latency, echo, soak: how long to send [10; soak: 120]
   --rooms R            soak: rooms soak-0 ..= soak-<R-1> [50]
+  --idle-rooms R       idle: connection i joins /ws/idle-<i mod R> (0: no room) [0]
   --seed S             soak: seed of the random schedule [1]
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
@@ -184,6 +186,8 @@ struct Opts {
     /// Subscribers and publisher are ready at `joined`, not `welcome`.
     wait_joined: bool,
     rooms: u32,
+    /// Idle: rooms the connections join in turn (`/ws/idle-<i mod R>`); 0: none.
+    idle_rooms: u32,
     seed: u64,
 }
 
@@ -245,6 +249,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         subscribers_on: Vec::new(),
         wait_joined: false,
         rooms: 50,
+        idle_rooms: 0,
         seed: 1,
     };
     let (mut conns, mut rate, mut duration) = (None, None, None);
@@ -277,6 +282,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Long("hold") => opts.hold = seconds(&mut parser, "hold")?,
             Long("duration") => duration = Some(seconds(&mut parser, "duration")?),
             Long("rooms") => opts.rooms = number(&mut parser, "rooms", 1)?,
+            Long("idle-rooms") => opts.idle_rooms = number(&mut parser, "idle-rooms", 0)?,
             Long("seed") => opts.seed = number(&mut parser, "seed", 0)?,
             Long("connect-window") => {
                 opts.connect_window = number(&mut parser, "connect-window", 1)?

@@ -71,6 +71,12 @@ const REFRESH_EVERY: Duration = Duration::from_secs(60);
 const VIEW_TIMEOUT: Duration = Duration::from_secs(1);
 /// User views gathering answers at once; beyond, this node's view answers.
 const MAX_GATHERING: usize = 1024;
+/// How long the other nodes' summaries are fetched with each heartbeat
+/// after `/api/overview` asked for them (a dashboard asks every second or two).
+const WATCH_NODES_FOR: Duration = Duration::from_secs(10);
+/// Most node summaries one heartbeat fetches, and the largest one kept.
+const MAX_NODE_SUMMARIES: usize = 64;
+const MAX_SUMMARY_BYTES: usize = 4096;
 /// Replies read from one link per readiness event (the rest next
 /// iteration), so what the hub is handed at once stays bounded.
 const READ_BUDGET: usize = 1024;
@@ -286,6 +292,12 @@ pub struct Cluster {
     next_qid: u64,
     /// Links that used their read budget and have more to read.
     again: Vec<Token>,
+    /// This node's summary, written beside its heartbeat on shard 0.
+    summary: Vec<u8>,
+    /// Until then each heartbeat on shard 0 fetches every live node's.
+    watch_until: Option<Instant>,
+    /// Every live node's summary, as the last such heartbeat found them.
+    summaries: Vec<serde_json::Value>,
 }
 
 impl Cluster {
@@ -363,6 +375,9 @@ impl Cluster {
             gathering: HashMap::new(),
             next_qid: 0,
             again: Vec::new(),
+            summary: Vec::new(),
+            watch_until: None,
+            summaries: Vec::new(),
         })
     }
 
@@ -630,6 +645,19 @@ impl Cluster {
             );
             s.resync_due = true;
         }
+    }
+
+    /// This node's summary (JSON, from the driver) for the next heartbeat.
+    pub fn set_summary(&mut self, summary: Vec<u8>) {
+        self.summary = summary;
+    }
+
+    /// Every live node's summary as the last heartbeat found them; asking
+    /// makes the next heartbeats fetch them for [`WATCH_NODES_FOR`] (so
+    /// they cost Redis nothing while no dashboard looks).
+    pub fn watch_nodes(&mut self, now: Instant) -> Vec<serde_json::Value> {
+        self.watch_until = Some(now + WATCH_NODES_FOR);
+        self.summaries.clone()
     }
 
     /// A view over the whole cluster. A room's comes from its shard; a
@@ -974,6 +1002,9 @@ impl Cluster {
                 if let (0, BytesFrame::Array(parts)) = (i, &frame) {
                     if let Some(BytesFrame::Integer(n)) = parts.first() {
                         self.counters.nodes = *n as u64;
+                    }
+                    if let Some(BytesFrame::Array(listed)) = parts.get(3) {
+                        self.summaries = node_summaries(listed);
                     }
                 }
                 if let Some(BytesFrame::Integer(reaped)) = match &frame {
@@ -1435,12 +1466,25 @@ impl Cluster {
             }
             self.shards[i].next_beat = now + BEAT_EVERY;
             if self.shards[i].beat_sent.is_none() && !self.shutting_down {
+                // Summaries live on shard 0 only.
+                let watching = i == 0 && self.watch_until.is_some_and(|t| t > now);
+                if i == 0 && !watching {
+                    self.summaries.clear();
+                }
                 let args = [
                     self.prefix.as_bytes().to_vec(),
                     self.node.as_bytes().to_vec(),
                     NODE_TIMEOUT.as_millis().to_string().into_bytes(),
                     self.announce_limit.to_string().into_bytes(),
                     REAP_STEPS.to_string().into_bytes(),
+                    if i == 0 {
+                        self.summary.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    if watching { MAX_NODE_SUMMARIES } else { 0 }
+                        .to_string()
+                        .into_bytes(),
                 ];
                 if let Some(bytes) = self.script(i, Script::Beat, &args) {
                     if self
@@ -1673,6 +1717,24 @@ pub fn listing(frame: &BytesFrame) -> Listing {
         })
         .collect();
     Listing { members, users }
+}
+
+/// The node summaries a heartbeat fetched: each a JSON object of at most
+/// [`MAX_SUMMARY_BYTES`] (anything else is left out), sorted by node.
+fn node_summaries(listed: &[BytesFrame]) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = listed
+        .iter()
+        .take(MAX_NODE_SUMMARIES)
+        .filter_map(|f| match f {
+            BytesFrame::BulkString(b) if b.len() <= MAX_SUMMARY_BYTES => {
+                serde_json::from_slice::<serde_json::Value>(b).ok()
+            }
+            _ => None,
+        })
+        .filter(|v| v.is_object())
+        .collect();
+    out.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    out
 }
 
 /// Jump consistent hash (Lamping and Veach, 2014): a bucket in `0..n`

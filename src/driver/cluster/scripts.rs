@@ -226,12 +226,14 @@ end
 return 1
 "#;
 
-/// `BEAT p node dead_after_ms limit entries`: this node is alive (and
-/// hears its own channel); a node silent for `dead_after_ms` is
+/// `BEAT p node dead_after_ms limit entries summary listed`: this node is
+/// alive (and hears its own channel); a node silent for `dead_after_ms` is
 /// forgotten, its users' `user_left` announced, at most `entries` per beat
-/// (so no beat blocks Redis for long). Answers [live nodes, nodes fully
-/// forgotten, 1 if this node was not listed or listed as dead (first beat,
-/// or others took it for dead)].
+/// (so no beat blocks Redis for long). A non-empty `summary` (this node's
+/// figures for the dashboard) is kept in `p:stats`. Answers [live nodes,
+/// nodes fully forgotten, 1 if this node was not listed or listed as dead
+/// (first beat, or others took it for dead), the summaries of at most
+/// `listed` live nodes].
 const BEAT: &str = r#"
 local p, node, dead_after, limit, most = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -243,6 +245,11 @@ local added = 0
 if not last or now - tonumber(last) >= dead_after then added = 1 end
 redis.call('ZADD', nodes, now, node)
 redis.call('PUBLISH', p..':n:'..node, 'H')
+local stats = p..':stats'
+if ARGV[6] ~= '' then
+  redis.call('HSET', stats, node, ARGV[6])
+  redis.call('EXPIRE', stats, TTL)
+end
 -- One dead node per beat, at most `most` entries: it stays listed (and
 -- dead) until forgotten, so the next beat of any node goes on.
 local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', now - dead_after, 'LIMIT', 0, 8)
@@ -253,10 +260,19 @@ for _, d in ipairs(dead) do
   done, most = drain_step(p, d, limit, most)
   if done then
     redis.call('ZREM', nodes, d)
+    redis.call('HDEL', stats, d)
     reaped = reaped + 1
   end
 end
-return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), reaped, added}
+local listed = {}
+local want = tonumber(ARGV[7])
+if want > 0 then
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', nodes, now - dead_after, '+inf', 'LIMIT', 0, want)) do
+    local s = redis.call('HGET', stats, n)
+    if s then listed[#listed + 1] = s end
+  end
+end
+return {redis.call('ZCOUNT', nodes, now - dead_after, '+inf'), reaped, added, listed}
 "#;
 
 /// `REFRESH p node phase cursor`: one bounded step of keeping alive the
@@ -296,6 +312,7 @@ local p, node, limit, gen = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4
 if gen == 0 then
   if drain_step(p, node, limit, 2000) then
     redis.call('ZREM', p..':nodes', node)
+    redis.call('HDEL', p..':stats', node)
     return {2, '0'}
   end
   return {0, '0'}
