@@ -22,12 +22,24 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
+
+/// Asked for a new token after a close with 4001 (token expired), on the
+/// client's I/O thread; `None` makes that close final.
+#[derive(Clone)]
+pub struct TokenSource(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSource")
+    }
+}
 
 /// How a [`Client`] connects and retries.
 #[derive(Debug, Clone)]
@@ -42,6 +54,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long a TCP connect and handshake may take.
     pub connect_timeout: Duration,
+    /// After 4001 (token expired): a new token for `?token=`, then the
+    /// client reconnects. Without it 4001 is final.
+    pub get_token: Option<TokenSource>,
 }
 
 impl ClientConfig {
@@ -52,6 +67,7 @@ impl ClientConfig {
             max_delay: Duration::from_secs(20),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            get_token: None,
         }
     }
 }
@@ -200,6 +216,27 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, random01: f64) -> Dur
     (min + cap.mul_f64(random01.clamp(0.0, 1.0))).min(max)
 }
 
+/// `url` with its `token` query parameter set to `token` (replaced if
+/// there is one, appended otherwise), percent-encoded.
+pub fn with_token(url: &str, token: &str) -> String {
+    let mut encoded = String::with_capacity(token.len());
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && *p != "token" && !p.starts_with("token="))
+        .map(str::to_string)
+        .collect();
+    params.push(format!("token={encoded}"));
+    format!("{base}?{}", params.join("&"))
+}
+
 /// Whether a close with `code` is followed by a reconnect.
 pub fn reconnects_after(code: u16) -> bool {
     !matches!(code, 1000 | 1002 | 1003 | 1007 | 1009 | 4000..=4099)
@@ -238,13 +275,18 @@ impl Reconnect {
         if !reconnects_after(code) {
             return None;
         }
+        Some(self.retry(now))
+    }
+
+    /// When to try again whatever the close (a refreshed token after 4001).
+    pub fn retry(&mut self, now: Instant) -> Instant {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let random01 = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         let delay = backoff(self.attempt, self.min, self.max, random01);
         self.attempt = self.attempt.saturating_add(1);
-        Some(now + delay)
+        now + delay
     }
 }
 
@@ -302,7 +344,14 @@ impl IoThread {
                 }
                 End::Closed(code, reason) => (code, reason),
             };
-            let next = self.reconnect.next_attempt(code, Instant::now());
+            let next = match &self.config.get_token {
+                // Expired: a new token, then a reconnect like any other.
+                Some(source) if code == 4001 => (source.0)().map(|token| {
+                    self.config.url = with_token(&self.config.url, &token);
+                    self.reconnect.retry(Instant::now())
+                }),
+                _ => self.reconnect.next_attempt(code, Instant::now()),
+            };
             self.emit(Event::State(State::Disconnected));
             self.emit(Event::Disconnected {
                 code,
@@ -589,6 +638,19 @@ mod tests {
             })
             .collect();
         assert!(firsts.iter().any(|t| *t != firsts[0]));
+    }
+
+    #[test]
+    fn a_new_token_replaces_the_old_one_in_the_url() {
+        assert_eq!(with_token("ws://h/ws", "a.b_c"), "ws://h/ws?token=a.b_c");
+        assert_eq!(
+            with_token("ws://h/ws/r?token=old&user=x", "new"),
+            "ws://h/ws/r?user=x&token=new"
+        );
+        assert_eq!(
+            with_token("ws://h/ws?tokenish=1", "a+b/="),
+            "ws://h/ws?tokenish=1&token=a%2Bb%2F%3D"
+        );
     }
 
     #[test]

@@ -149,3 +149,78 @@ fn rust_client_finds_a_stopped_daemon_dead_by_its_own_timer() {
     });
     client.close();
 }
+
+/// 4001 (token expired) with a token source: a new token, a reconnect, the
+/// rooms joined again. Without one, 4001 is final.
+#[test]
+fn rust_client_refreshes_an_expired_token() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use switchboard::auth::sign_hs256;
+    use switchboard::client::TokenSource;
+    const SECRET: &str = "rust-client-secret-0123456789abcdef";
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let token = move |secs: u64| {
+        sign_hs256(
+            &json!({"sub": "ann", "exp": now() + secs}),
+            None,
+            SECRET.as_bytes(),
+        )
+    };
+    let server = Server::start(&["--auth", "jwt", "--jwt-secret", SECRET, "--jwt-leeway", "0"]);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(2)));
+    config.min_delay = Duration::from_millis(50);
+    let counter = asked.clone();
+    config.get_token = Some(TokenSource(Arc::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Some(token(60))
+    })));
+    let (client, events) = Client::connect(config);
+    until(&events, "welcome", |e| matches!(e, Event::Connected(_)));
+    client.join("r").unwrap();
+    let ended = until(&events, "4001", |e| matches!(e, Event::Disconnected { .. }));
+    assert!(
+        matches!(
+            ended,
+            Event::Disconnected {
+                code: 4001,
+                will_reconnect: true,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    until(&events, "welcome again", |e| {
+        matches!(e, Event::Connected(_))
+    });
+    until(
+        &events,
+        "rejoined",
+        |e| matches!(e, Event::Message(m) if m["type"] == "joined" && m["room"] == "r"),
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    client.close();
+
+    // No token source: 4001 is final.
+    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(2)));
+    let (client, events) = Client::connect(config);
+    let ended = until(&events, "4001", |e| matches!(e, Event::Disconnected { .. }));
+    assert!(
+        matches!(
+            ended,
+            Event::Disconnected {
+                code: 4001,
+                will_reconnect: false,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    client.close();
+}
