@@ -303,6 +303,13 @@ struct IoThread {
     reconnect: Reconnect,
 }
 
+/// Why a connection could not be opened.
+enum Open {
+    /// `401` at the handshake: the token is missing, wrong or expired.
+    Unauthorized,
+    Failed,
+}
+
 /// How a connection ended.
 enum End {
     Closed(u16, String),
@@ -334,7 +341,10 @@ impl IoThread {
             self.emit(Event::State(State::Connecting));
             let end = match self.open() {
                 Ok(ws) => self.serve(ws),
-                Err(_) => End::Closed(1006, "connect failed".into()),
+                // The token was refused at the handshake (expired while
+                // disconnected): the same as an expiry while connected.
+                Err(Open::Unauthorized) => End::Closed(4001, "token refused (401)".into()),
+                Err(Open::Failed) => End::Closed(1006, "connect failed".into()),
             };
             self.fail_pending(ClientError::Disconnected);
             let (code, reason) = match end {
@@ -411,23 +421,36 @@ impl IoThread {
         }
     }
 
-    fn open(&self) -> io::Result<WebSocket<TcpStream>> {
-        let rest = self
-            .config
-            .url
-            .strip_prefix("ws://")
-            .ok_or_else(|| io::Error::other("only ws:// URLs"))?;
-        let hostport = rest.split('/').next().unwrap_or(rest);
-        let addr = hostport
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::other("no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(self.config.connect_timeout))?;
-        let (ws, _) = tungstenite::client::client(self.config.url.as_str(), stream)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        ws.get_ref().set_read_timeout(Some(TICK))?;
+    fn open(&self) -> Result<WebSocket<TcpStream>, Open> {
+        let connect = || -> io::Result<TcpStream> {
+            let rest = self
+                .config
+                .url
+                .strip_prefix("ws://")
+                .ok_or_else(|| io::Error::other("only ws:// URLs"))?;
+            let hostport = rest.split('/').next().unwrap_or(rest);
+            let addr = hostport
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::other("no address"))?;
+            let stream = TcpStream::connect_timeout(&addr, self.config.connect_timeout)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(self.config.connect_timeout))?;
+            Ok(stream)
+        };
+        let stream = connect().map_err(|_| Open::Failed)?;
+        let (ws, _) = match tungstenite::client::client(self.config.url.as_str(), stream) {
+            Ok(done) => done,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)))
+                if r.status() == 401 =>
+            {
+                return Err(Open::Unauthorized)
+            }
+            Err(_) => return Err(Open::Failed),
+        };
+        ws.get_ref()
+            .set_read_timeout(Some(TICK))
+            .map_err(|_| Open::Failed)?;
         Ok(ws)
     }
 

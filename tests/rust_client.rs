@@ -151,7 +151,8 @@ fn rust_client_finds_a_stopped_daemon_dead_by_its_own_timer() {
 }
 
 /// 4001 (token expired) with a token source: a new token, a reconnect, the
-/// rooms joined again. Without one, 4001 is final.
+/// rooms joined again; a token refused at the handshake (401: it expired
+/// while disconnected) the same. Without a source, both are final.
 #[test]
 fn rust_client_refreshes_an_expired_token() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -165,16 +166,13 @@ fn rust_client_refreshes_an_expired_token() {
             .unwrap()
             .as_secs()
     };
-    let token = move |secs: u64| {
-        sign_hs256(
-            &json!({"sub": "ann", "exp": now() + secs}),
-            None,
-            SECRET.as_bytes(),
-        )
+    let token = move |secs: i64| {
+        let exp = now() as i64 + secs;
+        sign_hs256(&json!({"sub": "ann", "exp": exp}), None, SECRET.as_bytes())
     };
     let server = Server::start(&["--auth", "jwt", "--jwt-secret", SECRET, "--jwt-leeway", "0"]);
     let asked = Arc::new(AtomicUsize::new(0));
-    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(2)));
+    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(4)));
     config.min_delay = Duration::from_millis(50);
     let counter = asked.clone();
     config.get_token = Some(TokenSource(Arc::new(move || {
@@ -207,8 +205,50 @@ fn rust_client_refreshes_an_expired_token() {
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     client.close();
 
-    // No token source: 4001 is final.
-    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(2)));
+    // Expired before connecting: refused with 401 at the handshake.
+    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(-60)));
+    config.min_delay = Duration::from_millis(50);
+    let counter = asked.clone();
+    config.get_token = Some(TokenSource(Arc::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Some(token(60))
+    })));
+    let (client, events) = Client::connect(config);
+    let ended = until(&events, "401", |e| matches!(e, Event::Disconnected { .. }));
+    assert!(
+        matches!(
+            ended,
+            Event::Disconnected {
+                code: 4001,
+                will_reconnect: true,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    until(&events, "welcome with the new token", |e| {
+        matches!(e, Event::Connected(_))
+    });
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    client.close();
+
+    // No token source: a 401 is final, and so is 4001.
+    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(-60)));
+    let (client, events) = Client::connect(config);
+    let ended = until(&events, "401", |e| matches!(e, Event::Disconnected { .. }));
+    assert!(
+        matches!(
+            ended,
+            Event::Disconnected {
+                code: 4001,
+                will_reconnect: false,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    client.close();
+    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(4)));
     let (client, events) = Client::connect(config);
     let ended = until(&events, "4001", |e| matches!(e, Event::Disconnected { .. }));
     assert!(

@@ -23,7 +23,9 @@ export class Switchboard {
    * @param {object} [options]
    * @param {string} [options.token] sent as `?token=`
    * @param {() => Promise<string>} [options.getToken] asked for a new token
-   *   after 4001 (token expired), then the client reconnects
+   *   after 4001 (token expired) and after a connection that ended before
+   *   its `welcome` (a browser does not show a 401), then the client
+   *   reconnects
    * @param {number} [options.minDelay] first reconnect delay, ms (500)
    * @param {number} [options.maxDelay] longest reconnect delay, ms (20000)
    * @param {number} [options.requestTimeout] ms a request waits (10000)
@@ -96,6 +98,7 @@ export class Switchboard {
 
   connect() {
     if (this.closed) return;
+    this.welcomed = false;
     this.setState("connecting");
     let url = this.url;
     if (this.token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this.token);
@@ -139,12 +142,16 @@ export class Switchboard {
     }
     if (msg.type === "welcome") {
       this.welcome = msg;
+      this.welcomed = true;
       this.attempt = 0;
       clearTimeout(this.timers.connect);
       this.setState("connected");
+      // The rooms as they were: a join made in a `connected` handler is
+      // not sent twice.
+      const again = [...this.rooms];
       this.emit("connected", msg);
       this.armPing();
-      for (const room of this.rooms) {
+      for (const room of again) {
         this.request({ type: "join", room }).catch((e) => {
           // Refused (forbidden, a cap…): forgotten, not asked again after
           // every reconnect. Transient failures keep the room.
@@ -217,7 +224,9 @@ export class Switchboard {
     clearTimeout(this.timers.dead);
     clearTimeout(this.timers.connect);
     this.failPending("disconnected");
-    const expired = code === 4001 && this.options.getToken;
+    // Expired, or refused before the welcome (perhaps a 401, which a
+    // browser reports as 1006): ask for a token before the next attempt.
+    const expired = (code === 4001 || !this.welcomed) && Boolean(this.options.getToken);
     const willReconnect =
       !this.closed && !FINAL.has(code) && (expired || code < 4000 || code >= 4100);
     this.setState("disconnected");

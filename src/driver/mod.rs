@@ -307,6 +307,7 @@ impl Server {
             accept_failing: false,
             peak_conns: 0,
             cluster,
+            overview: None,
         };
         driver.run()
     }
@@ -352,6 +353,9 @@ struct Driver {
     peak_conns: usize,
     /// Cluster mode: the Redis links.
     cluster: Option<cluster::Cluster>,
+    /// The last `/api/overview` body: when it was built, for which `top`.
+    /// Any number of dashboards polling cost one build a second.
+    overview: Option<(Instant, usize, Vec<u8>)>,
 }
 
 /// The name of a channel, as the hub takes it.
@@ -999,9 +1003,13 @@ impl Driver {
         }
         if let Some(c) = &self.cluster {
             if c.poll_timeout().is_some_and(|t| t <= now) {
-                let summary = serde_json::to_vec(&self.node_summary(now)).expect("serializes");
+                if c.summary_due(now) {
+                    let summary = serde_json::to_vec(&self.node_summary(now)).expect("serializes");
+                    if let Some(c) = &mut self.cluster {
+                        c.set_summary(summary);
+                    }
+                }
                 let c = self.cluster.as_mut().expect("cluster mode");
-                c.set_summary(summary);
                 c.on_timeout(self.poll.registry(), now);
                 self.drain_hub();
             }

@@ -137,9 +137,22 @@ impl Driver {
 
     /// `/api/overview`: what the dashboard shows — totals and counters
     /// (no per-user map, unlike `/stats`), the `top` busiest rooms and
-    /// users, and in cluster mode every live node's summary. O(rooms +
-    /// users) with a heap of `top` entries: no sort of everything.
+    /// users, and in cluster mode every live node's summary. Built at most
+    /// once a second per `top` (O(connections + rooms + users), the top
+    /// lists with a heap of `top` entries: no sort of everything), so any
+    /// number of dashboards polling cost one build a second.
     pub(super) fn overview_json(&mut self, top: usize, now: Instant) -> Vec<u8> {
+        if let Some((at, t, body)) = &self.overview {
+            if *t == top && now.saturating_duration_since(*at) < Duration::from_secs(1) {
+                return body.clone();
+            }
+        }
+        let body = self.build_overview(top, now);
+        self.overview = Some((now, top, body.clone()));
+        body
+    }
+
+    fn build_overview(&mut self, top: usize, now: Instant) -> Vec<u8> {
         use serde_json::{json, Value};
         let reg = self.hub.registry();
         let top_rooms: Vec<Value> = busiest(reg.rooms().map(|r| (r.user_count(), &*r.name)), top)

@@ -18,9 +18,9 @@ if (!base) {
   process.exit(2);
 }
 setTimeout(() => {
-  console.error("demo test: not done within 60 s");
+  console.error("demo test: not done within 85 s");
   process.exit(1);
-}, 60000).unref();
+}, 85000).unref();
 
 const lines = createInterface({ input: process.stdin });
 const ask = (what) => {

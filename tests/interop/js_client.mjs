@@ -100,14 +100,17 @@ assert.equal((await dropped).willReconnect, true);
 await bobAgain;
 
 // A server that accepts but never answers the handshake: given up after
-// connectTimeout (4190) and tried again, with backoff.
+// connectTimeout (4190) and tried again, with backoff; getToken is asked
+// before each new attempt (a browser cannot tell such a failure from a 401).
 const silent = net.createServer((socket) => {
   accepted.push(socket);
 });
 const accepted = [];
 await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+let tokensAsked = 0;
 const stuck = new Switchboard(`ws://127.0.0.1:${silent.address().port}/ws`, {
   WebSocket,
+  getToken: async () => `t${++tokensAsked}`,
   connectTimeout: 300,
   minDelay: 100,
   maxDelay: 200,
@@ -116,6 +119,7 @@ const gaveUp = await once(stuck, "disconnected", 5000);
 assert.deepEqual([gaveUp.code, gaveUp.willReconnect], [4190, true]);
 await once(stuck, "disconnected", 5000);
 assert.ok(accepted.length >= 2, String(accepted.length));
+assert.ok(tokensAsked >= 2, String(tokensAsked));
 stuck.close();
 for (const socket of accepted) socket.destroy();
 silent.close();

@@ -533,6 +533,13 @@ pub fn drive_node(script: &str, flags: &[&str], args: &[&str]) {
         .spawn()
         .expect("node");
     let mut stdin = node.stdin.take().unwrap();
+    // Drained as it comes, so a chatty script never fills the pipe.
+    let stderr = node.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = node.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -546,10 +553,10 @@ pub fn drive_node(script: &str, flags: &[&str], args: &[&str]) {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = rx.recv_timeout(left) else {
             let _ = node.kill();
-            let out = node.wait_with_output().unwrap();
+            let _ = node.wait();
             panic!(
                 "node said {seen:?}, then nothing\n{}",
-                String::from_utf8_lossy(&out.stderr)
+                errors.join().unwrap_or_default()
             );
         };
         seen.push(line.clone());
@@ -570,11 +577,11 @@ pub fn drive_node(script: &str, flags: &[&str], args: &[&str]) {
         }
         writeln!(stdin, "done").unwrap();
     }
-    let out = node.wait_with_output().unwrap();
+    let status = node.wait().unwrap();
     assert!(
-        out.status.success(),
+        status.success(),
         "{seen:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        errors.join().unwrap_or_default()
     );
     drop(server);
 }

@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) sent: u64,
     /// Messages `0..completed` reached every subscriber.
     pub(crate) completed: u64,
+    /// Messages `0..first_seen` reached at least one subscriber.
+    pub(crate) first_seen: u64,
     /// Per message: subscribers that got it (or were lost).
     counts: Vec<u32>,
     /// Per message: the latest delivery's latency (ns).
@@ -184,6 +186,9 @@ impl Shared {
     /// One more subscriber is done with message `seq`.
     fn account(&mut self, seq: u64) {
         self.counts[seq as usize] += 1;
+        while self.first_seen < self.sent && self.counts[self.first_seen as usize] > 0 {
+            self.first_seen += 1;
+        }
         let before = self.completed;
         while self.completed < self.sent && self.counts[self.completed as usize] >= self.need {
             self.completed += 1;
@@ -363,6 +368,7 @@ impl Load {
             dead: 0,
             sent: 0,
             completed: 0,
+            first_seen: 0,
             counts: Vec::new(),
             max_lat: Vec::new(),
             deliveries: 0,
@@ -727,7 +733,13 @@ impl Load {
         let conn = &mut conns[idx];
         match s.opts.mode {
             Mode::Fanout => {
-                while s.sent < s.opts.messages && s.sent - s.completed < s.opts.in_flight {
+                // --ahead: the next message once the previous one reached
+                // its first subscriber (a steady stream into a busy room);
+                // --in-flight still caps what is outstanding.
+                while s.sent < s.opts.messages
+                    && s.sent - s.completed < s.opts.in_flight
+                    && (!s.opts.ahead || s.sent == s.first_seen)
+                {
                     s.publish(&mut conn.tx);
                 }
             }

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|soak
-//!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K]
+//!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K] [--ahead]
 //!     [--messages M] [--rate PER_SEC] [--hold SECS] [--duration SECS]
 //!     [--rooms R] [--seed S] [--connect-window C] [--sources S] [--busy-poll]
 //!     [--subscribers-on IP:PORT,IP:PORT…] [--wait-joined]
@@ -26,7 +26,10 @@
 //!   messages (default 20000) of about `--payload` bytes of JSON (default 64),
 //!   `{"type":"message","room":…,"data":{"seq":S,"t":NANOS,"pad":"xx…"}}`,
 //!   with at most K (`--in-flight`, default 1) outstanding; a message is
-//!   complete once every subscriber has it. Subscribers check that `seq`
+//!   complete once every subscriber has it. With `--ahead` the publisher
+//!   sends message k+1 as soon as message k reached its first subscriber
+//!   (still at most K outstanding): the steady stream of a busy room, where
+//!   the next message arrives while the server is still sending the last. Subscribers check that `seq`
 //!   arrives in order with none missing. Reports deliveries per second.
 //! - `latency`: like fanout, but the publisher sends `--rate` messages per
 //!   second (default 100) for `--duration` seconds (default 10). `t` in each
@@ -110,6 +113,8 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
   --room NAME          room for fanout and latency [bench]
   --payload BYTES      approximate size of each message sent [64]
   --in-flight K        fanout: messages outstanding at once [1]
+  --ahead              fanout: send the next message as soon as the previous one reached
+                       its first subscriber (a steady stream), still at most K outstanding
   --messages M         fanout: messages to publish [20000]
   --rate PER_SEC       latency: messages published per second [100];
                        soak: operations per second over all clients [2000]
@@ -173,6 +178,9 @@ struct Opts {
     room: String,
     payload: usize,
     in_flight: u64,
+    /// Fanout: publish the next message once the previous one reached its
+    /// first subscriber (capped by `in_flight`).
+    ahead: bool,
     messages: u64,
     rate: f64,
     hold: Duration,
@@ -239,6 +247,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         room: "bench".into(),
         payload: 64,
         in_flight: 1,
+        ahead: false,
         messages: 20_000,
         rate: 100.0,
         hold: Duration::from_secs(10),
@@ -277,6 +286,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Long("room") => opts.room = string(&mut parser, "room")?,
             Long("payload") => opts.payload = number(&mut parser, "payload", 1)?,
             Long("in-flight") => opts.in_flight = number(&mut parser, "in-flight", 1)?,
+            Long("ahead") => opts.ahead = true,
             Long("messages") => opts.messages = number(&mut parser, "messages", 1)?,
             Long("rate") => rate = Some(number(&mut parser, "rate", 0.001)?),
             Long("hold") => opts.hold = seconds(&mut parser, "hold")?,

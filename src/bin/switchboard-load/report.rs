@@ -48,6 +48,7 @@ impl Load {
                 if o.mode == Mode::Fanout {
                     r.add("messages", o.messages);
                     r.add("in_flight", o.in_flight);
+                    r.add("ahead", o.ahead);
                 } else {
                     r.add("rate", o.rate);
                     r.add("duration_s", round(o.duration.as_secs_f64(), 3));

@@ -647,6 +647,14 @@ impl Cluster {
         }
     }
 
+    /// Whether the heartbeat on shard 0, which carries this node's
+    /// summary, goes out at `now` (so the driver builds it only then).
+    pub fn summary_due(&self, now: Instant) -> bool {
+        self.shards
+            .first()
+            .is_some_and(|s| s.ready && s.next_beat <= now && s.beat_sent.is_none())
+    }
+
     /// This node's summary (JSON, from the driver) for the next heartbeat.
     pub fn set_summary(&mut self, summary: Vec<u8>) {
         self.summary = summary;
@@ -1555,6 +1563,12 @@ impl Cluster {
         s.ready = false;
         s.beat_sent = None;
         s.resync_due = false;
+        if i == 0 {
+            // Not refreshed while shard 0 is down: shown as unknown, not
+            // as frozen figures.
+            self.summaries.clear();
+        }
+        let s = &mut self.shards[i];
         let mut waiting: Vec<Reply> = s.cmd.close(registry);
         s.sub.close(registry);
         for (_, sub) in s.subscribing.drain() {

@@ -14,6 +14,8 @@
 //! P:uc:<user>               hash node -> the user's connections on that node
 //! P:nu:<node>               hash user -> generation (users the node asserted)
 //! P:nodes                   zset node -> last heartbeat (Redis time, ms)
+//! P:stats                   hash node -> the node's summary for the dashboard
+//!                           (JSON; first shard only, written by its heartbeat)
 //! ```
 //!
 //! Channels: `P:r:<room>`, `P:u:<user>`, `P:all`, `P:n:<node>` (the node's
