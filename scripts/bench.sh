@@ -4,6 +4,14 @@
 #
 #   scripts/bench.sh idle [N]            server RSS per idle connection (default N=10000)
 #   scripts/bench.sh fanout [N] [K]      deliveries/s to N subscribers, K messages in flight
+#   scripts/bench.sh ahead [N] [K]       deliveries/s to N subscribers, the publisher sending
+#                                        message k+1 once message k reached its first
+#                                        subscriber (a steady stream), at most K outstanding
+#                                        (default 1000: in effect no cap)
+#   scripts/bench.sh chat [N] [CHURN]    N connections in rooms of 10, each sending one message
+#                                        a second to its room, CHURN reconnects a second
+#                                        (default N=10000, CHURN=N/100): server CPU per
+#                                        delivery, latency of every delivery
 #   scripts/bench.sh latency [N] [RATE]  publish→delivery percentiles at RATE msg/s
 #   scripts/bench.sh echo [N]            round trips/s, N connections with one message each
 #   scripts/bench.sh joins [N]           join/leave pairs/s, N connections one request each
@@ -171,8 +179,15 @@ run_load() {
   local cpu0 out
   cpu0=$(cpu_ticks "$SERVER_PID")
   out=$(mktemp)
+  # The server's CPU time counts from READY (every connection open), so
+  # set-up handshakes are not charged to the run.
   # shellcheck disable=SC2086
-  $PIN_L "$LOAD" --server "127.0.0.1:$PORT" "$@" ${LOAD_FLAGS:-} 2>/dev/null > "$out"
+  $PIN_L "$LOAD" --server "127.0.0.1:$PORT" "$@" ${LOAD_FLAGS:-} \
+    2> >(while read -r line; do
+           if [ "$line" = READY ]; then cpu_ticks "$SERVER_PID" > "$out.cpu0"; fi
+         done) > "$out"
+  sleep 0.1
+  cpu0=$(cat "$out.cpu0" 2>/dev/null || echo "$cpu0")
   local cpu_us=$(( ($(cpu_ticks "$SERVER_PID") - cpu0) * TICK_US ))
   stop_server
   # The server process's CPU time over the wall time of the run (1.0: it
@@ -184,9 +199,12 @@ wall = res.get("elapsed_s") or res.get("duration_s") or 0
 res.update(server_cpu_s=int(sys.argv[2]) / 1e6)
 if wall:
     res.update(server_core_busy=round(int(sys.argv[2]) / 1e6 / wall, 2))
+if res.get("mode") == "chat" and res.get("deliveries"):
+    # From READY: the churn's handshakes are part of the workload.
+    res.update(server_cpu_us_per_delivery=round(int(sys.argv[2]) / res["deliveries"], 2))
 print(json.dumps(res))
 PY
-  rm -f "$out"
+  rm -f "$out" "$out.cpu0"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -314,6 +332,8 @@ case "${1:-all}" in
   idle) run_idle "${2:-10000}" ;;
   dashboard) run_dashboard "${2:-10000}" ;;
   fanout) run_load --mode fanout --conns "${2:-1000}" --in-flight "${3:-1}" --messages "${MESSAGES:-20000}" ;;
+  chat) run_load --mode chat --conns "${2:-10000}" --room-size 10 --churn "${3:-$(( ${2:-10000} / 100 ))}" --duration "${DURATION:-20}" ;;
+  ahead) run_load --mode fanout --ahead --conns "${2:-1000}" --in-flight "${3:-1000}" --messages "${MESSAGES:-20000}" ;;
   latency) run_load --mode latency --conns "${2:-1000}" --rate "${3:-100}" --duration "${DURATION:-10}" ;;
   echo) run_load --mode echo --conns "${2:-100}" --duration "${DURATION:-5}" ;;
   all)
@@ -325,5 +345,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,33p' "$0"; exit 2 ;;
+  *) sed -n '2,41p' "$0"; exit 2 ;;
 esac

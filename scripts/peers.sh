@@ -5,6 +5,9 @@
 #
 #   scripts/peers.sh idle [N]            server RSS per idle connection (default N=10000)
 #   scripts/peers.sh fanout [N] [K]      deliveries/s to N subscribers, K messages in flight
+#   scripts/peers.sh ahead [N] [K]       the same with the next message sent once the previous
+#                                        one reached its first subscriber (a steady stream)
+#   scripts/peers.sh chat [N] [CHURN]    rooms of 10, one message a second each, CHURN reconnects/s
 #   scripts/peers.sh latency [N] [RATE]  publish→delivery percentiles at RATE msg/s
 #   scripts/peers.sh echo [N]            round trips/s, N connections with one message each
 #   scripts/peers.sh all                 the target table
@@ -27,8 +30,8 @@ TOKIO_DIR=benches/peers/tokio
 PEERS=${PEERS:-uws ws tokio}
 
 case "${1:-all}" in
-  idle | fanout | latency | echo | all) ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  idle | fanout | ahead | chat | latency | echo | all) ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac
 
 for peer in $PEERS; do

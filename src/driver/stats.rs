@@ -352,6 +352,12 @@ impl Driver {
             &[("", c.slow_consumer_closes as f64)],
         );
         metric(
+            "flush_take_ins_total",
+            "counter",
+            "Long flushes (fan-outs) that looked at the sockets midway and found input, taken in so it leaves with the rest.",
+            &[("", c.take_ins as f64)],
+        );
+        metric(
             "rate_limited_total",
             "counter",
             "Client messages refused by the rate limit.",

@@ -45,6 +45,8 @@ pub(crate) enum Role {
     Soak,
     /// Joins mode: joins and leaves a room, one request at a time.
     Joiner,
+    /// Chat mode: sends to its room and receives the others' messages.
+    Chatter,
 }
 
 /// What a connection knows about its part in the run.
@@ -132,6 +134,7 @@ impl Conn {
                 Role::Publisher => format!("/ws/{}?user=publisher", s.opts.room),
                 Role::Echo => "/echo".to_string(),
                 Role::Joiner => format!("/ws?user=j{idx}"),
+                Role::Chatter => format!("/ws/chat-{}?user=c{idx}", idx / s.opts.room_size),
                 Role::Soak => match self.peer.url_room {
                     Some(k) => format!("/ws/soak-{k}?user=s{}", self.peer.user),
                     None => format!("/ws?user=s{}", self.peer.user),
@@ -312,6 +315,9 @@ fn on_text(peer: &mut Peer, tx: &mut TxBuf, s: &mut Shared, text: &[u8], now_ns:
     }
     if peer.role == Role::Subscriber && is_type(text, b"message") {
         s.on_delivery(peer, text, now_ns);
+    }
+    if peer.role == Role::Chatter && is_type(text, b"message") {
+        s.on_chat(text, now_ns);
     }
 }
 

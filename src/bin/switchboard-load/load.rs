@@ -87,6 +87,11 @@ pub(crate) struct Shared {
     pub(crate) completed: u64,
     /// Messages `0..first_seen` reached at least one subscriber.
     pub(crate) first_seen: u64,
+    /// Chat: send slots passed (a slot of a connection not open is skipped).
+    chat_slots: u64,
+    /// Chat: reconnects made, and slots passed.
+    pub(crate) churned: u64,
+    churn_slots: u64,
     /// Per message: subscribers that got it (or were lost).
     counts: Vec<u32>,
     /// Per message: the latest delivery's latency (ns).
@@ -255,6 +260,35 @@ impl Shared {
         peer.waiting = true;
     }
 
+    /// Chat mode: a message from another member of the room.
+    pub(crate) fn on_chat(&mut self, text: &[u8], now_ns: u64) {
+        match number_after(text, 0, b"\"t\":") {
+            Some((t, _)) => {
+                self.deliveries += 1;
+                self.hist.record(now_ns.saturating_sub(t));
+            }
+            None => self.unparsed += 1,
+        }
+    }
+
+    /// Chat mode: message `self.sent` from a chatter to its room.
+    fn chat_send(&mut self, room: usize, tx: &mut TxBuf) {
+        let t = self.now_ns();
+        self.scratch.clear();
+        write!(
+            self.scratch,
+            r#"{{"type":"message","room":"chat-{room}","data":{{"t":{t},"pad":""#
+        )
+        .expect("write to a Vec");
+        let pad = self.opts.payload.saturating_sub(self.scratch.len() + 3);
+        self.scratch.resize(self.scratch.len() + pad, b'x');
+        self.scratch.extend_from_slice(b"\"}}");
+        let mask = self.mask();
+        push_frame(&mut tx.buf, OP_TEXT, &self.scratch, mask);
+        self.frame_len = self.scratch.len();
+        self.sent += 1;
+    }
+
     /// Joins mode: a reply to the peer's join or leave.
     pub(crate) fn on_joins(&mut self, peer: &mut Peer, tx: &mut TxBuf, text: &[u8], now_ns: u64) {
         let joined = is_type(text, b"joined");
@@ -314,6 +348,7 @@ impl Load {
             Mode::Echo => Role::Echo,
             Mode::Joins => Role::Joiner,
             Mode::Soak => Role::Soak,
+            Mode::Chat => Role::Chatter,
         };
         let main = opts.conns;
         let mut conns: Vec<Conn> = (0..main).map(|_| Conn::new(role)).collect();
@@ -369,6 +404,9 @@ impl Load {
             sent: 0,
             completed: 0,
             first_seen: 0,
+            chat_slots: 0,
+            churned: 0,
+            churn_slots: 0,
             counts: Vec::new(),
             max_lat: Vec::new(),
             deliveries: 0,
@@ -615,7 +653,7 @@ impl Load {
         eprintln!("READY");
         match s.opts.mode {
             Mode::Idle => s.phase = Phase::Hold(now + s.opts.hold),
-            Mode::Echo | Mode::Soak | Mode::Joins => self.start_run(now),
+            Mode::Echo | Mode::Soak | Mode::Joins | Mode::Chat => self.start_run(now),
             Mode::Fanout | Mode::Latency => {
                 s.phase = Phase::Publisher;
                 self.open_limit += 1;
@@ -673,7 +711,7 @@ impl Load {
                     }
                 }
             }
-            Mode::Idle => {}
+            Mode::Idle | Mode::Chat => {}
         }
         self.run_step(now);
     }
@@ -712,7 +750,71 @@ impl Load {
                     s.phase = Phase::Done;
                 }
             }
+            Mode::Chat => {
+                if now >= start + s.opts.duration {
+                    s.end_at = Some(now);
+                    s.phase = Phase::Drain(now + DRAIN);
+                } else {
+                    self.chat_step(now);
+                }
+            }
             Mode::Idle | Mode::Soak => {}
+        }
+    }
+
+    /// Chat: the messages and reconnects due by `now`.
+    fn chat_step(&mut self, now: Instant) {
+        let start = self.s.run_start.unwrap_or(now);
+        let main = self.main as u64;
+        let at = |slot: u64, rate: f64| start + Duration::from_secs_f64(slot as f64 / rate);
+        while at(self.s.chat_slots, self.s.opts.rate) <= now {
+            let idx = (self.s.chat_slots % main) as usize;
+            self.s.chat_slots += 1;
+            let conn = &mut self.conns[idx];
+            if !conn.is_live() {
+                continue;
+            }
+            self.s.chat_send(idx / self.s.opts.room_size, &mut conn.tx);
+            if let Err(why) = conn.flush() {
+                self.fail(idx, why);
+            }
+        }
+        if self.s.opts.churn > 0.0 {
+            while at(self.s.churn_slots, self.s.opts.churn) <= now {
+                // Spread over the rooms: a stride coprime with most sizes.
+                let idx = (self.s.churn_slots.wrapping_mul(7919) % main) as usize;
+                self.s.churn_slots += 1;
+                self.recycle(idx, now);
+            }
+        }
+    }
+
+    /// Chat: close a live connection (a leave) and open it again to its
+    /// room (a join).
+    fn recycle(&mut self, idx: usize, now: Instant) {
+        let conn = &mut self.conns[idx];
+        if !conn.is_live() {
+            return;
+        }
+        conn.stream = None;
+        conn.state = State::Closed;
+        conn.rx = RxBuf::default();
+        conn.tx = TxBuf::default();
+        conn.peer.ready = false;
+        self.s.connected -= 1;
+        self.s.churned += 1;
+        self.start_conn(idx, now);
+    }
+
+    /// When the chat's next message or reconnect is due.
+    fn next_chat(&self) -> Instant {
+        let start = self.s.run_start.unwrap_or(self.s.epoch);
+        let at = |slot: u64, rate: f64| start + Duration::from_secs_f64(slot as f64 / rate);
+        let next = at(self.s.chat_slots, self.s.opts.rate);
+        if self.s.opts.churn > 0.0 {
+            next.min(at(self.s.churn_slots, self.s.opts.churn))
+        } else {
+            next
         }
     }
 
@@ -751,7 +853,7 @@ impl Load {
                         + Duration::from_secs_f64(s.sent as f64 / s.opts.rate);
                 }
             }
-            Mode::Idle | Mode::Echo | Mode::Soak | Mode::Joins => {}
+            Mode::Idle | Mode::Echo | Mode::Soak | Mode::Joins | Mode::Chat => {}
         }
         if let Err(why) = conn.flush() {
             self.fail(idx, why);
@@ -781,6 +883,9 @@ impl Load {
                     Mode::Echo | Mode::Soak | Mode::Joins => {
                         next = next.min(start + self.s.opts.duration)
                     }
+                    Mode::Chat => {
+                        next = next.min(self.next_chat()).min(start + self.s.opts.duration)
+                    }
                     Mode::Fanout | Mode::Idle => {}
                 }
             }
@@ -803,6 +908,10 @@ impl Load {
             Phase::Run | Phase::Drain(_) | Phase::Closing(_) => match s.opts.mode {
                 Mode::Echo => eprintln!("[{at:.1}s] echo: {} round trips", s.round_trips),
                 Mode::Joins => eprintln!("[{at:.1}s] joins: {} join/leave pairs", s.round_trips),
+                Mode::Chat => eprintln!(
+                    "[{at:.1}s] chat: {} sent, {} delivered, {} reconnects, {} open",
+                    s.sent, s.deliveries, s.churned, s.connected
+                ),
                 Mode::Soak => {
                     let k = &s.soak;
                     let ops: u64 = k.ops.iter().sum();

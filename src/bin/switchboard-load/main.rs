@@ -44,6 +44,14 @@
 //!   leaving it again, one request in flight, for `--duration` seconds;
 //!   reports join/leave pairs per second (in cluster mode: the cost of the
 //!   presence scripts) and the time from `join` to `left`.
+//! - `chat`: N connections in rooms of `--room-size` (default 10), connection
+//!   `i` at `/ws/chat-<i / S>?user=c<i>`; together they send `--rate`
+//!   messages per second (default N: one a second each), in turn, for
+//!   `--duration` seconds, each to its own room (so S-1 deliveries), with
+//!   `"t"` in it; `--churn` connections a second close and reconnect to their
+//!   room (a leave and a join). Reports deliveries per second and the
+//!   latency of every delivery: the chat workload most users have, where
+//!   parsing, routing and per-message costs weigh more than fan-out.
 //! - `soak`: churn for `--duration` seconds (default 120) with about N clients
 //!   (default 5000). Client `i` connects as `s<i>` (to `/ws` or, half of the
 //!   time, `/ws/soak-<k>`), and then, on a random schedule, does one of: join
@@ -117,11 +125,14 @@ usage: switchboard-load --server 127.0.0.1:8080 --mode idle|fanout|latency|echo|
                        its first subscriber (a steady stream), still at most K outstanding
   --messages M         fanout: messages to publish [20000]
   --rate PER_SEC       latency: messages published per second [100];
-                       soak: operations per second over all clients [2000]
+                       soak: operations per second over all clients [2000]; chat: messages
+                       per second from all connections together [one a second each]
   --hold SECS          idle: how long to hold the connections [10]
-  --duration SECS      latency, echo, soak: how long to send [10; soak: 120]
+  --duration SECS      latency, echo, chat, soak: how long to send [10; soak: 120]
   --rooms R            soak: rooms soak-0 ..= soak-<R-1> [50]
   --idle-rooms R       idle: connection i joins /ws/idle-<i mod R> (0: no room) [0]
+  --room-size S        chat: connections per room (/ws/chat-<i / S>) [10]
+  --churn R            chat: reconnects per second, round-robin (a leave and a join) [0]
   --seed S             soak: seed of the random schedule [1]
   --connect-window C   connection attempts in flight at once [500]
   --sources S          spread sockets over 127.a.b.1 ..= 127.a.b.S [8]
@@ -150,6 +161,7 @@ enum Mode {
     Echo,
     Soak,
     Joins,
+    Chat,
 }
 
 impl Mode {
@@ -161,6 +173,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Soak => "soak",
             Mode::Joins => "joins",
+            Mode::Chat => "chat",
         }
     }
 
@@ -196,6 +209,10 @@ struct Opts {
     rooms: u32,
     /// Idle: rooms the connections join in turn (`/ws/idle-<i mod R>`); 0: none.
     idle_rooms: u32,
+    /// Chat: connections per room.
+    room_size: usize,
+    /// Chat: reconnects per second (a leave and a join each).
+    churn: f64,
     seed: u64,
 }
 
@@ -259,6 +276,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
         wait_joined: false,
         rooms: 50,
         idle_rooms: 0,
+        room_size: 10,
+        churn: 0.0,
         seed: 1,
     };
     let (mut conns, mut rate, mut duration) = (None, None, None);
@@ -267,21 +286,18 @@ fn parse_args() -> Result<Option<Opts>, String> {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("server") => server = Some(parse_server(&string(&mut parser, "server")?)?),
-            Long("mode") => {
-                mode = Some(match string(&mut parser, "mode")?.as_str() {
-                    "idle" => Mode::Idle,
-                    "fanout" => Mode::Fanout,
-                    "latency" => Mode::Latency,
-                    "echo" => Mode::Echo,
-                    "joins" => Mode::Joins,
-                    "soak" => Mode::Soak,
-                    other => {
-                        return Err(format!(
-                            "--mode {other:?}: expected idle, fanout, latency, echo or soak"
-                        ))
-                    }
-                })
-            }
+            Long("mode") => mode = Some(match string(&mut parser, "mode")?.as_str() {
+                "idle" => Mode::Idle,
+                "fanout" => Mode::Fanout,
+                "latency" => Mode::Latency,
+                "echo" => Mode::Echo,
+                "joins" => Mode::Joins,
+                "chat" => Mode::Chat,
+                "soak" => Mode::Soak,
+                other => return Err(format!(
+                    "--mode {other:?}: expected idle, fanout, latency, echo, joins, chat or soak"
+                )),
+            }),
             Long("conns") => conns = Some(number(&mut parser, "conns", 1)?),
             Long("room") => opts.room = string(&mut parser, "room")?,
             Long("payload") => opts.payload = number(&mut parser, "payload", 1)?,
@@ -293,6 +309,8 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Long("duration") => duration = Some(seconds(&mut parser, "duration")?),
             Long("rooms") => opts.rooms = number(&mut parser, "rooms", 1)?,
             Long("idle-rooms") => opts.idle_rooms = number(&mut parser, "idle-rooms", 0)?,
+            Long("room-size") => opts.room_size = number(&mut parser, "room-size", 2)?,
+            Long("churn") => opts.churn = number(&mut parser, "churn", 0.0)?,
             Long("seed") => opts.seed = number(&mut parser, "seed", 0)?,
             Long("connect-window") => {
                 opts.connect_window = number(&mut parser, "connect-window", 1)?
@@ -310,10 +328,16 @@ fn parse_args() -> Result<Option<Opts>, String> {
         }
     }
     opts.server = server.ok_or("--server IP:PORT is required")?;
-    opts.mode = mode.ok_or("--mode is required (idle, fanout, latency, echo or soak)")?;
+    opts.mode =
+        mode.ok_or("--mode is required (idle, fanout, latency, echo, joins, chat or soak)")?;
     let soak = opts.mode == Mode::Soak;
     opts.conns = conns.unwrap_or(if soak { 5000 } else { 100 });
-    opts.rate = rate.unwrap_or(if soak { 2000.0 } else { 100.0 });
+    opts.rate = rate.unwrap_or(match opts.mode {
+        Mode::Soak => 2000.0,
+        // One message a second per connection.
+        Mode::Chat => opts.conns as f64,
+        _ => 100.0,
+    });
     opts.duration = duration.unwrap_or(Duration::from_secs(if soak { 120 } else { 10 }));
     let room_ok = !opts.room.is_empty()
         && opts.room.len() <= 128

@@ -90,6 +90,25 @@ impl Load {
                 r.add("pairs_per_sec", per_sec(s.round_trips));
                 r.add_object("join_to_left_us", s.hist.summary());
             }
+            Mode::Chat => {
+                r.add("room_size", o.room_size);
+                r.add("rate", o.rate);
+                r.add("churn_per_sec", o.churn);
+                r.add("payload_bytes", s.frame_len);
+                r.add("duration_s", round(o.duration.as_secs_f64(), 3));
+                r.add("elapsed_s", round(elapsed, 3));
+                r.add("messages_sent", s.sent);
+                r.add("messages_per_sec", per_sec(s.sent));
+                r.add("deliveries", s.deliveries);
+                // Exact without churn: every message to the others of its room.
+                r.add("expected_deliveries", s.sent * (o.room_size as u64 - 1));
+                r.add("deliveries_per_sec", per_sec(s.deliveries));
+                r.add("reconnects", s.churned);
+                r.add_object("latency_us", s.hist.summary());
+                if s.unparsed > 0 {
+                    r.add("unparsed", s.unparsed);
+                }
+            }
             Mode::Soak => self.soak_report(&mut r, elapsed),
         }
         if o.mode != Mode::Soak {
