@@ -767,9 +767,20 @@ impl Load {
         let start = self.s.run_start.unwrap_or(now);
         let main = self.main as u64;
         let at = |slot: u64, rate: f64| start + Duration::from_secs_f64(slot as f64 / rate);
+        let size = self.s.opts.room_size as u64;
+        let rooms = main.div_ceil(size);
         while at(self.s.chat_slots, self.s.opts.rate) <= now {
-            let idx = (self.s.chat_slots % main) as usize;
+            // Consecutive slots go to different rooms (room = slot mod
+            // rooms, then the next member): each room hears a message every
+            // rooms / rate seconds, each member speaks once per round — not
+            // a room's members all at once, which would let the server
+            // batch their deliveries.
+            let slot = self.s.chat_slots;
+            let idx = ((slot % rooms) * size + (slot / rooms) % size) as usize;
             self.s.chat_slots += 1;
+            if idx >= self.main {
+                continue;
+            }
             let conn = &mut self.conns[idx];
             if !conn.is_live() {
                 continue;

@@ -48,7 +48,8 @@
 //!   `i` at `/ws/chat-<i / S>?user=c<i>`; together they send `--rate`
 //!   messages per second (default N: one a second each), in turn, for
 //!   `--duration` seconds, each to its own room (so S-1 deliveries), with
-//!   `"t"` in it; `--churn` connections a second close and reconnect to their
+//!   `"t"` in it; consecutive messages go to different rooms (a room hears
+//!   one every rooms/rate seconds, its members in turn); `--churn` connections a second close and reconnect to their
 //!   room (a leave and a join). Reports deliveries per second and the
 //!   latency of every delivery: the chat workload most users have, where
 //!   parsing, routing and per-message costs weigh more than fan-out.
@@ -286,18 +287,22 @@ fn parse_args() -> Result<Option<Opts>, String> {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("server") => server = Some(parse_server(&string(&mut parser, "server")?)?),
-            Long("mode") => mode = Some(match string(&mut parser, "mode")?.as_str() {
-                "idle" => Mode::Idle,
-                "fanout" => Mode::Fanout,
-                "latency" => Mode::Latency,
-                "echo" => Mode::Echo,
-                "joins" => Mode::Joins,
-                "chat" => Mode::Chat,
-                "soak" => Mode::Soak,
-                other => return Err(format!(
+            Long("mode") => {
+                mode = Some(match string(&mut parser, "mode")?.as_str() {
+                    "idle" => Mode::Idle,
+                    "fanout" => Mode::Fanout,
+                    "latency" => Mode::Latency,
+                    "echo" => Mode::Echo,
+                    "joins" => Mode::Joins,
+                    "chat" => Mode::Chat,
+                    "soak" => Mode::Soak,
+                    other => {
+                        return Err(format!(
                     "--mode {other:?}: expected idle, fanout, latency, echo, joins, chat or soak"
-                )),
-            }),
+                ))
+                    }
+                })
+            }
             Long("conns") => conns = Some(number(&mut parser, "conns", 1)?),
             Long("room") => opts.room = string(&mut parser, "room")?,
             Long("payload") => opts.payload = number(&mut parser, "payload", 1)?,
