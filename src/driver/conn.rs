@@ -53,7 +53,7 @@ pub struct Conn {
     pub out: OutQueue,
     /// Interest currently registered with the poller.
     pub interest: Interest,
-    /// In the driver's dirty list (flush pending this iteration).
+    /// In the driver's dirty list (a flush is pending).
     pub dirty: bool,
     /// The socket took only part of the last write: its buffer is full, and
     /// writing again before a writable event would only copy the queue into

@@ -1,6 +1,7 @@
 //! The mio side: one thread, one `Poll`. Accepts, reads request heads, runs the
 //! tungstenite handshake, reads frames into the hub, and writes what the hub
-//! decided — each dirty connection flushed once per loop iteration.
+//! decided — each dirty connection flushed once per loop iteration (again in
+//! the same iteration if input taken in during a long flush added to it).
 //!
 //! Bytes from the network are read by pure pieces that hold no socket and are
 //! fuzzed as called here: [`request_reader`] (HTTP requests) and
@@ -8,7 +9,9 @@
 //!
 //! One loop iteration: poll; connections with read budget left (`again`);
 //! each event by token (`LISTENER`, `SIGNALS`, `WAKER`, or a connection's
-//! slab key); deadlines; then every dirty connection flushed once.
+//! slab key); deadlines; Redis links written; then every dirty connection
+//! flushed, a long flush taking in what arrives meanwhile
+//! ([`Driver::flush_dirty`]); Redis links written again if that queued more.
 //!
 //! Cluster mode (DESIGN.md §6) lives in [`cluster`]: per Redis shard a
 //! command link and a subscriber link, sockets with tokens of their own
@@ -78,6 +81,8 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 /// every 8 or 16 writes takes in twice what every 64 does and 6 times
 /// what every 256 does, at no cost to a message alone (README Performance).
 const TAKE_IN_EVERY: usize = 16;
+/// Most readiness events one look handles (the rest wait for the next).
+const TAKE_IN_EVENTS: usize = 32;
 /// Rounds of a flush: the connections that got more output during one are
 /// written again in the next.
 const FLUSH_ROUNDS: usize = 4;
@@ -319,7 +324,9 @@ impl Server {
             peak_conns: 0,
             cluster,
             overview: None,
-            take_in_events: Some(Events::with_capacity(256)),
+            // Small: what a look takes in is bounded, so the rest of a
+            // fan-out is not held up by much other work.
+            take_in_events: Some(Events::with_capacity(TAKE_IN_EVENTS)),
         };
         driver.run()
     }
@@ -344,7 +351,7 @@ struct Driver {
     /// Shared buffer in which small queued frames are gathered for one send.
     gather: Vec<u8>,
     conns: Slab<Conn>,
-    /// Connections with output queued this iteration (flushed once each).
+    /// Connections with output queued and not yet flushed.
     dirty: Vec<usize>,
     /// Recipients found over their output cap during a fan-out.
     slow: Vec<ConnId>,
@@ -463,6 +470,12 @@ impl Driver {
                 self.drain_hub();
             }
             self.flush_dirty();
+            if let Some(c) = &mut self.cluster {
+                // What the flush caused (input taken in, connections
+                // dropped) goes to Redis now, not at the next wake-up.
+                c.flush(self.poll.registry(), Instant::now());
+                self.drain_hub();
+            }
             self.counters.loop_time.observe(now.elapsed());
             if let Some(at) = self.shutdown_at {
                 let settled = self.cluster.as_ref().is_none_or(|c| c.settled());
@@ -1085,7 +1098,14 @@ impl Driver {
         };
         if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
             self.counters.take_ins += 1;
-            self.on_events(&events, Instant::now());
+            let now = Instant::now();
+            self.on_events(&events, now);
+            // Commands that input queued for Redis (a publish, a join's
+            // query; a link's setup once it connected) go out now.
+            if let Some(c) = &mut self.cluster {
+                c.flush(self.poll.registry(), now);
+                self.drain_hub();
+            }
         }
         self.take_in_events = Some(events);
     }

@@ -354,7 +354,7 @@ impl Driver {
         metric(
             "flush_take_ins_total",
             "counter",
-            "Long flushes (fan-outs) that looked at the sockets midway and found input, taken in so it leaves with the rest.",
+            "Looks at the sockets during long flushes (fan-outs) that found readiness (input taken in so it leaves with the rest, writable sockets, Redis replies).",
             &[("", c.take_ins as f64)],
         );
         metric(
