@@ -33,7 +33,8 @@
 #   scripts/bench.sh cluster-joins [N]    join/leave pairs/s over two nodes (presence scripts)
 #   scripts/bench.sh cluster             all of the above, beside their single-node figures
 #
-# SERVER_FLAGS adds daemon flags; LOAD_FLAGS adds load-tool flags.
+# SERVER_FLAGS adds daemon flags; LOAD_FLAGS adds load-tool flags;
+# SERVER_BIN runs another switchboard binary (an older build: before/after).
 # SERVER_CMD replaces the switchboard command line with another server's (run
 # from the repository root, split on spaces, `{PORT}` replaced by the port; the
 # server must accept connections on 127.0.0.1:{PORT}; its stdout goes to
@@ -47,7 +48,7 @@ if [ -n "${SERVER_CMD:-}" ]; then
 else
   cargo build --release --quiet --bin switchboard --bin switchboard-load
 fi
-SERVER=target/release/switchboard
+SERVER=${SERVER_BIN:-target/release/switchboard}
 LOAD=target/release/switchboard-load
 if [ "$(nproc)" -ge 2 ]; then PIN_S="taskset -c 0"; PIN_L="taskset -c 1"; else PIN_S=""; PIN_L=""; fi
 
@@ -345,5 +346,5 @@ case "${1:-all}" in
     "$0" idle 19000
     "$0" echo 100
     ;;
-  *) sed -n '2,41p' "$0"; exit 2 ;;
+  *) sed -n '2,42p' "$0"; exit 2 ;;
 esac
