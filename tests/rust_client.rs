@@ -172,28 +172,22 @@ fn rust_client_refreshes_an_expired_token() {
     };
     let server = Server::start(&["--auth", "jwt", "--jwt-secret", SECRET, "--jwt-leeway", "0"]);
     let asked = Arc::new(AtomicUsize::new(0));
-    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(4)));
-    config.min_delay = Duration::from_millis(50);
-    let counter = asked.clone();
-    config.get_token = Some(TokenSource(Arc::new(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Some(token(60))
-    })));
-    let (client, events) = Client::connect(config);
+    // A client starting with `first`, whose token source hands out fresh
+    // ones and counts the asks.
+    let start = |first: String| {
+        let mut config = ClientConfig::new(format!("ws://{}/ws?token={first}", server.addr));
+        config.min_delay = Duration::from_millis(50);
+        let counter = asked.clone();
+        config.get_token = Some(TokenSource(Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some(token(60))
+        })));
+        Client::connect(config)
+    };
+    let (client, events) = start(token(4));
     until(&events, "welcome", |e| matches!(e, Event::Connected(_)));
     client.join("r").unwrap();
-    let ended = until(&events, "4001", |e| matches!(e, Event::Disconnected { .. }));
-    assert!(
-        matches!(
-            ended,
-            Event::Disconnected {
-                code: 4001,
-                will_reconnect: true,
-                ..
-            }
-        ),
-        "{ended:?}"
-    );
+    expect_4001(&events, true);
     until(&events, "welcome again", |e| {
         matches!(e, Event::Connected(_))
     });
@@ -206,26 +200,8 @@ fn rust_client_refreshes_an_expired_token() {
     client.close();
 
     // Expired before connecting: refused with 401 at the handshake.
-    let mut config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(-60)));
-    config.min_delay = Duration::from_millis(50);
-    let counter = asked.clone();
-    config.get_token = Some(TokenSource(Arc::new(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Some(token(60))
-    })));
-    let (client, events) = Client::connect(config);
-    let ended = until(&events, "401", |e| matches!(e, Event::Disconnected { .. }));
-    assert!(
-        matches!(
-            ended,
-            Event::Disconnected {
-                code: 4001,
-                will_reconnect: true,
-                ..
-            }
-        ),
-        "{ended:?}"
-    );
+    let (client, events) = start(token(-60));
+    expect_4001(&events, true);
     until(&events, "welcome with the new token", |e| {
         matches!(e, Event::Connected(_))
     });
@@ -233,34 +209,19 @@ fn rust_client_refreshes_an_expired_token() {
     client.close();
 
     // No token source: a 401 is final, and so is 4001.
-    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(-60)));
-    let (client, events) = Client::connect(config);
-    let ended = until(&events, "401", |e| matches!(e, Event::Disconnected { .. }));
+    for first in [token(-60), token(4)] {
+        let config = ClientConfig::new(format!("ws://{}/ws?token={first}", server.addr));
+        let (client, events) = Client::connect(config);
+        expect_4001(&events, false);
+        client.close();
+    }
+}
+
+/// The next `Disconnected` is a 4001 that does (or does not) reconnect.
+fn expect_4001(events: &Receiver<Event>, will: bool) {
+    let ended = until(events, "4001", |e| matches!(e, Event::Disconnected { .. }));
     assert!(
-        matches!(
-            ended,
-            Event::Disconnected {
-                code: 4001,
-                will_reconnect: false,
-                ..
-            }
-        ),
+        matches!(ended, Event::Disconnected { code: 4001, will_reconnect, .. } if will_reconnect == will),
         "{ended:?}"
     );
-    client.close();
-    let config = ClientConfig::new(format!("ws://{}/ws?token={}", server.addr, token(4)));
-    let (client, events) = Client::connect(config);
-    let ended = until(&events, "4001", |e| matches!(e, Event::Disconnected { .. }));
-    assert!(
-        matches!(
-            ended,
-            Event::Disconnected {
-                code: 4001,
-                will_reconnect: false,
-                ..
-            }
-        ),
-        "{ended:?}"
-    );
-    client.close();
 }

@@ -227,12 +227,7 @@ impl Shared {
             self.opts.room
         )
         .expect("writing to a Vec");
-        let pad = self.opts.payload.saturating_sub(self.scratch.len() + 3);
-        self.scratch.resize(self.scratch.len() + pad, b'x');
-        self.scratch.extend_from_slice(b"\"}}");
-        let mask = self.mask();
-        push_frame(&mut tx.buf, OP_TEXT, &self.scratch, mask);
-        self.frame_len = self.scratch.len();
+        self.push_padded(tx);
         self.counts.push(self.dead);
         self.max_lat.push(0);
         self.sent += 1;
@@ -280,13 +275,19 @@ impl Shared {
             r#"{{"type":"message","room":"chat-{room}","data":{{"t":{t},"pad":""#
         )
         .expect("write to a Vec");
+        self.push_padded(tx);
+        self.sent += 1;
+    }
+
+    /// Finish the message begun in `scratch` (open at its `"pad":"`): pad
+    /// it to `--payload` bytes, close it, and queue it as a masked frame.
+    fn push_padded(&mut self, tx: &mut TxBuf) {
         let pad = self.opts.payload.saturating_sub(self.scratch.len() + 3);
         self.scratch.resize(self.scratch.len() + pad, b'x');
         self.scratch.extend_from_slice(b"\"}}");
         let mask = self.mask();
         push_frame(&mut tx.buf, OP_TEXT, &self.scratch, mask);
         self.frame_len = self.scratch.len();
-        self.sent += 1;
     }
 
     /// Joins mode: a reply to the peer's join or leave.
