@@ -737,10 +737,12 @@ impl Load {
                     ));
                 }
             }
-            Mode::Latency => {
+            Mode::Latency | Mode::Chat => {
                 if now >= start + s.opts.duration {
                     s.end_at = Some(now);
                     s.phase = Phase::Drain(now + DRAIN);
+                } else if s.opts.mode == Mode::Chat {
+                    self.chat_step(now);
                 } else {
                     self.publish(now);
                 }
@@ -751,14 +753,6 @@ impl Load {
                     s.phase = Phase::Done;
                 }
             }
-            Mode::Chat => {
-                if now >= start + s.opts.duration {
-                    s.end_at = Some(now);
-                    s.phase = Phase::Drain(now + DRAIN);
-                } else {
-                    self.chat_step(now);
-                }
-            }
             Mode::Idle | Mode::Soak => {}
         }
     }
@@ -767,7 +761,7 @@ impl Load {
     fn chat_step(&mut self, now: Instant) {
         let start = self.s.run_start.unwrap_or(now);
         let main = self.main as u64;
-        let at = |slot: u64, rate: f64| start + Duration::from_secs_f64(slot as f64 / rate);
+        let at = |slot, rate| slot_time(start, slot, rate);
         let size = self.s.opts.room_size as u64;
         let rooms = main.div_ceil(size);
         while at(self.s.chat_slots, self.s.opts.rate) <= now {
@@ -821,7 +815,7 @@ impl Load {
     /// When the chat's next message or reconnect is due.
     fn next_chat(&self) -> Instant {
         let start = self.s.run_start.unwrap_or(self.s.epoch);
-        let at = |slot: u64, rate: f64| start + Duration::from_secs_f64(slot as f64 / rate);
+        let at = |slot, rate| slot_time(start, slot, rate);
         let next = at(self.s.chat_slots, self.s.opts.rate);
         if self.s.opts.churn > 0.0 {
             next.min(at(self.s.churn_slots, self.s.opts.churn))
@@ -833,7 +827,7 @@ impl Load {
     /// When the latency publisher's next message is due.
     fn next_send(&self) -> Instant {
         let start = self.s.run_start.unwrap_or(self.s.epoch);
-        start + Duration::from_secs_f64(self.s.sent as f64 / self.s.opts.rate)
+        slot_time(start, self.s.sent, self.s.opts.rate)
     }
 
     /// Queue what the publisher may send now, and write it.
@@ -861,8 +855,7 @@ impl Load {
                 let mut due = due;
                 while due <= now {
                     s.publish(&mut conn.tx);
-                    due = s.run_start.unwrap_or(now)
-                        + Duration::from_secs_f64(s.sent as f64 / s.opts.rate);
+                    due = slot_time(s.run_start.unwrap_or(now), s.sent, s.opts.rate);
                 }
             }
             Mode::Idle | Mode::Echo | Mode::Soak | Mode::Joins | Mode::Chat => {}
@@ -974,4 +967,9 @@ impl Load {
             conn.state = State::Closed;
         }
     }
+}
+
+/// When send slot `slot` of a schedule at `rate` a second from `start` is due.
+fn slot_time(start: Instant, slot: u64, rate: f64) -> Instant {
+    start + Duration::from_secs_f64(slot as f64 / rate)
 }
