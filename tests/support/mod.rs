@@ -452,7 +452,14 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        Self::start_on(free_port())
+        // Two tests may be handed the same free port at once: the Redis
+        // that loses the race exits, and its test tries another port.
+        for _ in 0..5 {
+            if let Some(redis) = Self::try_start(free_port(), &[]) {
+                return redis;
+            }
+        }
+        panic!("redis-server could not listen on a free port");
     }
 
     /// A Redis on `port` (a restarted one: same port, empty).
@@ -462,7 +469,15 @@ impl Redis {
 
     /// A Redis on `port` with extra settings (e.g. `--requirepass`).
     pub fn start_with(port: u16, extra: &[&str]) -> Redis {
-        let child = Command::new("redis-server")
+        Self::try_start(port, extra)
+            .unwrap_or_else(|| panic!("redis-server could not listen on port {port}"))
+    }
+
+    /// Start one and wait until it answers on `port` as itself (its
+    /// `process_id`), not another test's Redis that holds the port; `None`
+    /// if it exited (the port was taken).
+    fn try_start(port: u16, extra: &[&str]) -> Option<Redis> {
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(extra)
@@ -470,13 +485,28 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (run scripts/test.sh, which installs it)");
+        let mine = format!("process_id:{}", child.id());
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
         let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            // (Connectable is enough: a password does not stop a connect.)
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            let mut cli = Command::new("redis-cli");
+            cli.args(["-p", &port.to_string()]);
+            if let Some(pw) = &password {
+                cli.env("REDISCLI_AUTH", pw);
+            }
+            let info = cli.args(["INFO", "server"]).output();
+            if info.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&mine)) {
+                return Some(Redis { child, port });
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis { child, port }
     }
 
     /// `redis://127.0.0.1:<port>`.
