@@ -370,6 +370,36 @@ pub const SETTINGS: &[Setting] = &[
         default: "100",
     },
     Setting {
+        name: "history_size",
+        value: "N",
+        help: "messages of history kept per room, for recovery after a reconnect (0: off)",
+        default: "0",
+    },
+    Setting {
+        name: "history_ttl",
+        value: "SECS",
+        help: "a room's history is dropped this long after its last message",
+        default: "300",
+    },
+    Setting {
+        name: "history_rooms",
+        value: "PATTERNS",
+        help: "rooms that keep history: comma-separated names or prefix*",
+        default: "*",
+    },
+    Setting {
+        name: "history_max_bytes",
+        value: "BYTES",
+        help: "history over all rooms; past it the oldest rooms' histories are dropped",
+        default: "67108864",
+    },
+    Setting {
+        name: "max_recover",
+        value: "N",
+        help: "most messages one join with since replays (more missed: recovered false)",
+        default: "300",
+    },
+    Setting {
         name: "rate_limit",
         value: "PER_SEC",
         help: "messages per second per connection on average (0: off)",
@@ -521,7 +551,29 @@ impl Config {
             "echo_max_message_size" => {
                 self.echo_max_message_size = count(value, 64).map_err(err)?
             }
-            "max_output_queue" => self.max_output_queue = count(value, 1024).map_err(err)?,
+            "max_output_queue" => {
+                self.max_output_queue = count(value, 1024).map_err(err)?;
+                // A recovery or history reply fits in half the queue.
+                self.hub.max_replay_bytes = self.max_output_queue / 2;
+            }
+            "history_size" => self.hub.history_size = count(value, 0).map_err(err)?,
+            "history_ttl" => self.hub.history_ttl = secs(value, 1.0).map_err(err)?,
+            "history_rooms" => {
+                let patterns: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect();
+                if patterns.is_empty() {
+                    return Err(err(
+                        "name at least one room or pattern (`*` is every room)".into()
+                    ));
+                }
+                self.hub.history_rooms = crate::hub::RoomPatterns::new(patterns);
+            }
+            "history_max_bytes" => self.hub.history_max_bytes = count(value, 1024).map_err(err)?,
+            "max_recover" => self.hub.max_recover = count(value, 0).map_err(err)?,
             "presence_announce_limit" => {
                 self.hub.presence_announce_limit = count(value, 0).map_err(err)?
             }
@@ -756,6 +808,14 @@ impl Config {
                     .into(),
             });
         }
+        if self.hub.history_size > 0 && !self.cluster.is_empty() {
+            return Err(ConfigError {
+                setting: "history_size".into(),
+                message: "history is not available in cluster mode yet (--cluster): rooms' \
+                          seq must be cluster-wide, kept in Redis; run history on a single node"
+                    .into(),
+            });
+        }
         if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {
             return Err(ConfigError {
                 setting: "max_output_queue".into(),
@@ -921,6 +981,24 @@ mod tests {
         assert_eq!(c.hub.max_message_size, 65536);
         assert_eq!(c.max_output_queue, 1 << 20);
         assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.hub.history_size, 0);
+        assert_eq!(c.hub.history_ttl, Duration::from_secs(300));
+        assert_eq!(c.hub.history_max_bytes, 64 << 20);
+        assert_eq!(c.hub.max_recover, 300);
+        assert_eq!(c.hub.max_replay_bytes, c.max_output_queue / 2);
+        assert!(c.hub.history_rooms.matches("any room"));
+        let d = run(
+            &[
+                "--history-rooms",
+                "chat:*, news",
+                "--max-output-queue",
+                "65536",
+            ],
+            &[],
+        );
+        assert!(d.hub.history_rooms.matches("chat:1") && d.hub.history_rooms.matches("news"));
+        assert!(!d.hub.history_rooms.matches("newsroom") && !d.hub.history_rooms.matches("chat"));
+        assert_eq!(d.hub.max_replay_bytes, 32768);
         let descriptive = [
             "api_key",
             "allowed_origins",

@@ -19,6 +19,9 @@ pub enum ClientMsg<'a> {
         room: Cow<'a, str>,
         /// Also answer each listed user's info, connections and arrival.
         details: bool,
+        /// Where the client was in the room's history: replay what it
+        /// missed, or say it cannot (`recovered`).
+        since: Option<Since<'a>>,
     },
     Leave {
         room: Cow<'a, str>,
@@ -44,8 +47,22 @@ pub enum ClientMsg<'a> {
         /// As for `Join`.
         details: bool,
     },
+    /// A room's latest messages (after `since`, at most `limit`).
+    History {
+        room: Cow<'a, str>,
+        since: Option<Since<'a>>,
+        limit: Option<u64>,
+    },
     Ping,
     Pong,
+}
+
+/// A client's place in a room's history: `{"epoch": E, "seq": N}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since<'a> {
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+    pub seq: u64,
 }
 
 /// The raw shape every client message is first read into.
@@ -63,6 +80,10 @@ struct Envelope<'a> {
     echo: Option<bool>,
     #[serde(default)]
     details: Option<bool>,
+    #[serde(borrow, default)]
+    since: Option<Since<'a>>,
+    #[serde(default)]
+    limit: Option<u64>,
     #[serde(rename = "ref", borrow, default, deserialize_with = "present")]
     reference: Option<&'a RawValue>,
 }
@@ -104,6 +125,8 @@ pub enum ErrorCode {
     /// Cluster mode: the cluster could not be asked (Redis unreachable
     /// or busy), so whether it was delivered is not known.
     Unavailable,
+    /// `history` of a room that keeps none (`--history-size`, `--history-rooms`).
+    NoHistory,
 }
 
 impl ErrorCode {
@@ -121,6 +144,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoHistory => "no_history",
         }
     }
 }
@@ -269,6 +293,7 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
         "join" => ClientMsg::Join {
             room: room(env.room)?,
             details: env.details.unwrap_or(false),
+            since: env.since,
         },
         "leave" => ClientMsg::Leave {
             room: room(env.room)?,
@@ -292,6 +317,11 @@ pub fn decode<'a>(text: &'a str) -> Result<(ClientMsg<'a>, Option<&'a RawValue>)
         "presence" => ClientMsg::Presence {
             room: room(env.room)?,
             details: env.details.unwrap_or(false),
+        },
+        "history" => ClientMsg::History {
+            room: room(env.room)?,
+            since: env.since,
+            limit: env.limit,
         },
         "ping" => ClientMsg::Ping,
         "pong" => ClientMsg::Pong,
@@ -420,6 +450,17 @@ impl FrameWriter {
     pub fn finish(self) -> SharedFrame {
         self.finish_with_opcode(0x1)
     }
+}
+
+/// The payload of a frame this server encoded (past its header).
+pub fn frame_payload(frame: &[u8]) -> &[u8] {
+    let start = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => frame.len(),
+    };
+    frame.get(start..).unwrap_or_default()
 }
 
 /// Encode a binary frame carrying `payload` (one copy into the frame buffer).

@@ -148,11 +148,18 @@ pub fn handle(
         }
         ("GET", p) if p.starts_with("/rooms/") => room_view(hub, &p["/rooms/".len()..], req.query),
         ("GET", p) if p.starts_with("/users/") => user_view(hub, &p["/users/".len()..], peer),
+        ("GET", p) if p.starts_with("/history/") => {
+            history(hub, &p["/history/".len()..], req.query)
+        }
         (_, "/publish" | "/send" | "/broadcast" | "/disconnect" | "/batch") => {
             error(405, "method_not_allowed", "use POST")
         }
         (_, "/rooms") => error(405, "method_not_allowed", "use GET"),
-        (_, p) if p.starts_with("/rooms/") || p.starts_with("/users/") => {
+        (_, p)
+            if p.starts_with("/rooms/")
+                || p.starts_with("/users/")
+                || p.starts_with("/history/") =>
+        {
             error(405, "method_not_allowed", "use GET")
         }
         _ => error(404, "not_found", format!("no API endpoint {}", req.path)),
@@ -272,6 +279,58 @@ fn room_view(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
         .unwrap_or(MAX_LISTED_USERS)
         .min(MAX_LISTED_USERS);
     view(&hub.room_view(&room, limit))
+}
+
+/// `GET /api/history/<room>[?epoch=E&seq=N][&limit=L]`: as the `history`
+/// message answers (without `type`).
+fn history(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
+    let Some(room) = percent_decode(encoded) else {
+        return error(
+            400,
+            "bad_request",
+            "room is not valid percent-encoded UTF-8",
+        );
+    };
+    if let Err(e) = check_room(hub, &room) {
+        return e;
+    }
+    let param = |name| super::http::query_param(query, name).flatten();
+    let number = |name| match param(name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            error(
+                400,
+                "bad_request",
+                format!("`{name}` must be a whole number"),
+            )
+        }),
+    };
+    let (seq, limit) = match (number("seq"), number("limit")) {
+        (Ok(seq), Ok(limit)) => (seq, limit),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let since = match (param("epoch"), seq) {
+        (Some(epoch), Some(seq)) => Some(crate::protocol::Since {
+            epoch: epoch.into(),
+            seq,
+        }),
+        (None, None) => None,
+        _ => {
+            return error(
+                400,
+                "bad_request",
+                "give both `epoch` and `seq`, or neither",
+            )
+        }
+    };
+    match hub.history_body(&room, since.as_ref(), limit) {
+        Some(body) => ApiResponse {
+            status: 200,
+            body: Value::Null,
+            encoded: Some(body),
+        },
+        None => error(404, "no_history", "this room keeps no history"),
+    }
 }
 
 fn user_view(hub: &Hub, encoded: &str, peer: &dyn Fn(ConnId) -> Option<String>) -> ApiResponse {

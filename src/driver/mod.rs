@@ -290,6 +290,9 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         hub.set_unix_time(now, unix_ms);
+        // A restart is a new history epoch: this run's random part and start.
+        let random = self.node_id.rsplit('-').next().unwrap_or("0");
+        hub.set_history_epoch(&format!("{random}{unix_ms:x}"));
         if let Some(handler) = self.handler {
             hub.set_handler(handler);
         }
@@ -453,6 +456,7 @@ impl Driver {
                 return Err(e);
             }
             let now = Instant::now();
+            self.hub.advance(now);
             for key in std::mem::take(&mut self.again) {
                 self.conn_ready(key, now, true);
             }
@@ -1099,6 +1103,7 @@ impl Driver {
         if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
             self.counters.take_ins += 1;
             let now = Instant::now();
+            self.hub.advance(now);
             self.on_events(&events, now);
             // Commands that input queued for Redis (a publish, a join's
             // query; a link's setup once it connected) go out now.

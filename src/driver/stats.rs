@@ -231,9 +231,24 @@ impl Driver {
             "slow_consumer_closes": self.counters.slow_consumer_closes,
             "handshakes_refused": self.counters.refused_by_status.values().sum::<u64>(),
             "accept_errors": self.counters.accept_errors,
+            "history": self.history_json(),
             "uptime_seconds": self.hub.uptime(now).as_secs_f64(),
         });
         serde_json::to_vec(&stats).expect("stats serialize")
+    }
+
+    /// `/stats` `history`: rooms, messages and bytes held; recoveries.
+    fn history_json(&self) -> serde_json::Value {
+        let (rooms, bytes, messages) = self.hub.history_usage();
+        let hub = self.hub.counters();
+        serde_json::json!({
+            "rooms": rooms,
+            "messages": messages,
+            "bytes": bytes,
+            "max_bytes": self.hub.config().history_max_bytes,
+            "recovered": hub.recovered,
+            "not_recovered": hub.not_recovered,
+        })
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -386,6 +401,34 @@ impl Driver {
             "counter",
             "Server API requests answered.",
             &[("", c.api_requests as f64)],
+        );
+        let (history_rooms, history_bytes, history_messages) = self.hub.history_usage();
+        metric(
+            "history_rooms",
+            "gauge",
+            "Rooms with a history.",
+            &[("", history_rooms as f64)],
+        );
+        metric(
+            "history_messages",
+            "gauge",
+            "Messages held in rooms' histories.",
+            &[("", history_messages as f64)],
+        );
+        metric(
+            "history_bytes",
+            "gauge",
+            "Bytes counted against --history-max-bytes.",
+            &[("", history_bytes as f64)],
+        );
+        metric(
+            "recoveries_total",
+            "counter",
+            "Joins with since, by whether every missed message was replayed.",
+            &[
+                ("{recovered=\"true\"}", hub.recovered as f64),
+                ("{recovered=\"false\"}", hub.not_recovered as f64),
+            ],
         );
         metric(
             "uptime_seconds",

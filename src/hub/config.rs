@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::grants::RoomPatterns;
+
 /// Settings the pure hub core needs (no I/O settings).
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -38,6 +40,19 @@ pub struct HubConfig {
     /// Cluster mode: what crosses nodes leaves as outputs and comes back
     /// through `handle_cluster_*` (see `hub::cluster`).
     pub cluster: bool,
+    /// Messages of history kept per room (0: no history).
+    pub history_size: usize,
+    /// A room's history is dropped this long after its last message.
+    pub history_ttl: Duration,
+    /// Rooms that keep history (names and `prefix*`).
+    pub history_rooms: RoomPatterns,
+    /// Bytes of history over all rooms; past it the oldest histories go.
+    pub history_max_bytes: usize,
+    /// Most messages one recovery (`join` with `since`) replays.
+    pub max_recover: usize,
+    /// Most bytes one recovery replays, or one `history` reply holds, so
+    /// either fits in a connection's output queue (half its cap).
+    pub max_replay_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -58,6 +73,12 @@ impl Default for HubConfig {
             token_expired_code: 4001,
             max_info_bytes: 1024,
             cluster: false,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            history_rooms: RoomPatterns::all(),
+            history_max_bytes: 64 << 20,
+            max_recover: 300,
+            max_replay_bytes: 512 << 10,
         }
     }
 }

@@ -5,9 +5,13 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grants {
     /// Allowed rooms; `None` means any room.
-    rooms: Option<Vec<RoomPattern>>,
+    rooms: Option<RoomPatterns>,
     broadcast: bool,
 }
+
+/// A list of room names and `prefix*` patterns (a lone `*` is every room).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPatterns(Vec<RoomPattern>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum RoomPattern {
@@ -15,30 +19,52 @@ enum RoomPattern {
     Prefix(String),
 }
 
-impl Grants {
-    /// From a token's optional `rooms` claim (names, or prefixes ending in
-    /// `*` such as `chat:*`; a lone `*` allows every room) and `broadcast`.
-    pub fn new(rooms: Option<Vec<String>>, broadcast: bool) -> Grants {
-        let rooms = rooms.map(|list| {
+impl RoomPatterns {
+    /// From names and patterns ending in `*`.
+    pub fn new(list: impl IntoIterator<Item = String>) -> RoomPatterns {
+        RoomPatterns(
             list.into_iter()
                 .map(|r| match r.strip_suffix('*') {
                     Some(prefix) => RoomPattern::Prefix(prefix.to_string()),
                     None => RoomPattern::Exact(r),
                 })
-                .collect()
-        });
-        Grants { rooms, broadcast }
+                .collect(),
+        )
+    }
+
+    /// Every room (`*`).
+    pub fn all() -> RoomPatterns {
+        RoomPatterns(vec![RoomPattern::Prefix(String::new())])
+    }
+
+    /// Whether `room` is named or matches a pattern.
+    pub fn matches(&self, room: &str) -> bool {
+        self.0.iter().any(|p| match p {
+            RoomPattern::Exact(name) => name == room,
+            RoomPattern::Prefix(prefix) => room.starts_with(prefix.as_str()),
+        })
+    }
+}
+
+impl Default for RoomPatterns {
+    fn default() -> Self {
+        RoomPatterns::all()
+    }
+}
+
+impl Grants {
+    /// From a token's optional `rooms` claim (names, or prefixes ending in
+    /// `*` such as `chat:*`; a lone `*` allows every room) and `broadcast`.
+    pub fn new(rooms: Option<Vec<String>>, broadcast: bool) -> Grants {
+        Grants {
+            rooms: rooms.map(RoomPatterns::new),
+            broadcast,
+        }
     }
 
     /// Whether `room` may be joined (and its presence asked for).
     pub fn may_join(&self, room: &str) -> bool {
-        match &self.rooms {
-            None => true,
-            Some(patterns) => patterns.iter().any(|p| match p {
-                RoomPattern::Exact(name) => name == room,
-                RoomPattern::Prefix(prefix) => room.starts_with(prefix.as_str()),
-            }),
-        }
+        self.rooms.as_ref().is_none_or(|p| p.matches(room))
     }
 
     /// Whether `broadcast` to everyone is allowed.

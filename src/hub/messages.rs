@@ -39,6 +39,9 @@ pub struct RoomMessage<'a> {
     pub kind: &'static str,
     pub room: &'a str,
     pub from: Option<&'a str>,
+    /// Rooms with history: the message's number in the room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub data: &'a RawValue,
 }
 
@@ -91,6 +94,33 @@ pub struct MemberList<'a> {
     /// Asked for with `"details": true`: one per entry of `users`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<&'a [MemberDetail<'a>]>,
+    /// `joined` in a room with history: its epoch and latest seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// `joined` after a `join` with `since`: whether every missed message
+    /// follows (true) or none does (false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a RawValue>,
+}
+
+/// The head of a `history` reply; its `messages` are written after it
+/// from the stored frames.
+#[derive(Serialize)]
+pub struct HistoryHead<'a> {
+    /// `history` (the API's body has none).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub room: &'a str,
+    /// `null` when the room has no history (yet).
+    pub epoch: Option<&'a str>,
+    pub seq: u64,
+    /// Messages after `since` are missing before the first one given (over
+    /// the limit, no longer held, or `since` from another epoch).
+    pub truncated: bool,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<&'a RawValue>,
 }

@@ -11,6 +11,7 @@ mod config;
 mod grants;
 mod handler;
 mod heartbeat;
+pub mod history;
 mod limits;
 mod messages;
 mod registry;
@@ -28,16 +29,17 @@ use serde_json::value::RawValue;
 
 use self::cluster::{Channel, Envelope, Pending, PendingKind, PresenceChange};
 pub use self::config::HubConfig;
-pub use self::grants::Grants;
+pub use self::grants::{Grants, RoomPatterns};
 pub use self::handler::{Context, Handler};
 pub use self::heartbeat::Heartbeats;
+use self::history::History;
 pub use self::limits::{RateBucket, RateDecision};
 use self::messages as m;
 pub use self::registry::{
     ConnId, Joined, Kind, Presence, Registry, Room, RoomKey, Session, User, UserKey,
 };
 pub use self::views::{ConnectionView, MemberView, RoomView, UserView};
-use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame};
+use crate::protocol::{self, ClientMsg, CloseReason, ErrorCode, Refusal, SharedFrame, Since};
 
 /// Generated ids of connections without a user id start with this; the
 /// handshake refuses it in a claimed id, so no one can impersonate them.
@@ -212,6 +214,10 @@ pub struct HubCounters {
     pub rate_limited: u64,
     /// Connections closed for flooding (4102).
     pub rate_limit_closes: u64,
+    /// Joins with `since` answered `recovered: true`.
+    pub recovered: u64,
+    /// Joins with `since` answered `recovered: false`.
+    pub not_recovered: u64,
 }
 
 /// The hub: see the module docs.
@@ -237,6 +243,19 @@ pub struct Hub {
     /// Cluster mode: joins not in effect yet, by room.
     joining: HashMap<RoomKey, Vec<Joining>>,
     next_join: u64,
+    /// Rooms' recent messages (`history_size` > 0).
+    history: History,
+    /// The latest time the driver gave (inputs without `now`, such as
+    /// [`Hub::publish`], are stamped with it).
+    now: Instant,
+}
+
+/// What a `joined` says of the room's history.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark<'a> {
+    epoch: Option<&'a str>,
+    seq: Option<u64>,
+    recovered: Option<bool>,
 }
 
 impl Hub {
@@ -257,7 +276,27 @@ impl Hub {
             claims: HashMap::new(),
             joining: HashMap::new(),
             next_join: 0,
+            history: History::new(Arc::from("0")),
+            now,
         }
+    }
+
+    /// Tell the hub the time: the driver does after every wake-up. Server
+    /// calls without a `now` of their own ([`Hub::publish`]) use it.
+    pub fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Give this start's part of every history epoch (the driver gives a
+    /// random one, so a restart is a new epoch). Call before any input.
+    pub fn set_history_epoch(&mut self, base: &str) {
+        self.history.set_base(Arc::from(base));
+    }
+
+    /// Rooms with a history, bytes counted for them, and messages held.
+    pub fn history_usage(&self) -> (usize, usize, usize) {
+        let (rooms, bytes) = self.history.usage();
+        (rooms, bytes, self.history.messages())
     }
 
     /// Name this run's node (its id is in every `welcome`).
@@ -316,10 +355,15 @@ impl Hub {
             .filter(|j| !j.marker)
             .map(|j| j.since + JOIN_TIMEOUT)
             .min();
+        let history = match self.config.history_size {
+            0 => None,
+            _ => self.history.next_deadline(self.config.history_ttl),
+        };
         [
             self.heartbeats.next_deadline(),
             self.expiries.next_deadline(),
             joins,
+            history,
         ]
         .into_iter()
         .flatten()
@@ -333,6 +377,7 @@ impl Hub {
         self.expiries.retain(|id| registry.session(id).is_some());
         self.registry.shrink_to_fit();
         self.outputs.shrink_to_fit();
+        self.history.shrink_to_fit();
     }
 
     /// Install the host program's [`Handler`] (embedding).
@@ -571,7 +616,7 @@ impl Hub {
         let frame = protocol::json_frame(&welcome);
         self.send(Target::Conn(id), frame);
         if let Some(room) = room {
-            match self.join(now, id, room, false, None) {
+            match self.join(now, id, room, false, None, None) {
                 Ok(key) => self.registry.set_home_room(id, key),
                 Err(e) => self.refuse(id, e),
             }
@@ -654,6 +699,13 @@ impl Hub {
 
     /// Heartbeats: ping the silent, close the dead (4100). O(due entries).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        if self.config.history_size > 0 {
+            let registry = &self.registry;
+            self.history.expire(now, self.config.history_ttl, |room| {
+                registry.room_key(room).is_some()
+            });
+        }
         if !self.joining.is_empty() {
             let late: Vec<(RoomKey, ConnId, u64)> = self
                 .joining
@@ -728,17 +780,28 @@ impl Hub {
     /// "from":null,"data"}` to every member. Returns the number of recipients.
     /// In cluster mode it goes to the room's members on every node, and
     /// the number returned counts this node's.
+    /// A room that keeps history records it even with no member here.
     pub fn publish(&mut self, room: &str, data: &RawValue) -> usize {
         let key = self.registry.room_key(room);
-        if key.is_none() && !self.config.cluster {
+        let keeps = History::keeps(&self.config, room);
+        if key.is_none() && !self.config.cluster && !keeps {
             return 0;
         }
-        let frame = protocol::json_frame(&m::RoomMessage {
-            kind: "message",
-            room,
-            from: None,
-            data,
-        });
+        let message = |seq| {
+            protocol::json_frame(&m::RoomMessage {
+                kind: "message",
+                room,
+                from: None,
+                seq,
+                data,
+            })
+        };
+        let frame = match keeps {
+            true => self
+                .history
+                .append(&self.config, self.now, room, |seq| message(Some(seq))),
+            false => message(None),
+        };
         self.room_frame(room, key, frame)
     }
 
@@ -911,8 +974,12 @@ impl Hub {
             r
         };
         match msg {
-            ClientMsg::Join { room, details } => self
-                .join(now, id, &room, details, reference)
+            ClientMsg::Join {
+                room,
+                details,
+                since,
+            } => self
+                .join(now, id, &room, details, since.as_ref(), reference)
                 .map(drop)
                 .map_err(with_ref),
             ClientMsg::Leave { room } => {
@@ -922,13 +989,26 @@ impl Hub {
             }
             ClientMsg::Message { room, data, echo } => {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
-                let from = self.user_name_of(id);
-                let frame = protocol::json_frame(&m::RoomMessage {
-                    kind: "message",
-                    room: &room,
-                    from: Some(from),
-                    data,
-                });
+                let frame = if History::keeps(&self.config, &room) {
+                    let from = self.user_arc(id);
+                    self.history.append(&self.config, now, &room, |seq| {
+                        protocol::json_frame(&m::RoomMessage {
+                            kind: "message",
+                            room: &room,
+                            from: Some(&from),
+                            seq: Some(seq),
+                            data,
+                        })
+                    })
+                } else {
+                    protocol::json_frame(&m::RoomMessage {
+                        kind: "message",
+                        room: &room,
+                        from: Some(self.user_name_of(id)),
+                        seq: None,
+                        data,
+                    })
+                };
                 let except = if echo { None } else { Some(id) };
                 self.send_to_room(key, except, frame);
                 Ok(())
@@ -1021,8 +1101,24 @@ impl Hub {
                     });
                     return Ok(());
                 }
-                let frame = self.member_list("presence", &room, details, reference);
+                let frame =
+                    self.member_list("presence", &room, details, reference, Mark::default());
                 self.send(Target::Conn(id), frame);
+                Ok(())
+            }
+            ClientMsg::History { room, since, limit } => {
+                self.check_room_name(&room).map_err(with_ref)?;
+                self.check_may_join(id, &room).map_err(with_ref)?;
+                if !History::keeps(&self.config, &room) {
+                    return Err(with_ref(Refusal::new(
+                        ErrorCode::NoHistory,
+                        "this room keeps no history",
+                    )));
+                }
+                let mut w = protocol::FrameWriter::text(256);
+                let kind = Some("history");
+                self.history_json(w.payload(), kind, &room, since.as_ref(), limit, reference);
+                self.send(Target::Conn(id), w.finish());
                 Ok(())
             }
             ClientMsg::Ping => {
@@ -1141,6 +1237,7 @@ impl Hub {
         id: ConnId,
         room: &str,
         details: bool,
+        since: Option<&Since<'_>>,
         reference: Option<&'a RawValue>,
     ) -> Result<RoomKey, Refusal<'a>> {
         self.check_room_name(room)?;
@@ -1237,9 +1334,99 @@ impl Hub {
             }
             | Joined::Already(key) => key,
         };
-        let frame = self.member_list("joined", room, details, reference);
+        if !History::keeps(&self.config, room) {
+            let mark = Mark {
+                recovered: since.map(|_| false),
+                ..Mark::default()
+            };
+            if since.is_some() {
+                self.counters.not_recovered += 1;
+            }
+            let frame = self.member_list("joined", room, details, reference, mark);
+            self.send(Target::Conn(id), frame);
+            return Ok(key);
+        }
+        // The missed messages follow the `joined` at once, before anything
+        // sent to the room later: the loop is single-threaded and outputs
+        // are carried out in order.
+        let position = self.history.open(now, room);
+        let (max, max_bytes) = (self.config.max_recover, self.config.max_replay_bytes);
+        // `Some(None)`: asked, and not recoverable (nothing is replayed).
+        let replay: Option<Option<Vec<SharedFrame>>> = since.map(|since| {
+            self.history
+                .missed(room, since, max, max_bytes)
+                .map(|frames| frames.cloned().collect())
+        });
+        let recovered = replay.as_ref().map(Option::is_some);
+        match recovered {
+            Some(true) => self.counters.recovered += 1,
+            Some(false) => self.counters.not_recovered += 1,
+            None => {}
+        }
+        let mark = Mark {
+            epoch: Some(&position.epoch),
+            seq: Some(position.seq),
+            recovered,
+        };
+        let frame = self.member_list("joined", room, details, reference, mark);
         self.send(Target::Conn(id), frame);
+        for frame in replay.flatten().into_iter().flatten() {
+            self.send(Target::Conn(id), frame);
+        }
         Ok(key)
+    }
+
+    /// `GET /api/history/<room>`'s body: as the `history` message's reply,
+    /// without `type`; `None` when the room keeps no history.
+    pub fn history_body(
+        &self,
+        room: &str,
+        since: Option<&Since<'_>>,
+        limit: Option<u64>,
+    ) -> Option<Vec<u8>> {
+        if !History::keeps(&self.config, room) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(256);
+        self.history_json(&mut out, None, room, since, limit, None);
+        Some(out)
+    }
+
+    /// A `history` reply (or the API's body) for `room` into `out`: the
+    /// head, then the stored frames' payloads as the `messages` array.
+    fn history_json(
+        &self,
+        out: &mut Vec<u8>,
+        kind: Option<&'static str>,
+        room: &str,
+        since: Option<&Since<'_>>,
+        limit: Option<u64>,
+        reference: Option<&RawValue>,
+    ) {
+        let size = self.config.history_size;
+        let limit = limit.map_or(size, |l| l.min(size as u64) as usize);
+        let position = self.history.position(room);
+        let (frames, truncated) =
+            self.history
+                .latest(room, since, limit, self.config.max_replay_bytes);
+        let head = m::HistoryHead {
+            kind,
+            room,
+            epoch: position.as_ref().map(|p| &*p.epoch),
+            seq: position.as_ref().map_or(0, |p| p.seq),
+            truncated,
+            reference,
+        };
+        serde_json::to_writer(&mut *out, &head).expect("history heads serialize");
+        out.pop(); // its closing brace
+        out.extend_from_slice(b",\"messages\":[");
+        for (i, frame) in frames.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(protocol::frame_payload(frame));
+        }
+        out.extend_from_slice(b"]}");
     }
 
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
@@ -1263,6 +1450,9 @@ impl Hub {
         }
         if last {
             self.announce("user_left", key, id);
+        }
+        if self.config.history_size > 0 && self.registry.room_key(&name).is_none() {
+            self.history.room_emptied(&name);
         }
         let members = self.registry.room(key).map_or(0, |r| r.user_count());
         let frame = protocol::json_frame(&m::Left {
@@ -1322,6 +1512,7 @@ impl Hub {
         room: &str,
         details: bool,
         reference: Option<&RawValue>,
+        mark: Mark<'_>,
     ) -> SharedFrame {
         let limit = self.config.member_list_limit;
         let (members, listed) = match self.registry.room_key(room) {
@@ -1338,6 +1529,9 @@ impl Hub {
             truncated: members > listed.len(),
             users: listed.iter().map(|d| d.user).collect(),
             details: details.then_some(listed.as_slice()),
+            epoch: mark.epoch,
+            seq: mark.seq,
+            recovered: mark.recovered,
             reference,
         })
     }
@@ -1374,6 +1568,15 @@ impl Hub {
             .user
             .map(|u| self.registry.user(u).expect("session's user").name.clone());
         let limit = self.config.presence_announce_limit;
+        // Rooms that keep history learn when they empty.
+        let rooms: Vec<Arc<str>> = match self.config.history_size {
+            0 => Vec::new(),
+            _ => session
+                .rooms
+                .iter()
+                .filter_map(|&(k, _)| self.registry.room(k).map(|r| r.name.clone()))
+                .collect(),
+        };
         let outputs = &mut self.outputs;
         let removed = self.registry.remove(id, |reg, key, last_of_user| {
             let Some(room) = reg.room(key) else { return };
@@ -1396,6 +1599,11 @@ impl Hub {
                 });
             }
         });
+        for name in rooms {
+            if self.registry.room_key(&name).is_none() {
+                self.history.room_emptied(&name);
+            }
+        }
         if removed {
             log::debug!("{id} removed from the registry");
         }
@@ -1842,7 +2050,7 @@ impl Hub {
         answer: &ClusterAnswer,
     ) -> SharedFrame {
         let ClusterAnswer::Listing(listing) = answer else {
-            return self.member_list(kind, room, details, reference);
+            return self.member_list(kind, room, details, reference, Mark::default());
         };
         let listed: Vec<m::MemberDetail<'_>> = listing
             .users
@@ -1862,6 +2070,9 @@ impl Hub {
             truncated: listing.members > listed.len(),
             users: listed.iter().map(|d| d.user).collect(),
             details: details.then_some(listed.as_slice()),
+            epoch: None,
+            seq: None,
+            recovered: None,
             reference,
         })
     }

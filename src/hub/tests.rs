@@ -2147,3 +2147,6 @@ fn a_reused_slot_does_not_inherit_info() {
 
 #[path = "cluster_tests.rs"]
 mod cluster_tests;
+
+#[path = "history_tests.rs"]
+mod history_tests;
