@@ -165,15 +165,7 @@ fn origin_allow_list() {
 
 /// One HTTP request with the API key (or none); returns (status, JSON body).
 fn api(server: &Server, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, body) = server.http(&req);
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    server.api(method, path, key, body)
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //!
 //! Bounds: `history_size` messages per room, `history_max_bytes` over all
 //! rooms (each room and message also counts a fixed overhead, so many tiny
-//! rooms are bounded too), and `history_ttl` after a room's last message.
+//! rooms are bounded too), and `history_ttl` after a room's last message
+//! (or, for a room without messages, after its last member left).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,19 +37,18 @@ pub struct Position {
 }
 
 struct RoomHistory {
-    /// Unique among this start's histories: tells its queue entry from one
-    /// left by an earlier history of the same room.
+    /// Unique among this start's histories: tells its queue entries from
+    /// ones left by an earlier history of the same room.
     id: u64,
-    /// Whether it has its entry in the queue: from its first message on.
-    /// Until then it is counted nowhere and lives only while the room has
-    /// members (see [`History::room_emptied`]).
+    /// Whether it has had a message: then it is in `History::queue`,
+    /// before that in `History::fresh`.
     queued: bool,
     epoch: Arc<str>,
     /// The latest message's seq; `frames[i]` has `seq - frames.len() + 1 + i`.
     seq: u64,
     frames: VecDeque<SharedFrame>,
-    /// Counted bytes (once queued): `ROOM_COST + name` plus each message's
-    /// frame and `MESSAGE_COST`.
+    /// Counted bytes: `ROOM_COST + name` plus each message's frame and
+    /// `MESSAGE_COST`.
     bytes: usize,
     last_write: Instant,
 }
@@ -68,6 +68,10 @@ impl RoomHistory {
     }
 }
 
+/// A queue entry: when it was queued (or the room last written), the
+/// history's id, the room.
+type Entry = (Instant, u64, Arc<str>);
+
 /// Every room's history; see the module docs.
 pub struct History {
     /// This start's part of every epoch (the driver gives a random one).
@@ -76,12 +80,18 @@ pub struct History {
     made: u64,
     rooms: HashMap<Arc<str>, RoomHistory>,
     bytes: usize,
-    /// One live entry per room that has had a message: `(when, id, room)`,
-    /// mostly in time order. A room written after its entry was queued is
-    /// queued again when the entry comes up (for expiry or eviction), so a
-    /// message costs no queue work. Entries whose room is gone or whose id
-    /// is not the room's are stale and skipped.
-    queue: VecDeque<(Instant, u64, Arc<str>)>,
+    /// One live entry per history that has had a message, mostly in time
+    /// order. A room written after its entry was queued is queued again
+    /// when the entry comes up (for expiry or eviction), so a message costs
+    /// no queue work. Entries whose room is gone or whose id is not the
+    /// room's are stale and skipped.
+    queue: VecDeque<Entry>,
+    /// One entry per history made by a `join` that has had no message
+    /// yet. It stays while the room has members and a TTL after (so a
+    /// client that joined an empty room and lost its connection recovers
+    /// what came meanwhile). Over the byte cap these go first: they hold
+    /// nothing, and all it costs is `recovered: false` for such a client.
+    fresh: VecDeque<Entry>,
 }
 
 impl History {
@@ -92,6 +102,7 @@ impl History {
             rooms: HashMap::new(),
             bytes: 0,
             queue: VecDeque::new(),
+            fresh: VecDeque::new(),
         }
     }
 
@@ -125,33 +136,40 @@ impl History {
 
     /// The room's position, making its history (a new epoch, seq 0) if it
     /// has none.
-    pub fn open(&mut self, now: Instant, room: &str) -> Position {
-        let h = self.entry(now, room);
+    pub fn open(&mut self, config: &HubConfig, now: Instant, room: &str) -> Position {
+        self.entry(config, now, room);
+        let h = &self.rooms[room];
         Position {
             epoch: h.epoch.clone(),
             seq: h.seq,
         }
     }
 
-    fn entry(&mut self, now: Instant, room: &str) -> &mut RoomHistory {
-        if !self.rooms.contains_key(room) {
-            self.made += 1;
-            let name: Arc<str> = Arc::from(room);
-            let epoch: Arc<str> = Arc::from(format!("{}-{:x}", self.base, self.made));
-            self.rooms.insert(
-                name,
-                RoomHistory {
-                    id: self.made,
-                    queued: false,
-                    epoch,
-                    seq: 0,
-                    frames: VecDeque::new(),
-                    bytes: 0,
-                    last_write: now,
-                },
-            );
+    fn entry(&mut self, config: &HubConfig, now: Instant, room: &str) {
+        if self.rooms.contains_key(room) {
+            return;
         }
-        self.rooms.get_mut(room).expect("just made")
+        self.made += 1;
+        let name: Arc<str> = Arc::from(room);
+        let epoch: Arc<str> = Arc::from(format!("{}-{:x}", self.base, self.made));
+        let bytes = ROOM_COST + room.len();
+        self.bytes += bytes;
+        self.fresh.push_back((now, self.made, name.clone()));
+        self.rooms.insert(
+            name,
+            RoomHistory {
+                id: self.made,
+                queued: false,
+                epoch,
+                seq: 0,
+                frames: VecDeque::new(),
+                bytes,
+                last_write: now,
+            },
+        );
+        if self.bytes > config.history_max_bytes {
+            self.evict(config.history_max_bytes, room);
+        }
     }
 
     /// Record the room's next message: `build` encodes it with its seq.
@@ -163,19 +181,16 @@ impl History {
         room: &str,
         build: impl FnOnce(u64) -> SharedFrame,
     ) -> SharedFrame {
-        let h = self.entry(now, room);
+        self.entry(config, now, room);
+        let h = self.rooms.get_mut(room).expect("just made");
         h.seq += 1;
         let frame = build(h.seq);
-        let mut cost = frame.len() + MESSAGE_COST;
-        let first = !h.queued;
-        if first {
-            h.queued = true;
-            h.bytes = ROOM_COST + room.len();
-            cost += h.bytes;
-        }
-        h.bytes += frame.len() + MESSAGE_COST;
+        let cost = frame.len() + MESSAGE_COST;
+        h.bytes += cost;
         h.frames.push_back(frame.clone());
         h.last_write = now;
+        let first = !h.queued;
+        h.queued = true;
         let id = h.id;
         let mut freed = 0;
         while h.frames.len() > config.history_size {
@@ -192,11 +207,29 @@ impl History {
         frame
     }
 
-    /// Over the byte cap: drop whole histories, oldest written first
-    /// (approximately: the queue's order, with a second chance for rooms
-    /// written since they were queued), never `keep`'s; if `keep` alone is
-    /// over the cap, its oldest messages.
+    /// Over the byte cap: drop histories without messages, then whole
+    /// histories, oldest written first (approximately: the queue's order,
+    /// with a second chance for rooms written since they were queued),
+    /// never `keep`'s; if `keep` alone is over the cap, its oldest messages.
     fn evict(&mut self, max: usize, keep: &str) {
+        let mut looked = 0;
+        let rounds = self.fresh.len();
+        while self.bytes > max && looked < rounds {
+            looked += 1;
+            let Some((when, id, name)) = self.fresh.pop_front() else {
+                break;
+            };
+            match self.rooms.get(&name) {
+                Some(h) if h.id == id && !h.queued => {
+                    if &*name == keep {
+                        self.fresh.push_back((when, id, name));
+                    } else {
+                        self.drop_room(&name);
+                    }
+                }
+                _ => {} // stale
+            }
+        }
         let mut looked = 0;
         let rounds = 2 * self.queue.len();
         while self.bytes > max && looked < rounds {
@@ -288,18 +321,13 @@ impl History {
         (given, truncated)
     }
 
-    /// A room's last member left: a history without messages goes with it
-    /// (so joining and leaving many rooms cannot fill the table).
-    pub fn room_emptied(&mut self, room: &str) {
-        if self.rooms.get(room).is_some_and(|h| h.frames.is_empty()) {
-            // A queue entry it may have is skipped when it comes up.
-            self.drop_room(room);
-        }
-    }
-
     /// When [`History::expire`] is next due.
     pub fn next_deadline(&self, ttl: Duration) -> Option<Instant> {
-        self.queue.front().map(|&(when, _, _)| when + ttl)
+        [self.queue.front(), self.fresh.front()]
+            .into_iter()
+            .flatten()
+            .map(|&(when, _, _)| when + ttl)
+            .min()
     }
 
     /// Drop the messages of rooms silent for `ttl`. A room that still has
@@ -329,15 +357,38 @@ impl History {
                 self.drop_room(&name);
             }
         }
+        while let Some(&(when, _, _)) = self.fresh.front() {
+            if when + ttl > now {
+                break;
+            }
+            let (_, id, name) = self.fresh.pop_front().expect("front");
+            match self.rooms.get(&name) {
+                Some(h) if h.id == id && !h.queued => {
+                    if has_members(&name) {
+                        self.fresh.push_back((now, id, name));
+                    } else {
+                        self.drop_room(&name);
+                    }
+                }
+                _ => {} // stale: had a message since, or gone
+            }
+        }
     }
 
     /// Give back memory grown for histories that are gone.
     pub fn shrink_to_fit(&mut self) {
-        // Entries of emptied rooms linger until they come up; drop them now.
         let rooms = &self.rooms;
-        self.queue
-            .retain(|(_, id, name)| rooms.get(name).is_some_and(|h| h.id == *id));
+        let live = |queued: bool| {
+            move |(_, id, name): &Entry| {
+                rooms
+                    .get(name)
+                    .is_some_and(|h| h.id == *id && h.queued == queued)
+            }
+        };
+        self.queue.retain(live(true));
+        self.fresh.retain(live(false));
         self.rooms.shrink_to_fit();
         self.queue.shrink_to_fit();
+        self.fresh.shrink_to_fit();
     }
 }

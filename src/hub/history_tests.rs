@@ -457,17 +457,51 @@ fn the_byte_cap_drops_the_oldest_rooms_first() {
 }
 
 #[test]
-fn joining_and_leaving_rooms_without_messages_leaves_no_history() {
+fn a_client_that_joined_an_empty_room_recovers_what_came_while_it_was_away() {
     let mut t = history(10);
     let ann = t.open("ann");
+    let (joined, _) = join_since(&mut t, ann, "quiet", None);
+    assert_eq!(joined["seq"], 0);
+    let epoch = joined["epoch"].as_str().unwrap().to_string();
+    t.closed(ann);
+    publish(&mut t, "quiet", "first");
+    let ann = t.open("ann");
+    let (joined, replay) = join_since(&mut t, ann, "quiet", Some((&epoch, 0)));
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(seqs(&replay), [1]);
+}
+
+#[test]
+fn histories_without_messages_last_a_ttl_after_their_room_empties_and_go_first() {
+    let per_room = super::history::ROOM_COST + 3;
+    let mut t = with(HubConfig {
+        history_size: 10,
+        history_max_bytes: 20 * per_room + 500,
+        ..HubConfig::default()
+    });
+    let ann = t.open("ann");
+    t.join(ann, "kept");
+    say(&mut t, ann, "kept", "x");
     for i in 0..50 {
-        let room = format!("r{i}");
+        let room = format!("r{i:02}");
         t.join(ann, &room);
         t.text(ann, &format!(r#"{{"type":"leave","room":"{room}"}}"#));
     }
-    t.join(ann, "kept");
-    t.closed(ann);
     t.drain();
+    let (rooms, bytes, messages) = t.hub.history_usage();
+    assert!(
+        rooms <= 22 && bytes <= 20 * per_room + 500,
+        "{rooms} {bytes}"
+    );
+    assert_eq!(
+        messages, 1,
+        "the room with a message was not dropped for empty ones"
+    );
+    t.at(TTL.as_secs() / 2);
+    let (rooms, _, _) = t.hub.history_usage();
+    assert!(rooms > 1, "still within their TTL");
+    t.closed(ann);
+    t.at(3 * TTL.as_secs());
     assert_eq!(t.hub.history_usage(), (0, 0, 0));
     t.hub.shrink_to_fit();
 }

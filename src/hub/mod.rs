@@ -1349,7 +1349,7 @@ impl Hub {
         // The missed messages follow the `joined` at once, before anything
         // sent to the room later: the loop is single-threaded and outputs
         // are carried out in order.
-        let position = self.history.open(now, room);
+        let position = self.history.open(&self.config, now, room);
         let (max, max_bytes) = (self.config.max_recover, self.config.max_replay_bytes);
         // `Some(None)`: asked, and not recoverable (nothing is replayed).
         let replay: Option<Option<Vec<SharedFrame>>> = since.map(|since| {
@@ -1450,9 +1450,6 @@ impl Hub {
         }
         if last {
             self.announce("user_left", key, id);
-        }
-        if self.config.history_size > 0 && self.registry.room_key(&name).is_none() {
-            self.history.room_emptied(&name);
         }
         let members = self.registry.room(key).map_or(0, |r| r.user_count());
         let frame = protocol::json_frame(&m::Left {
@@ -1568,15 +1565,6 @@ impl Hub {
             .user
             .map(|u| self.registry.user(u).expect("session's user").name.clone());
         let limit = self.config.presence_announce_limit;
-        // Rooms that keep history learn when they empty.
-        let rooms: Vec<Arc<str>> = match self.config.history_size {
-            0 => Vec::new(),
-            _ => session
-                .rooms
-                .iter()
-                .filter_map(|&(k, _)| self.registry.room(k).map(|r| r.name.clone()))
-                .collect(),
-        };
         let outputs = &mut self.outputs;
         let removed = self.registry.remove(id, |reg, key, last_of_user| {
             let Some(room) = reg.room(key) else { return };
@@ -1599,11 +1587,6 @@ impl Hub {
                 });
             }
         });
-        for name in rooms {
-            if self.registry.room_key(&name).is_none() {
-                self.history.room_emptied(&name);
-            }
-        }
         if removed {
             log::debug!("{id} removed from the registry");
         }

@@ -130,6 +130,20 @@ impl Server {
         ))
     }
 
+    /// A server API request (JSON body, `key` as the bearer token); the
+    /// status and the body as JSON (`null` if it is not JSON).
+    pub fn api(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, body) = self.http(&req);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
     pub fn stats(&self) -> Value {
         self.stats_with_key(None)
     }

@@ -1,0 +1,270 @@
+//! End to end on one node: room history and recovery against the real
+//! daemon over loopback — every message exactly once, in order, across many
+//! cut connections while a publisher keeps going; recovery refused whole
+//! over the limits; a restart is a new epoch; the API and the counters.
+
+mod support;
+
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const API_KEY: &str = "api-key-0123456789abcdef";
+
+/// Join `room` with `since` (if any) and return the `joined`.
+fn join(c: &mut Client, room: &str, since: Option<&(String, u64)>) -> Value {
+    let mut msg = json!({"type": "join", "room": room});
+    if let Some((epoch, seq)) = since {
+        msg["since"] = json!({"epoch": epoch, "seq": seq});
+    }
+    c.send_json(msg);
+    c.expect("joined")
+}
+
+/// The next room message, past presence events.
+fn next_message(c: &mut Client) -> Value {
+    loop {
+        let m = c.recv_json();
+        match m["type"].as_str() {
+            Some("user_joined" | "user_left") => continue,
+            _ => {
+                assert_eq!(m["type"], "message", "{m}");
+                return m;
+            }
+        }
+    }
+}
+
+/// Drop the TCP connection without a close frame, like a lost network.
+fn cut(c: Client) {
+    let _ = c.ws.get_ref().shutdown(Shutdown::Both);
+}
+
+fn publish(server: &Server, room: &str, data: Value) {
+    publish_at(server.addr, room, data);
+}
+
+/// `POST /api/publish` to the daemon at `addr` (from any thread).
+fn publish_at(addr: SocketAddr, room: &str, data: Value) {
+    use std::io::{Read, Write};
+    let body = json!({"room": room, "data": data}).to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let (status, r) = parse_http(&raw);
+    assert_eq!(status, 200, "{r}");
+}
+
+#[test]
+fn every_message_arrives_once_and_in_order_across_many_cut_connections() {
+    const TOTAL: u64 = 3000;
+    let server = Server::start(&[
+        "--history-size",
+        "5000",
+        "--api-key",
+        API_KEY,
+        "--rate-limit",
+        "0",
+    ]);
+    let mut sub = server.joined("/ws?user=sub");
+    let joined = join(&mut sub, "feed", None);
+    let mut place = (joined["epoch"].as_str().unwrap().to_string(), 0u64);
+    assert_eq!(joined["seq"], 0);
+    let addr = server.addr;
+    let publisher = std::thread::spawn(move || {
+        // Nine of ten from a client, one through the API, without pause
+        // between most: the subscriber's cuts land mid-stream.
+        let mut p = Client::connect(addr, "/ws/feed?user=pub");
+        assert_eq!(p.expect("welcome")["user"], "pub");
+        p.expect("joined");
+        for i in 0..TOTAL {
+            if i % 10 == 9 {
+                publish_at(addr, "feed", json!({"i": i}));
+            } else {
+                p.send_json(json!({"type": "message", "room": "feed", "data": {"i": i}}));
+            }
+            // About a second in all: the subscriber's cuts and rejoins
+            // happen while messages keep coming.
+            if i % 4 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Everything sent was handled once the pong comes (the API's
+        // messages reach this member too).
+        p.send_json(json!({"type": "ping"}));
+        while p.recv_json()["type"] != "pong" {}
+    });
+    let mut seen = vec![false; TOTAL as usize];
+    let mut cuts = 0;
+    let mut random = 0x2545_f491_u64;
+    loop {
+        // Read a random number of messages, then lose the connection.
+        random = random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let take = 1 + (random >> 33) % 120;
+        for _ in 0..take {
+            if place.1 == TOTAL {
+                break;
+            }
+            let m = next_message(&mut sub);
+            let seq = m["seq"]
+                .as_u64()
+                .expect("messages of a room with history have a seq");
+            assert_eq!(seq, place.1 + 1, "after {} came {m}", place.1);
+            let i = m["data"]["i"].as_u64().unwrap() as usize;
+            assert!(!seen[i], "message {i} arrived twice");
+            seen[i] = true;
+            place.1 = seq;
+        }
+        if place.1 == TOTAL {
+            break;
+        }
+        cut(sub);
+        cuts += 1;
+        sub = server.joined("/ws?user=sub");
+        let joined = join(&mut sub, "feed", Some(&place));
+        assert_eq!(joined["recovered"], true, "cut {cuts}: {joined}");
+        assert_eq!(joined["epoch"].as_str(), Some(place.0.as_str()));
+    }
+    assert!(seen.iter().all(|&s| s), "every message arrived");
+    assert!(cuts >= 20, "only {cuts} cuts");
+    publisher.join().unwrap();
+    let stats = server.stats_with_key(Some(API_KEY));
+    assert!(
+        stats["history"]["recovered"].as_u64().unwrap() >= 20,
+        "{}",
+        stats["history"]
+    );
+    assert_eq!(stats["history"]["not_recovered"], 0);
+    assert_eq!(stats["history"]["messages"], TOTAL);
+}
+
+#[test]
+fn a_gap_over_the_history_or_over_max_recover_is_not_recovered_and_nothing_is_replayed() {
+    let server = Server::start(&[
+        "--history-size",
+        "10",
+        "--max-recover",
+        "5",
+        "--api-key",
+        API_KEY,
+    ]);
+    let mut ann = server.joined("/ws?user=ann");
+    let joined = join(&mut ann, "r", None);
+    let epoch = joined["epoch"].as_str().unwrap().to_string();
+    let mut seq = 0;
+    let mut miss = |n: u64, ann: Client| {
+        cut(ann);
+        for _ in 0..n {
+            publish(&server, "r", json!("x"));
+        }
+        let mut ann = server.joined("/ws?user=ann");
+        let joined = join(&mut ann, "r", Some(&(epoch.clone(), seq)));
+        seq += n;
+        assert_eq!(joined["seq"], seq);
+        (joined["recovered"].as_bool().unwrap(), ann)
+    };
+    let (recovered, mut ann) = miss(7, ann);
+    assert!(!recovered, "7 missed, max-recover 5");
+    ann.sync(); // nothing came between the joined and the pong
+    let (recovered, mut ann) = miss(3, ann);
+    assert!(recovered);
+    for expected in 8..=10 {
+        assert_eq!(ann.expect("message")["seq"], expected);
+    }
+    ann.sync();
+    let (recovered, mut ann) = miss(12, ann);
+    assert!(!recovered, "12 missed, 10 held");
+    ann.sync();
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains("switchboard_recoveries_total{recovered=\"false\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_recoveries_total{recovered=\"true\"} 1"));
+    assert!(metrics.contains("switchboard_history_messages 10"));
+}
+
+#[test]
+fn a_restart_is_a_new_epoch_and_recovery_says_so() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let flags = ["--history-size", "10", "--listen", listen.as_str()];
+    let mut server = Server::start(&flags);
+    let mut ann = server.joined("/ws?user=ann");
+    let bob = server.joined("/ws/r?user=bob");
+    let first = join(&mut ann, "r", None);
+    drop(bob);
+    server.signal_and_wait(libc::SIGTERM);
+    let server = Server::start(&flags);
+    let mut ann = server.joined("/ws?user=ann");
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    let joined = join(&mut ann, "r", Some(&(epoch, 0)));
+    assert_eq!(joined["recovered"], false, "{joined}");
+    assert_ne!(joined["epoch"], first["epoch"]);
+    assert_eq!(joined["seq"], 0);
+}
+
+#[test]
+fn the_history_request_and_the_api_give_the_latest_messages() {
+    let server = Server::start(&[
+        "--history-size",
+        "5",
+        "--history-rooms",
+        "chat:*",
+        "--api-key",
+        API_KEY,
+    ]);
+    for i in 1..=7 {
+        publish(&server, "chat:1", json!({"n": i}));
+    }
+    let mut ann = server.joined("/ws?user=ann");
+    ann.send_json(json!({"type": "history", "room": "chat:1", "limit": 2, "ref": 1}));
+    let h = ann.expect("history");
+    assert_eq!((h["seq"].as_u64(), h["ref"].as_u64()), (Some(7), Some(1)));
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(h["messages"][0]["data"], json!({"n": 6}));
+    assert_eq!(h["truncated"], true);
+    let e = ann.expect_error(json!({"type": "history", "room": "other"}), "no_history");
+    assert!(e["message"].as_str().unwrap().contains("history"));
+    let epoch = h["epoch"].as_str().unwrap();
+    let path = format!("/api/history/chat%3A1?epoch={epoch}&seq=4");
+    let (status, body) = server.api("GET", &path, Some(API_KEY), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("type").is_none());
+    let seqs: Vec<u64> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (seqs, body["truncated"].as_bool()),
+        (vec![5, 6, 7], Some(false))
+    );
+    let (status, _) = server.api("GET", &path, None, "");
+    assert_eq!(status, 401);
+    let (status, body) = server.api("GET", "/api/history/other", Some(API_KEY), "");
+    assert_eq!((status, body["error"].as_str()), (404, Some("no_history")));
+    let (status, body) = server.api(
+        "GET",
+        "/api/history/chat:1?seq=x&epoch=e",
+        Some(API_KEY),
+        "",
+    );
+    assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")));
+    let (status, _) = server.api("GET", "/api/history/chat:1?seq=1", Some(API_KEY), "");
+    assert_eq!(status, 400, "seq without epoch");
+    let (status, _) = server.api("POST", "/api/history/chat:1", Some(API_KEY), "");
+    assert_eq!(status, 405);
+}
