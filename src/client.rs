@@ -3,8 +3,10 @@
 //! through a cloneable [`ClientHandle`] and receives [`Event`]s from a
 //! channel. The same policy as the JavaScript client (README "Clients"):
 //! exponential backoff with full jitter reset only by a `welcome`, rooms
-//! joined again after every reconnect, close-code classes, and its own
-//! dead-connection timeout from the `welcome`'s heartbeat settings.
+//! joined again after every reconnect (with `since` in rooms with history,
+//! so what was missed is replayed, and a repeated message is dropped),
+//! close-code classes, and its own dead-connection timeout from the
+//! `welcome`'s heartbeat settings.
 //!
 //! ```no_run
 //! use switchboard::client::{Client, ClientConfig, Event};
@@ -18,7 +20,7 @@
 //! }
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -290,6 +292,81 @@ impl Reconnect {
     }
 }
 
+/// The rooms a client is in and, in rooms with history, its place in each
+/// (`epoch`, last `seq` seen): sent as `since` when it joins again, and
+/// what tells a message already seen from a new one.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: BTreeMap<String, Option<(String, u64)>>,
+}
+
+impl Rooms {
+    /// Remember `room` (its place, if known, is kept).
+    pub fn add(&mut self, room: &str) {
+        self.rooms.entry(room.to_string()).or_insert(None);
+    }
+
+    /// Forget `room` and its place: a later join starts afresh.
+    pub fn remove(&mut self, room: &str) {
+        self.rooms.remove(room);
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.rooms.keys().cloned().collect()
+    }
+
+    /// Where the client is in `room`'s history, if it has one.
+    pub fn place(&self, room: &str) -> Option<(&str, u64)> {
+        self.rooms
+            .get(room)
+            .and_then(|p| p.as_ref())
+            .map(|(e, s)| (e.as_str(), *s))
+    }
+
+    /// The `join` for `room`: with `since` once its place is known.
+    pub fn join_message(&self, room: &str) -> Value {
+        match self.place(room) {
+            Some((epoch, seq)) => {
+                json!({"type": "join", "room": room, "since": {"epoch": epoch, "seq": seq}})
+            }
+            None => json!({"type": "join", "room": room}),
+        }
+    }
+
+    /// Note a server message; `false` for a room message already seen (a
+    /// replay overlapping what arrived), which the application should not
+    /// get again.
+    pub fn on_server(&mut self, v: &Value) -> bool {
+        let Some(Some(room)) = v["room"].as_str().map(|r| self.rooms.get_mut(r)) else {
+            return true;
+        };
+        match v["type"].as_str() {
+            Some("joined") => {
+                let (Some(epoch), Some(seq)) = (v["epoch"].as_str(), v["seq"].as_u64()) else {
+                    *room = None; // no history here
+                    return true;
+                };
+                // Recovered: the missed messages follow and move the place
+                // on. Otherwise (first join, or not recoverable) the place
+                // is the room's latest.
+                if v["recovered"] != true || room.is_none() {
+                    *room = Some((epoch.to_string(), seq));
+                }
+                true
+            }
+            Some("message") => match (v["seq"].as_u64(), room.as_mut()) {
+                (Some(seq), Some((_, last))) if seq <= *last => false,
+                (Some(seq), Some((_, last))) => {
+                    *last = seq;
+                    true
+                }
+                _ => true,
+            },
+            _ => true,
+        }
+    }
+}
+
 /// How often the I/O thread looks at its commands and timers.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -297,7 +374,7 @@ struct IoThread {
     config: ClientConfig,
     commands: Receiver<Command>,
     events: Sender<Event>,
-    rooms: BTreeSet<String>,
+    rooms: Rooms,
     pending: HashMap<u64, (Reply, Instant)>,
     next_ref: u64,
     reconnect: Reconnect,
@@ -326,7 +403,7 @@ impl IoThread {
             config,
             commands,
             events,
-            rooms: BTreeSet::new(),
+            rooms: Rooms::default(),
             pending: HashMap::new(),
             next_ref: 1,
         }
@@ -407,7 +484,7 @@ impl IoThread {
     fn refuse(&mut self, cmd: Command) {
         match cmd {
             Command::Join(room, reply) => {
-                self.rooms.insert(room);
+                self.rooms.add(&room);
                 let _ = reply.send(Err(ClientError::NotConnected));
             }
             Command::Leave(room, reply) => {
@@ -481,15 +558,16 @@ impl IoThread {
                         dead = interval + secs("ping_timeout", 10.0);
                         self.emit(Event::State(State::Connected));
                         self.emit(Event::Connected(v.clone()));
-                        for room in self.rooms.clone() {
-                            let r = self.next_ref;
+                        for room in self.rooms.names() {
+                            let mut join = self.rooms.join_message(&room);
+                            join["ref"] = json!(self.next_ref);
                             self.next_ref += 1;
-                            Self::send_json(
-                                &mut ws,
-                                &json!({"type": "join", "room": room, "ref": r}),
-                            );
+                            Self::send_json(&mut ws, &join);
                         }
                         continue;
+                    }
+                    if !self.rooms.on_server(&v) {
+                        continue; // seen before the connection was lost
                     }
                     if let Some(r) = v.get("ref").and_then(Value::as_u64) {
                         if let Some((reply, _)) = self.pending.remove(&r) {
@@ -541,8 +619,8 @@ impl IoThread {
                     Command::Send(v) => Self::send_json(&mut ws, &v),
                     Command::Request(mut v, reply) => self.send_request(&mut ws, &mut v, reply),
                     Command::Join(room, reply) => {
-                        self.rooms.insert(room.clone());
-                        let mut v = json!({"type": "join", "room": room});
+                        self.rooms.add(&room);
+                        let mut v = self.rooms.join_message(&room);
                         self.send_request(&mut ws, &mut v, reply)
                     }
                     Command::Leave(room, reply) => {
@@ -673,6 +751,50 @@ mod tests {
         assert_eq!(
             with_token("ws://h/ws?tokenish=1", "a+b/="),
             "ws://h/ws?tokenish=1&token=a%2Bb%2F%3D"
+        );
+    }
+
+    #[test]
+    fn rooms_remember_their_place_and_drop_what_was_seen() {
+        let mut rooms = Rooms::default();
+        rooms.add("r");
+        assert_eq!(
+            rooms.join_message("r"),
+            json!({"type": "join", "room": "r"})
+        );
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "epoch": "e", "seq": 4})));
+        let message = |seq| json!({"type": "message", "room": "r", "seq": seq, "data": 1});
+        assert!(rooms.on_server(&message(5)));
+        assert_eq!(rooms.place("r"), Some(("e", 5)));
+        assert_eq!(
+            rooms.join_message("r")["since"],
+            json!({"epoch": "e", "seq": 5})
+        );
+        // Recovered: the place stays until the replay moves it; a message
+        // seen twice is dropped.
+        let recovered =
+            json!({"type": "joined", "room": "r", "epoch": "e", "seq": 7, "recovered": true});
+        assert!(rooms.on_server(&recovered));
+        assert_eq!(rooms.place("r"), Some(("e", 5)));
+        assert!(!rooms.on_server(&message(5)));
+        assert!(rooms.on_server(&message(6)) && rooms.on_server(&message(7)));
+        assert!(!rooms.on_server(&message(7)));
+        // Not recovered: the place is the room's latest, in its epoch.
+        let lost =
+            json!({"type": "joined", "room": "r", "epoch": "f", "seq": 2, "recovered": false});
+        assert!(rooms.on_server(&lost));
+        assert_eq!(rooms.place("r"), Some(("f", 2)));
+        // Other rooms and messages without seq pass; leaving forgets.
+        assert!(rooms.on_server(&json!({"type": "message", "room": "x", "seq": 1})));
+        assert!(rooms.on_server(&json!({"type": "message", "room": "r", "data": 1})));
+        rooms.remove("r");
+        rooms.add("r");
+        assert_eq!(rooms.place("r"), None);
+        // A room without history has no place.
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "members": 1})));
+        assert_eq!(
+            rooms.join_message("r"),
+            json!({"type": "join", "room": "r"})
         );
     }
 

@@ -268,3 +268,72 @@ fn the_history_request_and_the_api_give_the_latest_messages() {
     let (status, _) = server.api("POST", "/api/history/chat:1", Some(API_KEY), "");
     assert_eq!(status, 405);
 }
+
+#[test]
+fn the_js_client_in_chromium_loses_nothing_across_cut_connections() {
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/browser-tools/node_modules/playwright-core");
+    assert!(
+        tools.exists(),
+        "run scripts/test.sh (it installs playwright-core and chromium)"
+    );
+    support::drive_node(
+        "history_browser.mjs",
+        &["--history-size", "1000", "--api-key", API_KEY],
+        &[API_KEY, "cut"],
+    );
+}
+
+#[test]
+fn the_rust_client_loses_nothing_across_cut_connections() {
+    use switchboard::client::{Client as RustClient, ClientConfig, Event};
+    const TOTAL: u64 = 600;
+    let server = Server::start(&["--history-size", "1000", "--api-key", API_KEY]);
+    let mut config = ClientConfig::new(server.url("/ws?user=reader"));
+    config.min_delay = Duration::from_millis(20);
+    config.max_delay = Duration::from_millis(200);
+    let (reader, events) = RustClient::connect(config);
+    let first = reader.join("feed").unwrap();
+    assert_eq!(first["seq"], 0);
+    let addr = server.addr;
+    let publisher = std::thread::spawn(move || {
+        for n in 0..TOTAL {
+            publish_at(addr, "feed", json!({"n": n}));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let mut list = Vec::new();
+    let mut rejoins = Vec::new();
+    while (list.len() as u64) < TOTAL {
+        let event = events.recv_timeout(WAIT).expect("an event");
+        let Event::Message(m) = event else { continue };
+        match m["type"].as_str() {
+            Some("message") => {
+                list.push(m["data"]["n"].as_u64().unwrap());
+                if list.len() % 100 == 50 {
+                    let body = r#"{"user":"reader","code":4150,"reason":"cut"}"#;
+                    let (status, _) = server.api("POST", "/api/disconnect", Some(API_KEY), body);
+                    assert_eq!(status, 200);
+                }
+            }
+            Some("joined") => rejoins.push(m),
+            _ => {}
+        }
+    }
+    publisher.join().unwrap();
+    assert_eq!(
+        list,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    // The first is the answer to `join` above, also given as an event.
+    let rejoins = &rejoins[1..];
+    assert!(rejoins.len() >= 5, "{rejoins:?}");
+    assert!(
+        rejoins
+            .iter()
+            .all(|j| j["recovered"] == true && j["epoch"] == first["epoch"]),
+        "{rejoins:?}"
+    );
+    reader.close();
+}

@@ -8,9 +8,11 @@
 //   sb.send("lobby", { text: "hi" });
 //
 // Reconnects by itself (exponential backoff with full jitter, reset only by
-// a `welcome`), joins its rooms again after every reconnect, and detects a
-// dead connection from the server's heartbeat settings. See README
-// "Clients" for the whole contract.
+// a `welcome`), joins its rooms again after every reconnect (in rooms with
+// history with `since`, so what was missed is replayed and nothing is seen
+// twice; `joined.recovered === false` means reload), and detects a dead
+// connection from the server's heartbeat settings. See README "Clients"
+// and "History and recovery" for the whole contract.
 
 /** Close codes after which the client does not reconnect. */
 const FINAL = new Set([1000, 1002, 1003, 1007, 1009]);
@@ -46,6 +48,8 @@ export class Switchboard {
     this.state = "disconnected";
     this.welcome = null;
     this.rooms = new Set();
+    /** Rooms with history: room -> { epoch, seq } last seen. */
+    this.places = new Map();
     this.handlers = new Map();
     this.pending = new Map();
     this.nextRef = 1;
@@ -152,14 +156,15 @@ export class Switchboard {
       this.emit("connected", msg);
       this.armPing();
       for (const room of again) {
-        this.request({ type: "join", room }).catch((e) => {
+        this.request(this.joinMessage(room)).catch((e) => {
           // Refused (forbidden, a cap…): forgotten, not asked again after
           // every reconnect. Transient failures keep the room.
-          if (!TRANSIENT.has(e.code)) this.rooms.delete(room);
+          if (!TRANSIENT.has(e.code)) this.forget(room);
           this.emit("rejoin_failed", { room, error: e });
         });
       }
     }
+    if (!this.notePlace(msg)) return; // a message seen before the reconnect
     if (msg.ref !== undefined && this.pending.has(msg.ref)) {
       const p = this.pending.get(msg.ref);
       this.pending.delete(msg.ref);
@@ -175,6 +180,37 @@ export class Switchboard {
       }
     }
     this.emit(msg.type, msg);
+  }
+
+  /** `join`, with `since` once the room's place is known. */
+  joinMessage(room) {
+    const place = this.places.get(room);
+    return place ? { type: "join", room, since: place } : { type: "join", room };
+  }
+
+  /** Keep each room's place; false for a room message already seen. */
+  notePlace(msg) {
+    if (!this.rooms.has(msg.room)) return true;
+    if (msg.type === "joined") {
+      if (msg.epoch === undefined) this.places.delete(msg.room);
+      // Recovered: the replay that follows moves the place on. Otherwise
+      // (a first join, or not recoverable) it is the room's latest.
+      else if (msg.recovered !== true || !this.places.has(msg.room)) {
+        this.places.set(msg.room, { epoch: msg.epoch, seq: msg.seq });
+      }
+    } else if (msg.type === "message" && msg.seq !== undefined) {
+      const place = this.places.get(msg.room);
+      if (place) {
+        if (msg.seq <= place.seq) return false;
+        place.seq = msg.seq;
+      }
+    }
+    return true;
+  }
+
+  forget(room) {
+    this.rooms.delete(room);
+    this.places.delete(room);
   }
 
   /** Interval (ms) after which silence is answered with a ping, and the
@@ -299,16 +335,16 @@ export class Switchboard {
   /** Join `room` (and again after every reconnect); the `joined` reply. */
   join(room) {
     this.rooms.add(room);
-    return this.request({ type: "join", room }).catch((e) => {
+    return this.request(this.joinMessage(room)).catch((e) => {
       // Refused: not remembered. Not connected (or a passing failure):
       // remembered, joined at the next welcome.
-      if (!TRANSIENT.has(e.code)) this.rooms.delete(room);
+      if (!TRANSIENT.has(e.code)) this.forget(room);
       throw e;
     });
   }
 
   leave(room) {
-    this.rooms.delete(room);
+    this.forget(room);
     return this.request({ type: "leave", room });
   }
 
