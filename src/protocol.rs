@@ -452,6 +452,25 @@ impl FrameWriter {
     }
 }
 
+/// How every room message's JSON starts; in cluster mode its `seq` (known
+/// only once Redis numbered it) is put right after.
+pub const MESSAGE_PREFIX: &[u8] = br#"{"type":"message","#;
+
+/// A room message's frame with its `seq`, from the message's JSON without
+/// one (as it travels through Redis). `None` unless `body` is UTF-8 and
+/// starts like a room message: whatever else is published is not sent on.
+pub fn sequenced_message(body: &[u8], seq: u64) -> Option<SharedFrame> {
+    use std::io::Write;
+    let rest = body.strip_prefix(MESSAGE_PREFIX)?;
+    std::str::from_utf8(rest).ok()?;
+    let mut w = FrameWriter::text(body.len() + 24);
+    let out = w.payload();
+    out.extend_from_slice(MESSAGE_PREFIX);
+    let _ = write!(out, "\"seq\":{seq},");
+    out.extend_from_slice(rest);
+    Some(w.finish())
+}
+
 /// The payload of a frame this server encoded (past its header).
 pub fn frame_payload(frame: &[u8]) -> &[u8] {
     let start = match frame.get(1).map(|b| b & 0x7f) {

@@ -136,8 +136,14 @@ impl History {
 
     /// The room's position, making its history (a new epoch, seq 0) if it
     /// has none.
-    pub fn open(&mut self, config: &HubConfig, now: Instant, room: &str) -> Position {
-        self.entry(config, now, room);
+    pub fn open(
+        &mut self,
+        config: &HubConfig,
+        now: Instant,
+        room: &str,
+        has_members: impl Fn(&str) -> bool,
+    ) -> Position {
+        self.entry(config, now, room, has_members);
         let h = &self.rooms[room];
         Position {
             epoch: h.epoch.clone(),
@@ -145,7 +151,13 @@ impl History {
         }
     }
 
-    fn entry(&mut self, config: &HubConfig, now: Instant, room: &str) {
+    fn entry(
+        &mut self,
+        config: &HubConfig,
+        now: Instant,
+        room: &str,
+        has_members: impl Fn(&str) -> bool,
+    ) {
         if self.rooms.contains_key(room) {
             return;
         }
@@ -168,7 +180,7 @@ impl History {
             },
         );
         if self.bytes > config.history_max_bytes {
-            self.evict(config.history_max_bytes, room);
+            self.evict(config.history_max_bytes, room, has_members);
         }
     }
 
@@ -179,9 +191,10 @@ impl History {
         config: &HubConfig,
         now: Instant,
         room: &str,
+        has_members: impl Fn(&str) -> bool,
         build: impl FnOnce(u64) -> SharedFrame,
     ) -> SharedFrame {
-        self.entry(config, now, room);
+        self.entry(config, now, room, &has_members);
         let h = self.rooms.get_mut(room).expect("just made");
         h.seq += 1;
         let frame = build(h.seq);
@@ -202,7 +215,7 @@ impl History {
             self.queue.push_back((now, id, name.clone()));
         }
         if self.bytes > config.history_max_bytes {
-            self.evict(config.history_max_bytes, room);
+            self.evict(config.history_max_bytes, room, has_members);
         }
         frame
     }
@@ -211,7 +224,10 @@ impl History {
     /// histories, oldest written first (approximately: the queue's order,
     /// with a second chance for rooms written since they were queued),
     /// never `keep`'s; if `keep` alone is over the cap, its oldest messages.
-    fn evict(&mut self, max: usize, keep: &str) {
+    /// A room with members keeps its epoch and seq (only its messages go):
+    /// its members' places stay meaningful, and a new epoch never starts
+    /// under a connected client.
+    fn evict(&mut self, max: usize, keep: &str, has_members: impl Fn(&str) -> bool) {
         let mut looked = 0;
         let rounds = self.fresh.len();
         while self.bytes > max && looked < rounds {
@@ -221,7 +237,7 @@ impl History {
             };
             match self.rooms.get(&name) {
                 Some(h) if h.id == id && !h.queued => {
-                    if &*name == keep {
+                    if &*name == keep || has_members(&name) {
                         self.fresh.push_back((when, id, name));
                     } else {
                         self.drop_room(&name);
@@ -243,6 +259,14 @@ impl History {
             if &*name == keep || h.last_write > when {
                 let again = h.last_write.max(when);
                 self.queue.push_back((again, id, name));
+                continue;
+            }
+            if has_members(&name) {
+                let h = self.rooms.get_mut(&name).expect("looked up");
+                while !h.frames.is_empty() {
+                    self.bytes -= h.pop_oldest();
+                }
+                self.queue.push_back((when, id, name));
                 continue;
             }
             self.drop_room(&name);

@@ -35,13 +35,15 @@ pub struct Limits {
 
 #[derive(Serialize)]
 pub struct RoomMessage<'a> {
+    /// Always `message`: a frame with history starts `{"type":"message",`
+    /// then `"seq":N,` ([`crate::protocol::sequenced_message`] relies on it).
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub room: &'a str,
-    pub from: Option<&'a str>,
     /// Rooms with history: the message's number in the room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    pub room: &'a str,
+    pub from: Option<&'a str>,
     pub data: &'a RawValue,
 }
 

@@ -797,9 +797,14 @@ impl Hub {
             })
         };
         let frame = match keeps {
-            true => self
-                .history
-                .append(&self.config, self.now, room, |seq| message(Some(seq))),
+            true => {
+                let registry = &self.registry;
+                let members = |r: &str| registry.room_key(r).is_some();
+                self.history
+                    .append(&self.config, self.now, room, members, |seq| {
+                        message(Some(seq))
+                    })
+            }
             false => message(None),
         };
         self.room_frame(room, key, frame)
@@ -991,7 +996,9 @@ impl Hub {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
                 let frame = if History::keeps(&self.config, &room) {
                     let from = self.user_arc(id);
-                    self.history.append(&self.config, now, &room, |seq| {
+                    let registry = &self.registry;
+                    let members = |r: &str| registry.room_key(r).is_some();
+                    self.history.append(&self.config, now, &room, members, |seq| {
                         protocol::json_frame(&m::RoomMessage {
                             kind: "message",
                             room: &room,
@@ -1349,7 +1356,9 @@ impl Hub {
         // The missed messages follow the `joined` at once, before anything
         // sent to the room later: the loop is single-threaded and outputs
         // are carried out in order.
-        let position = self.history.open(&self.config, now, room);
+        let registry = &self.registry;
+        let members = |r: &str| registry.room_key(r).is_some();
+        let position = self.history.open(&self.config, now, room, members);
         let (max, max_bytes) = (self.config.max_recover, self.config.max_replay_bytes);
         // `Some(None)`: asked, and not recoverable (nothing is replayed).
         let replay: Option<Option<Vec<SharedFrame>>> = since.map(|since| {
