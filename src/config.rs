@@ -808,14 +808,6 @@ impl Config {
                     .into(),
             });
         }
-        if self.hub.history_size > 0 && !self.cluster.is_empty() {
-            return Err(ConfigError {
-                setting: "history_size".into(),
-                message: "history is not available in cluster mode yet (--cluster): rooms' \
-                          seq must be cluster-wide, kept in Redis; run history on a single node"
-                    .into(),
-            });
-        }
         if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {
             return Err(ConfigError {
                 setting: "max_output_queue".into(),

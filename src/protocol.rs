@@ -356,6 +356,9 @@ pub enum CloseReason {
     SlowConsumer,
     /// 4102: kept sending over the message rate limit.
     RateLimited,
+    /// 4103: cluster mode: this node missed messages of a room with
+    /// history that it could not fill in; reconnect and rejoin with `since`.
+    HistoryGap,
     /// A code chosen by the server's operator (API or embedding; 4000 by default).
     Server(u16),
 }
@@ -372,6 +375,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4100,
             CloseReason::SlowConsumer => 4101,
             CloseReason::RateLimited => 4102,
+            CloseReason::HistoryGap => 4103,
             CloseReason::Server(code) => code,
         }
     }
@@ -387,6 +391,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "Heartbeat timeout",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limit exceeded",
+            CloseReason::HistoryGap => "missed room messages: rejoin to recover",
             CloseReason::Server(_) => "disconnected by the server",
         }
     }
@@ -450,6 +455,11 @@ impl FrameWriter {
     pub fn finish(self) -> SharedFrame {
         self.finish_with_opcode(0x1)
     }
+}
+
+/// A server message's JSON text (no frame), e.g. what travels through Redis.
+pub fn json_body<T: serde::Serialize + ?Sized>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("server messages always serialize"))
 }
 
 /// How every room message's JSON starts; in cluster mode its `seq` (known

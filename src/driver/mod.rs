@@ -794,6 +794,41 @@ impl Driver {
                             }
                         }
                     },
+                    Output::HistoryPublish { room, except, body } => match &mut self.cluster {
+                        Some(c) => c.history_publish(room, except, body),
+                        None => {
+                            // No cluster (an embedding that set `cluster`
+                            // by hand): delivered here, without a seq.
+                            let frame = crate::protocol::text_frame(&body);
+                            let envelope = crate::hub::cluster::frame_envelope(
+                                self.hub.node_id(),
+                                except,
+                                &frame,
+                            );
+                            self.hub
+                                .handle_cluster_message(ChannelName::Room(&room), &envelope);
+                        }
+                    },
+                    Output::HistoryFill {
+                        room,
+                        epoch,
+                        after,
+                        upto,
+                    } => match &mut self.cluster {
+                        Some(c) => c.history_fill(room, &epoch, after, upto),
+                        None => self.hub.handle_history_fill(&room, None),
+                    },
+                    Output::HistoryRead {
+                        room,
+                        since,
+                        limit,
+                        reply,
+                    } => match &mut self.cluster {
+                        Some(c) => c.history_read(&room, since, limit, reply),
+                        None => self
+                            .hub
+                            .handle_cluster_answer(reply, ClusterAnswer::Unavailable),
+                    },
                     Output::Query { room, reply } => match &mut self.cluster {
                         Some(c) => c.query(&room, reply),
                         None => self
@@ -851,6 +886,7 @@ impl Driver {
             cluster::Event::Answer(pending, answer) => {
                 self.hub.handle_cluster_answer(pending, answer)
             }
+            cluster::Event::Filled(room, missed) => self.hub.handle_history_fill(&room, missed),
             cluster::Event::Claim(id, granted) => {
                 self.hub.handle_cluster_claim(Instant::now(), id, granted)
             }

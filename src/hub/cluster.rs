@@ -21,7 +21,13 @@
 //! L <node> <members> <user len>\n<user>                  user_left (from a script)
 //! D <code>\n<text>                                       close every connection of the user
 //! M <node> <conn>\n                                       where a join took effect (from a script)
+//! H <node> <conn|-> <seq> <epoch>\n<message>            a room message with history (from a script)
 //! ```
+//!
+//! `H` carries a room message's JSON without its `seq`: Redis numbers it
+//! (one script keeps the room's stream, its epoch and seq, and publishes),
+//! and every node puts the `seq` in once (see
+//! [`crate::protocol::sequenced_message`]).
 
 use std::sync::Arc;
 
@@ -65,6 +71,16 @@ pub enum PendingKind {
     /// A `private` to a user with no connection here: `user_offline` if no
     /// node holds one either.
     Private,
+    /// `history`: the room's latest messages.
+    History { room: Arc<str> },
+}
+
+/// A join of a room with history asks Redis for the room's place at the
+/// join's marker and, with `since`, for what the client missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryAsk {
+    /// The client's place, from its `join`.
+    pub since: Option<(String, u64)>,
 }
 
 /// This node's connections of `user` in `room` are now `connections`
@@ -86,6 +102,9 @@ pub struct PresenceChange {
     pub join: Option<u64>,
     /// Answer with the room's listing afterwards.
     pub reply: Option<Pending>,
+    /// A join of a room with history: its place (and what was missed)
+    /// comes with the listing.
+    pub history: Option<HistoryAsk>,
 }
 
 /// A room's users over the whole cluster.
@@ -95,6 +114,32 @@ pub struct Listing {
     pub members: usize,
     /// Some of them (up to the member list limit).
     pub users: Vec<ListedUser>,
+    /// Asked for with a join (or query) of a room with history.
+    pub history: Option<ListedHistory>,
+}
+
+/// A room's history as a join found it in Redis, in the same step as its
+/// marker: every message after `seq` comes live after the marker.
+#[derive(Debug, Clone, Default)]
+pub struct ListedHistory {
+    pub epoch: String,
+    pub seq: u64,
+    /// With `since`: whether every missed message is in `replay`.
+    pub recovered: Option<bool>,
+    /// The missed messages (JSON without `seq`), oldest first: seqs
+    /// `seq - replay.len() + 1 ..= seq`.
+    pub replay: Vec<Bytes>,
+}
+
+/// The latest messages of a room's history (a `history` request).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// `None` when the room has no history in Redis.
+    pub epoch: Option<String>,
+    pub seq: u64,
+    pub truncated: bool,
+    /// Oldest first, each with its seq.
+    pub messages: Vec<(u64, Bytes)>,
 }
 
 /// One user in a [`Listing`].
@@ -137,6 +182,15 @@ pub enum Envelope<'a> {
         origin: &'a str,
         conn: ConnId,
         join: Option<u64>,
+    },
+    /// A room message with history, numbered by Redis.
+    History {
+        origin: &'a str,
+        except: Option<ConnId>,
+        seq: u64,
+        epoch: &'a str,
+        /// The message's JSON without `seq`.
+        body: Bytes,
     },
 }
 
@@ -195,6 +249,13 @@ impl<'a> Envelope<'a> {
                     join,
                 }
             }
+            "H" => Envelope::History {
+                origin: words.next()?,
+                except: conn(words.next()?)?,
+                seq: words.next()?.parse().ok().filter(|&s| s > 0)?,
+                epoch: words.next()?,
+                body: payload.slice(end + 1..),
+            },
             "D" => Envelope::Disconnect {
                 code: words.next()?.parse().ok()?,
                 text: std::str::from_utf8(body).ok()?,
@@ -243,6 +304,12 @@ pub fn conn_word(id: ConnId, join: Option<u64>) -> String {
         Some(n) => format!("{id}.{n}"),
         None => id.to_string(),
     }
+}
+
+/// A connection as envelopes name it (`"index.generation"`); `None` for
+/// `-` or anything else.
+pub fn parse_conn(word: &str) -> Option<ConnId> {
+    conn(word).flatten()
 }
 
 /// `"index.generation"` or `-`.

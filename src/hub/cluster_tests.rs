@@ -177,6 +177,7 @@ fn presence_is_asserted_as_absolute_counts_and_channels_follow_members() {
         ClusterAnswer::Listing(Listing {
             members: 7,
             users: Vec::new(),
+            history: None,
         }),
     );
     let left = t.only(a1);
@@ -254,6 +255,7 @@ fn joined_and_presence_answer_with_the_clusters_listing() {
                 info: Some(RawValue::from_string(r#"{"n":"Z"}"#.into()).unwrap()),
             },
         ],
+        history: None,
     };
     let join = join_of(&replies[0]);
     t.answer(replies.remove(0), ClusterAnswer::Listing(listing));
@@ -543,6 +545,7 @@ fn a_join_takes_effect_where_its_marker_is_in_the_rooms_order() {
         ClusterAnswer::Listing(Listing {
             members: 2,
             users: Vec::new(),
+            history: None,
         }),
     );
     let got = t.drain_frames();
@@ -577,6 +580,7 @@ fn a_join_whose_marker_never_comes_takes_effect_after_a_while() {
         ClusterAnswer::Listing(Listing {
             members: 2,
             users: Vec::new(),
+            history: None,
         }),
     );
     assert!(t.drain().is_empty(), "joined waits for the marker");
@@ -629,6 +633,7 @@ fn joins_and_leaves_in_a_row_answer_each_in_order() {
             ClusterAnswer::Listing(Listing {
                 members: 2,
                 users: Vec::new(),
+                history: None,
             }),
         );
     }
@@ -669,6 +674,7 @@ fn a_join_asked_again_after_the_answer_gets_the_clusters_listing() {
         ClusterAnswer::Listing(Listing {
             members: 9,
             users: Vec::new(),
+            history: None,
         }),
     );
     // Asked again before the marker: answered with the same listing.
@@ -688,3 +694,6 @@ fn a_join_asked_again_after_the_answer_gets_the_clusters_listing() {
         .collect();
     assert_eq!(got, [(1, 9), (2, 9)]);
 }
+
+#[path = "cluster_history_tests.rs"]
+mod cluster_history_tests;

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use self::cluster::{Channel, Envelope, Pending, PendingKind, PresenceChange};
+use self::cluster::{
+    Channel, Envelope, HistoryAsk, HistoryPage, Pending, PendingKind, PresenceChange,
+};
 pub use self::config::HubConfig;
 pub use self::grants::{Grants, RoomPatterns};
 pub use self::handler::{Context, Handler};
@@ -95,6 +97,32 @@ pub enum Output {
     Presence(PresenceChange),
     /// Cluster mode: answer `reply` with the room's listing.
     Query { room: Arc<str>, reply: Pending },
+    /// Cluster mode: a message of a room with history (its JSON without
+    /// `seq`), for Redis to number, keep and publish. If it cannot go out,
+    /// this node's members get it without a `seq`: hand
+    /// [`Hub::handle_cluster_message`] an `F` envelope of it.
+    HistoryPublish {
+        room: Arc<str>,
+        except: Option<ConnId>,
+        body: Bytes,
+    },
+    /// Cluster mode: this node missed messages `after + 1 ..= upto` of the
+    /// room's history `epoch` (its subscriber link lost them): answer
+    /// with [`Hub::handle_history_fill`].
+    HistoryFill {
+        room: Arc<str>,
+        epoch: Arc<str>,
+        after: u64,
+        upto: u64,
+    },
+    /// Cluster mode: a `history` request; answer `reply` with
+    /// [`ClusterAnswer::History`].
+    HistoryRead {
+        room: Arc<str>,
+        since: Option<(String, u64)>,
+        limit: usize,
+        reply: Pending,
+    },
     /// Cluster mode: this node now holds `connections` of `user`. With
     /// `claim`, that new connection waits for the cluster's per-user cap:
     /// answer with [`Hub::handle_cluster_claim`].
@@ -142,7 +170,11 @@ struct Joining {
     /// Joins of the same room asked while this one is pending (`details`,
     /// `ref`): answered with the same listing, right after it.
     more: Vec<(bool, Option<Box<RawValue>>)>,
-    held: Vec<SharedFrame>,
+    /// With the seq of room messages with history (0 for other frames):
+    /// the history the join found in Redis may hold some of them already.
+    held: Vec<(u64, SharedFrame)>,
+    /// The join asked to recover (`since`).
+    recovering: bool,
     /// What a `joined` from this node's view needs, if the connection
     /// leaves before the cluster answered.
     details: bool,
@@ -177,6 +209,20 @@ pub enum ClusterAnswer {
     Delivered(usize),
     /// The cluster could not be asked: answer from this node's view.
     Unavailable,
+    /// A room's latest messages.
+    History(HistoryPage),
+}
+
+/// Cluster mode: where this node is in a room's history, from the `H`
+/// envelopes it delivered (and joins' answers): a seq that jumps means
+/// messages it missed (its subscriber link lost them).
+#[derive(Debug)]
+struct Tracked {
+    epoch: Arc<str>,
+    seq: u64,
+    /// Filling a gap from Redis: what arrived on the room's channel
+    /// meanwhile, handled once the gap is filled.
+    fill: Option<Vec<Bytes>>,
 }
 
 /// How a connection asks to join the hub.
@@ -243,8 +289,10 @@ pub struct Hub {
     /// Cluster mode: joins not in effect yet, by room.
     joining: HashMap<RoomKey, Vec<Joining>>,
     next_join: u64,
-    /// Rooms' recent messages (`history_size` > 0).
+    /// Rooms' recent messages (`history_size` > 0; one node).
     history: History,
+    /// Cluster mode: rooms with history and a member here.
+    tracked: HashMap<Arc<str>, Tracked>,
     /// The latest time the driver gave (inputs without `now`, such as
     /// [`Hub::publish`], are stamped with it).
     now: Instant,
@@ -277,6 +325,7 @@ impl Hub {
             joining: HashMap::new(),
             next_join: 0,
             history: History::new(Arc::from("0")),
+            tracked: HashMap::new(),
             now,
         }
     }
@@ -787,6 +836,23 @@ impl Hub {
         if key.is_none() && !self.config.cluster && !keeps {
             return 0;
         }
+        if self.config.cluster && keeps {
+            let body = protocol::json_body(&m::RoomMessage {
+                kind: "message",
+                room,
+                from: None,
+                seq: None,
+                data,
+            });
+            self.outputs.push_back(Output::HistoryPublish {
+                room: Arc::from(room),
+                except: None,
+                body,
+            });
+            return key
+                .and_then(|k| self.registry.room(k))
+                .map_or(0, |r| r.members.len());
+        }
         let message = |seq| {
             protocol::json_frame(&m::RoomMessage {
                 kind: "message",
@@ -994,19 +1060,34 @@ impl Hub {
             }
             ClientMsg::Message { room, data, echo } => {
                 let key = self.member_room(id, &room).map_err(with_ref)?;
+                let except = if echo { None } else { Some(id) };
+                if self.config.cluster && History::keeps(&self.config, &room) {
+                    let body = protocol::json_body(&m::RoomMessage {
+                        kind: "message",
+                        room: &room,
+                        from: Some(self.user_name_of(id)),
+                        seq: None,
+                        data,
+                    });
+                    let room = self.registry.room(key).expect("member's room").name.clone();
+                    self.outputs
+                        .push_back(Output::HistoryPublish { room, except, body });
+                    return Ok(());
+                }
                 let frame = if History::keeps(&self.config, &room) {
                     let from = self.user_arc(id);
                     let registry = &self.registry;
                     let members = |r: &str| registry.room_key(r).is_some();
-                    self.history.append(&self.config, now, &room, members, |seq| {
-                        protocol::json_frame(&m::RoomMessage {
-                            kind: "message",
-                            room: &room,
-                            from: Some(&from),
-                            seq: Some(seq),
-                            data,
+                    self.history
+                        .append(&self.config, now, &room, members, |seq| {
+                            protocol::json_frame(&m::RoomMessage {
+                                kind: "message",
+                                room: &room,
+                                from: Some(&from),
+                                seq: Some(seq),
+                                data,
+                            })
                         })
-                    })
                 } else {
                     protocol::json_frame(&m::RoomMessage {
                         kind: "message",
@@ -1016,7 +1097,6 @@ impl Hub {
                         data,
                     })
                 };
-                let except = if echo { None } else { Some(id) };
                 self.send_to_room(key, except, frame);
                 Ok(())
             }
@@ -1121,6 +1201,22 @@ impl Hub {
                         ErrorCode::NoHistory,
                         "this room keeps no history",
                     )));
+                }
+                if self.config.cluster {
+                    let size = self.config.history_size;
+                    self.outputs.push_back(Output::HistoryRead {
+                        room: Arc::from(&*room),
+                        since: since.map(|s| (s.epoch.to_string(), s.seq)),
+                        limit: limit.map_or(size, |l| l.min(size as u64) as usize),
+                        reply: Pending {
+                            conn: id,
+                            kind: PendingKind::History {
+                                room: Arc::from(&*room),
+                            },
+                            reference: reference.map(ToOwned::to_owned),
+                        },
+                    });
+                    return Ok(());
                 }
                 let mut w = protocol::FrameWriter::text(256);
                 let kind = Some("history");
@@ -1288,13 +1384,18 @@ impl Hub {
                     answer: None,
                     more: Vec::new(),
                     held: Vec::new(),
+                    recovering: since.is_some(),
                     details,
                     reference: reference.map(ToOwned::to_owned),
                 });
                 let user = self.user_arc(id);
+                let history = History::keeps(&self.config, &name).then(|| HistoryAsk {
+                    since: since.map(|s| (s.epoch.to_string(), s.seq)),
+                });
                 self.presence_change(id, user, key, name, Some(reply));
                 if let Some(Output::Presence(change)) = self.outputs.back_mut() {
                     change.join = Some(join);
+                    change.history = history;
                 }
                 return Ok(key);
             }
@@ -1426,16 +1527,8 @@ impl Hub {
             truncated,
             reference,
         };
-        serde_json::to_writer(&mut *out, &head).expect("history heads serialize");
-        out.pop(); // its closing brace
-        out.extend_from_slice(b",\"messages\":[");
-        for (i, frame) in frames.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(protocol::frame_payload(frame));
-        }
-        out.extend_from_slice(b"]}");
+        let payloads = frames.iter().map(|f| protocol::frame_payload(f));
+        write_history(out, &head, payloads);
     }
 
     fn leave(&mut self, id: ConnId, key: RoomKey, reference: Option<&RawValue>) {
@@ -1452,6 +1545,7 @@ impl Hub {
             let user = self.user_arc(id);
             self.presence_change(id, user, key, name.clone(), Some(reply));
             if gone {
+                self.tracked.remove(&name);
                 self.outputs
                     .push_back(Output::Unsubscribe(Channel::Room(name)));
             }
@@ -1626,6 +1720,7 @@ impl Hub {
             let gone = self.registry.room_key(&name).is_none();
             self.presence_change(id, user.clone(), key, name.clone(), None);
             if gone {
+                self.tracked.remove(&name);
                 self.outputs
                     .push_back(Output::Unsubscribe(Channel::Room(name)));
             }
@@ -1674,6 +1769,7 @@ impl Hub {
             conn: id,
             join: None,
             reply,
+            history: None,
         }));
     }
 
@@ -1710,6 +1806,17 @@ impl Hub {
     /// published and comes back here): deliver it to this node's members.
     /// Anything that is not an envelope is ignored.
     pub fn handle_cluster_message(&mut self, channel: ChannelName<'_>, payload: &Bytes) {
+        // A room filling a gap: all of its channel waits, in order.
+        if let ChannelName::Room(room) = channel {
+            if let Some(queue) = self.tracked.get_mut(room).and_then(|t| t.fill.as_mut()) {
+                if queue.len() < MAX_JOINING_HELD {
+                    queue.push(payload.clone());
+                } else if let Some(key) = self.registry.room_key(room) {
+                    self.history_lost(key, "too much arrived while filling a gap");
+                }
+                return;
+            }
+        }
         let Some(envelope) = Envelope::parse(payload) else {
             log::debug!("ignored a cluster message that is no envelope on {channel:?}");
             return;
@@ -1727,9 +1834,66 @@ impl Hub {
             ) => {
                 if let Some(key) = self.registry.room_key(room) {
                     let except = mine(origin, except);
-                    self.hold_for_joining(key, |c, _| Some(c) == except, &frame);
+                    self.hold_for_joining(key, |c, _| Some(c) == except, &frame, 0);
                     self.send(Target::Room { room: key, except }, frame);
                 }
+            }
+            (
+                ChannelName::Room(room),
+                Envelope::History {
+                    origin,
+                    except,
+                    seq,
+                    epoch,
+                    body,
+                },
+            ) => {
+                let Some(key) = self.registry.room_key(room) else {
+                    return;
+                };
+                let except = mine(origin, except);
+                match self.tracked.get_mut(room) {
+                    Some(t) if *t.epoch == *epoch => {
+                        if seq <= t.seq {
+                            return; // delivered already (a gap was filled)
+                        }
+                        if seq > t.seq + 1 {
+                            // This node missed some: fill the gap from the
+                            // room's stream before anything else of it.
+                            let (after, epoch) = (t.seq, t.epoch.clone());
+                            t.fill = Some(vec![payload.clone()]);
+                            let room = self.registry.room(key).expect("indexed").name.clone();
+                            log::info!(
+                                "room {room}: missed messages {} to {}; filling",
+                                after + 1,
+                                seq - 1
+                            );
+                            self.outputs.push_back(Output::HistoryFill {
+                                room,
+                                epoch,
+                                after,
+                                upto: seq - 1,
+                            });
+                            return;
+                        }
+                        t.seq = seq;
+                    }
+                    Some(t) => {
+                        // Redis lost the room's history (a new epoch): the
+                        // places its members hold are of the old one.
+                        t.epoch = Arc::from(epoch);
+                        t.seq = seq;
+                        self.history_lost(key, "its history was lost in Redis (a new epoch)");
+                        return;
+                    }
+                    None => {
+                        let name = self.registry.room(key).expect("indexed").name.clone();
+                        let epoch = Arc::from(epoch);
+                        let fill = None;
+                        self.tracked.insert(name, Tracked { epoch, seq, fill });
+                    }
+                }
+                self.deliver_history(key, except, seq, &body);
             }
             (ChannelName::Room(room), Envelope::Marker { origin, conn, join }) => {
                 if origin == &*self.node_id && join.is_some() {
@@ -1786,7 +1950,7 @@ impl Hub {
                     members,
                     info,
                 });
-                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame);
+                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame, 0);
                 self.send(to, frame);
                 // It marks where the joining connection came in, too.
                 if let (Some(conn), Some(_), true) = (except, join, origin == &*self.node_id) {
@@ -1813,7 +1977,7 @@ impl Hub {
                     info: None,
                 });
                 let user_key = self.registry.user_key(user);
-                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame);
+                self.hold_for_joining(key, |_, u| u.is_some() && u == user_key, &frame, 0);
                 self.send(to, frame);
             }
             (ChannelName::User(user), Envelope::Disconnect { code, text }) => {
@@ -1830,6 +1994,70 @@ impl Hub {
         }
     }
 
+    /// Cluster mode: a room message with history, numbered `seq`, to this
+    /// node's members of room `key`.
+    fn deliver_history(&mut self, key: RoomKey, except: Option<ConnId>, seq: u64, body: &[u8]) {
+        let Some(frame) = protocol::sequenced_message(body, seq) else {
+            log::debug!("ignored a room message that is not one");
+            return;
+        };
+        self.hold_for_joining(key, |c, _| Some(c) == except, &frame, seq);
+        self.send(Target::Room { room: key, except }, frame);
+    }
+
+    /// Cluster mode: the answer to [`Output::HistoryFill`]: the missed
+    /// messages (each with the node and connection that sent it, as
+    /// `"<node> <conn|->"`), oldest first, or `None` when they could not
+    /// all be had. Then what waited on the room's channel is handled.
+    pub fn handle_history_fill(&mut self, room: &str, missed: Option<Vec<(Bytes, Bytes)>>) {
+        let Some(t) = self.tracked.get_mut(room) else {
+            return;
+        };
+        let Some(waiting) = t.fill.take() else {
+            return;
+        };
+        let after = t.seq;
+        let Some(key) = self.registry.room_key(room) else {
+            return;
+        };
+        match missed {
+            Some(missed) => {
+                for (i, (from, body)) in missed.iter().enumerate() {
+                    let except = std::str::from_utf8(from)
+                        .ok()
+                        .and_then(|w| w.split_once(' '))
+                        .filter(|(node, _)| *node == &*self.node_id)
+                        .and_then(|(_, conn)| cluster::parse_conn(conn));
+                    self.deliver_history(key, except, after + 1 + i as u64, body);
+                }
+                if let Some(t) = self.tracked.get_mut(room) {
+                    t.seq = after + missed.len() as u64;
+                }
+            }
+            None => self.history_lost(key, "missed messages that Redis could not give"),
+        }
+        for payload in waiting {
+            self.handle_cluster_message(ChannelName::Room(room), &payload);
+        }
+    }
+
+    /// Cluster mode: this node's members of room `key` missed messages
+    /// it cannot give them: each is closed with 4103, reconnects, and
+    /// rejoins with `since` (recovered, or told it was not).
+    fn history_lost(&mut self, key: RoomKey, why: &str) {
+        let Some(room) = self.registry.room(key) else {
+            return;
+        };
+        log::warn!("room {}: {why}; its members here rejoin", room.name);
+        let name = room.name.clone();
+        for id in room.members.clone() {
+            self.close(id, CloseReason::HistoryGap);
+        }
+        if let Some(t) = self.tracked.get_mut(&name) {
+            t.fill = None;
+        }
+    }
+
     /// Cluster mode: a frame for room `key` waits for each joining
     /// connection whose join is in effect but whose `joined` has not gone
     /// out (unless `skip(conn, its user)` says it is not for it).
@@ -1838,6 +2066,7 @@ impl Hub {
         key: RoomKey,
         skip: impl Fn(ConnId, Option<UserKey>) -> bool,
         frame: &SharedFrame,
+        seq: u64,
     ) {
         let Some(list) = self.joining.get_mut(&key) else {
             return;
@@ -1852,7 +2081,7 @@ impl Hub {
                 continue;
             }
             if j.held.len() < MAX_JOINING_HELD {
-                j.held.push(frame.clone());
+                j.held.push((seq, frame.clone()));
             } else {
                 overflow.push(j.conn);
             }
@@ -1885,8 +2114,62 @@ impl Hub {
         let Some(j) = self.take_joining(key, conn) else {
             return;
         };
-        for frame in self.join_replies(key, &j).into_iter().chain(j.held) {
+        let mut replies = self.join_replies(key, &j).into_iter();
+        if let Some(own) = replies.next() {
+            self.send(Target::Conn(conn), own);
+        }
+        // A room with history: what the client missed (as Redis held it at
+        // the join's marker), then what came after. Anything of the
+        // history before the marker is not sent twice.
+        let found = match &j.answer {
+            Some(ClusterAnswer::Listing(l)) => l.history.as_ref(),
+            _ => None,
+        };
+        let mut upto = 0;
+        if let Some(h) = found {
+            upto = h.seq;
+            self.track(&j, key, h);
+            if h.recovered == Some(true) {
+                let first = h.seq + 1 - h.replay.len() as u64;
+                for (i, body) in h.replay.iter().enumerate() {
+                    if let Some(frame) = protocol::sequenced_message(body, first + i as u64) {
+                        self.send(Target::Conn(conn), frame);
+                    }
+                }
+            }
+        }
+        for frame in replies {
             self.send(Target::Conn(conn), frame);
+        }
+        for (seq, frame) in j.held {
+            if seq == 0 || seq > upto {
+                self.send(Target::Conn(conn), frame);
+            }
+        }
+    }
+
+    /// Cluster mode: a join's answer says where the room's history is; a
+    /// room not tracked yet is tracked from there (what the node delivers
+    /// after it continues it), and the recovery is counted.
+    fn track(&mut self, j: &Joining, key: RoomKey, h: &cluster::ListedHistory) {
+        match h.recovered {
+            Some(true) => self.counters.recovered += 1,
+            Some(false) => self.counters.not_recovered += 1,
+            None if j.recovering => self.counters.not_recovered += 1,
+            None => {}
+        }
+        let Some(room) = self.registry.room(key) else {
+            return;
+        };
+        if !self.tracked.contains_key(&room.name) {
+            self.tracked.insert(
+                room.name.clone(),
+                Tracked {
+                    epoch: Arc::from(h.epoch.as_str()),
+                    seq: h.seq,
+                    fill: None,
+                },
+            );
         }
     }
 
@@ -1899,10 +2182,25 @@ impl Hub {
         };
         let unavailable = ClusterAnswer::Unavailable;
         let answer = j.answer.as_ref().unwrap_or(&unavailable);
-        std::iter::once((j.details, &j.reference))
-            .chain(j.more.iter().map(|(d, r)| (*d, r)))
-            .map(|(details, reference)| {
-                self.listing_frame("joined", &room.name, details, reference.as_deref(), answer)
+        // The join's own reply says where the history is (the others are
+        // joins of a room already joined).
+        let found = match answer {
+            ClusterAnswer::Listing(l) => l.history.as_ref(),
+            _ => None,
+        };
+        let own = Mark {
+            epoch: found.map(|h| h.epoch.as_str()),
+            seq: found.map(|h| h.seq),
+            recovered: match found {
+                Some(h) => h.recovered,
+                None => j.recovering.then_some(false),
+            },
+        };
+        std::iter::once((j.details, &j.reference, own))
+            .chain(j.more.iter().map(|(d, r)| (*d, r, Mark::default())))
+            .map(|(details, reference, mark)| {
+                let reference = reference.as_deref();
+                self.listing_frame("joined", &room.name, details, reference, answer, mark)
             })
             .collect()
     }
@@ -2017,15 +2315,50 @@ impl Hub {
                     // A join that ended by leaving, or a closed one.
                     (Some(_), None) => {}
                     (None, _) => {
-                        let frame =
-                            self.listing_frame("joined", &room, details, reference, &answer);
+                        let frame = self.listing_frame(
+                            "joined",
+                            &room,
+                            details,
+                            reference,
+                            &answer,
+                            Mark::default(),
+                        );
                         self.send(Target::Conn(id), frame);
                     }
                 }
                 return;
             }
             (PendingKind::Presence { room, details }, answer) => {
-                self.listing_frame("presence", &room, details, reference, &answer)
+                let mark = Mark::default();
+                self.listing_frame("presence", &room, details, reference, &answer, mark)
+            }
+            (PendingKind::History { room }, ClusterAnswer::History(page)) => {
+                let frames: Vec<SharedFrame> = page
+                    .messages
+                    .iter()
+                    .filter_map(|(seq, body)| protocol::sequenced_message(body, *seq))
+                    .collect();
+                let head = m::HistoryHead {
+                    kind: Some("history"),
+                    room: &room,
+                    epoch: page.epoch.as_deref(),
+                    seq: page.seq,
+                    truncated: page.truncated,
+                    reference,
+                };
+                let mut w = protocol::FrameWriter::text(256);
+                let payloads = frames.iter().map(|f| protocol::frame_payload(f));
+                write_history(w.payload(), &head, payloads);
+                w.finish()
+            }
+            (PendingKind::History { .. }, _) => {
+                let mut refusal = Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the cluster could not be reached for the room's history",
+                );
+                refusal.reference = reference;
+                self.refuse(id, refusal);
+                return;
             }
         };
         self.send(Target::Conn(id), frame);
@@ -2040,9 +2373,10 @@ impl Hub {
         details: bool,
         reference: Option<&RawValue>,
         answer: &ClusterAnswer,
+        mark: Mark<'_>,
     ) -> SharedFrame {
         let ClusterAnswer::Listing(listing) = answer else {
-            return self.member_list(kind, room, details, reference, Mark::default());
+            return self.member_list(kind, room, details, reference, mark);
         };
         let listed: Vec<m::MemberDetail<'_>> = listing
             .users
@@ -2062,9 +2396,9 @@ impl Hub {
             truncated: listing.members > listed.len(),
             users: listed.iter().map(|d| d.user).collect(),
             details: details.then_some(listed.as_slice()),
-            epoch: None,
-            seq: None,
-            recovered: None,
+            epoch: mark.epoch,
+            seq: mark.seq,
+            recovered: mark.recovered,
             reference,
         })
     }
@@ -2083,4 +2417,23 @@ impl Hub {
             }
         }
     }
+}
+
+/// A `history` reply: the head, then the messages (each a room message's
+/// JSON, as sent) as its `messages` array.
+fn write_history<'f>(
+    out: &mut Vec<u8>,
+    head: &m::HistoryHead<'_>,
+    messages: impl Iterator<Item = &'f [u8]>,
+) {
+    serde_json::to_writer(&mut *out, head).expect("history heads serialize");
+    out.pop(); // its closing brace
+    out.extend_from_slice(b",\"messages\":[");
+    for (i, message) in messages.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message);
+    }
+    out.extend_from_slice(b"]}");
 }

@@ -39,7 +39,9 @@ use self::link::{Link, LinkState};
 use self::resp::BytesFrame;
 use self::scripts::Script;
 use crate::config::RedisUrl;
-use crate::hub::cluster::{Channel, ListedUser, Listing, Pending, PresenceChange};
+use crate::hub::cluster::{
+    Channel, HistoryPage, ListedHistory, ListedUser, Listing, Pending, PresenceChange,
+};
 use crate::hub::{ClusterAnswer, ConnId, ConnectionView, Hub, MemberView, RoomView, UserView};
 
 /// A node silent this long is dead: the others forget it.
@@ -99,6 +101,9 @@ pub enum Event {
     View(Waiter, View),
     /// The cluster cannot be asked: answer with this node's view.
     LocalView(Waiter, Ask),
+    /// The answer to the hub's `HistoryFill`: the missed messages (each
+    /// with who sent it), or `None` when they could not be had.
+    Filled(Arc<str>, Option<Vec<(Bytes, Bytes)>>),
     /// Another node (`asker`) wants this node's connections of `user`:
     /// answer with [`Cluster::answer_view`].
     ViewQuery {
@@ -196,7 +201,20 @@ enum Reply {
     Sweep(u64),
     /// A step of refreshing key expiries.
     Refresh,
+    /// A gap's messages, for the room.
+    Fill(Arc<str>),
+    /// A `history` request's messages.
+    Read(Pending),
     Ignore,
+}
+
+/// History in Redis (`--history-size` > 0).
+#[derive(Debug, Clone, Copy)]
+struct HistorySettings {
+    size: usize,
+    ttl_ms: u128,
+    max_recover: usize,
+    max_bytes: usize,
 }
 
 /// Which budget a command counts against: publishes get
@@ -298,6 +316,7 @@ pub struct Cluster {
     watch_until: Option<Instant>,
     /// Every live node's summary, as the last such heartbeat found them.
     summaries: Vec<serde_json::Value>,
+    history: Option<HistorySettings>,
 }
 
 impl Cluster {
@@ -333,7 +352,13 @@ impl Cluster {
                 .member_list_limit
                 .max(crate::driver::api::MAX_LISTED_USERS);
             let per_user = config.hub.max_user_id_len + config.hub.max_info_bytes + 96;
-            let cmd_max = reply_max.max(listed.saturating_mul(per_user) + 64 * 1024);
+            // A join's answer also holds what its client missed (bounded
+            // by the replay budget), as do a gap's and a `history`'s.
+            let replay = match config.hub.history_size {
+                0 => 0,
+                _ => config.hub.max_replay_bytes.saturating_mul(2),
+            };
+            let cmd_max = reply_max.max(listed.saturating_mul(per_user) + 64 * 1024) + replay;
             shards.push(Shard {
                 url: url.clone(),
                 addr,
@@ -378,6 +403,12 @@ impl Cluster {
             summary: Vec::new(),
             watch_until: None,
             summaries: Vec::new(),
+            history: (config.hub.history_size > 0).then_some(HistorySettings {
+                size: config.hub.history_size,
+                ttl_ms: config.hub.history_ttl.as_millis(),
+                max_recover: config.hub.max_recover,
+                max_bytes: config.hub.max_replay_bytes,
+            }),
         })
     }
 
@@ -573,12 +604,133 @@ impl Cluster {
             gen.as_bytes(),
         ]
         .map(<[u8]>::to_vec);
+        let mut args = args.to_vec();
+        if let (Some(ask), Some(h)) = (&change.history, self.history) {
+            let (epoch, seq) = ask.since.clone().unwrap_or_default();
+            args.extend([
+                self.epoch_candidate().into_bytes(),
+                epoch.into_bytes(),
+                seq.to_string().into_bytes(),
+                h.max_recover.to_string().into_bytes(),
+                h.max_bytes.to_string().into_bytes(),
+            ]);
+        }
         let Some(bytes) = self.script(shard, Script::Set, &args) else {
             return self.unavailable(Reply::Presence(change.reply));
         };
         let reply = Reply::Presence(change.reply);
         if let Err(reply) = self.send(shard, Some(&channel), bytes, reply, Class::Control) {
             self.lost_update(shard);
+            self.unavailable(reply);
+        }
+    }
+
+    /// A new epoch, used by Redis only if it has none for the room.
+    fn epoch_candidate(&mut self) -> String {
+        format!("{:016x}", self.random())
+    }
+
+    /// A message of a room with history: numbered, kept and published by
+    /// one script. When it cannot go out, this node's members get it
+    /// without a seq (as an `F` envelope).
+    pub fn history_publish(&mut self, room: Arc<str>, except: Option<ConnId>, body: Bytes) {
+        let Some(h) = self.history else {
+            return;
+        };
+        let channel = Channel::Room(room);
+        let (name, shard) = self.channel(&channel);
+        let Channel::Room(room) = &channel else {
+            unreachable!("a room's channel")
+        };
+        let conn = except.map_or_else(|| "-".to_string(), |c| c.to_string());
+        let candidate = self.epoch_candidate();
+        let args = [
+            self.prefix.as_bytes(),
+            room.as_bytes(),
+            self.node.as_bytes(),
+            conn.as_bytes(),
+            &body,
+            candidate.as_bytes(),
+            h.size.to_string().as_bytes(),
+            h.ttl_ms.to_string().as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let ready = self.shards[shard].ready;
+        let sent = match self.script(shard, Script::HistoryPublish, &args) {
+            Some(bytes) => self
+                .send(
+                    shard,
+                    Some(&name),
+                    bytes,
+                    Reply::Publish(None),
+                    Class::Publish,
+                )
+                .is_ok(),
+            None => false,
+        };
+        if sent {
+            self.counters.publishes += 1;
+            return;
+        }
+        self.counters.publishes_dropped += 1;
+        // As for any publish: Redis unreachable, this node's members get
+        // it (without a seq: it is in no history); over the budget, dropped.
+        if !ready {
+            let frame = crate::protocol::text_frame(&body);
+            let payload = crate::hub::cluster::frame_envelope(&self.node, except, &frame);
+            self.events.push_back(Event::Message { channel, payload });
+        }
+    }
+
+    /// Messages `after + 1 ..= upto` of a room's history, for a gap.
+    pub fn history_fill(&mut self, room: Arc<str>, epoch: &str, after: u64, upto: u64) {
+        // More than a history holds cannot be filled.
+        let Some(h) = self.history.filter(|h| upto - after <= h.size as u64) else {
+            self.events.push_back(Event::Filled(room, None));
+            return;
+        };
+        let (_, shard) = self.channel(&Channel::Room(room.clone()));
+        let args = [
+            self.prefix.as_bytes(),
+            room.as_bytes(),
+            epoch.as_bytes(),
+            after.to_string().as_bytes(),
+            upto.to_string().as_bytes(),
+            h.max_bytes.to_string().as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let Some(bytes) = self.script(shard, Script::HistoryFill, &args) else {
+            return self.unavailable(Reply::Fill(room));
+        };
+        if let Err(reply) = self.send(shard, None, bytes, Reply::Fill(room), Class::Control) {
+            self.unavailable(reply);
+        }
+    }
+
+    /// A `history` request: the room's latest messages.
+    pub fn history_read(
+        &mut self,
+        room: &str,
+        since: Option<(String, u64)>,
+        limit: usize,
+        reply: Pending,
+    ) {
+        let max_bytes = self.history.map_or(0, |h| h.max_bytes);
+        let (_, shard) = self.channel(&Channel::Room(Arc::from(room)));
+        let (epoch, seq) = since.unwrap_or_default();
+        let args = [
+            self.prefix.as_bytes(),
+            room.as_bytes(),
+            epoch.as_bytes(),
+            seq.to_string().as_bytes(),
+            limit.to_string().as_bytes(),
+            max_bytes.to_string().as_bytes(),
+        ]
+        .map(<[u8]>::to_vec);
+        let Some(bytes) = self.script(shard, Script::HistoryRead, &args) else {
+            return self.unavailable(Reply::Read(reply));
+        };
+        if let Err(reply) = self.send(shard, None, bytes, Reply::Read(reply), Class::Control) {
             self.unavailable(reply);
         }
     }
@@ -811,9 +963,13 @@ impl Cluster {
                         .push_back(Event::LocalView(g.waiter, Ask::User(g.user)));
                 }
             }
-            Reply::Presence(Some(p)) | Reply::Query(p) | Reply::Publish(Some(p)) => self
+            Reply::Presence(Some(p))
+            | Reply::Query(p)
+            | Reply::Publish(Some(p))
+            | Reply::Read(p) => self
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Unavailable)),
+            Reply::Fill(room) => self.events.push_back(Event::Filled(room, None)),
             // Without Redis only this node's cap is checked.
             Reply::Claim(id) => self.events.push_back(Event::Claim(id, true)),
             _ => {}
@@ -976,6 +1132,22 @@ impl Cluster {
                         .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame))));
                 }
             }
+            Reply::Fill(room) => {
+                let missed = match &frame {
+                    BytesFrame::Array(parts) => Some(
+                        parts
+                            .chunks_exact(2)
+                            .filter_map(|c| Some((bulk(&c[0])?, bulk(&c[1])?)))
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                self.events.push_back(Event::Filled(room, missed));
+            }
+            Reply::Read(p) => self.events.push_back(Event::Answer(
+                p,
+                ClusterAnswer::History(history_page(&frame)),
+            )),
             Reply::Query(p) => self
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame)))),
@@ -1701,6 +1873,12 @@ pub fn listing(frame: &BytesFrame) -> Listing {
     let BytesFrame::Array(parts) = frame else {
         return Listing::default();
     };
+    // With a join's history part: {listing, history}.
+    if let [inner @ BytesFrame::Array(_), BytesFrame::Array(history)] = &parts[..] {
+        let mut l = listing(inner);
+        l.history = listed_history(history);
+        return l;
+    }
     let members = match parts.first() {
         Some(BytesFrame::Integer(n)) => (*n).max(0) as usize,
         _ => 0,
@@ -1730,7 +1908,76 @@ pub fn listing(frame: &BytesFrame) -> Listing {
             })
         })
         .collect();
-    Listing { members, users }
+    Listing {
+        members,
+        users,
+        history: None,
+    }
+}
+
+/// A bulk string's bytes (an integer's digits).
+fn bulk(frame: &BytesFrame) -> Option<Bytes> {
+    match frame {
+        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => Some(b.clone()),
+        BytesFrame::Integer(n) => Some(Bytes::from(n.to_string())),
+        _ => None,
+    }
+}
+
+fn number(frame: &BytesFrame) -> Option<u64> {
+    match frame {
+        BytesFrame::Integer(n) => u64::try_from(*n).ok(),
+        other => std::str::from_utf8(&bulk(other)?).ok()?.parse().ok(),
+    }
+}
+
+/// The history part of a join's answer: {epoch, seq, recovered (-1 not
+/// asked, 0, 1), missed...}.
+fn listed_history(parts: &[BytesFrame]) -> Option<ListedHistory> {
+    let [epoch, seq, recovered, missed @ ..] = parts else {
+        return None;
+    };
+    let epoch = String::from_utf8(bulk(epoch)?.to_vec()).ok()?;
+    let recovered = match recovered {
+        BytesFrame::Integer(1) => Some(true),
+        BytesFrame::Integer(0) => Some(false),
+        _ => None,
+    };
+    let replay: Vec<Bytes> = match recovered {
+        Some(true) => missed.iter().filter_map(bulk).collect(),
+        _ => Vec::new(),
+    };
+    let seq = number(seq)?;
+    // Every missed message, or the answer is not a recovery.
+    let whole = replay.len() == missed.len() && replay.len() as u64 <= seq;
+    Some(ListedHistory {
+        epoch,
+        seq,
+        recovered: recovered.map(|r| r && whole),
+        replay: if whole { replay } else { Vec::new() },
+    })
+}
+
+/// A `history` request's answer: {epoch or '', seq, truncated, seq1, b1, ...}.
+fn history_page(frame: &BytesFrame) -> HistoryPage {
+    let BytesFrame::Array(parts) = frame else {
+        return HistoryPage::default();
+    };
+    let [epoch, seq, truncated, messages @ ..] = &parts[..] else {
+        return HistoryPage::default();
+    };
+    let epoch = bulk(epoch)
+        .and_then(|e| String::from_utf8(e.to_vec()).ok())
+        .filter(|e| !e.is_empty());
+    HistoryPage {
+        epoch,
+        seq: number(seq).unwrap_or(0),
+        truncated: number(truncated) == Some(1),
+        messages: messages
+            .chunks_exact(2)
+            .filter_map(|c| Some((number(&c[0])?, bulk(&c[1])?)))
+            .collect(),
+    }
 }
 
 /// The node summaries a heartbeat fetched: each a JSON object of at most

@@ -16,7 +16,17 @@
 //! P:nodes                   zset node -> last heartbeat (Redis time, ms)
 //! P:stats                   hash node -> the node's summary for the dashboard
 //!                           (JSON; first shard only, written by its heartbeat)
+//! P:h:<room>                hash e -> the room's history epoch, s -> its latest seq
+//! P:hs:<room>               stream of the room's messages: id `<seq>-0`,
+//!                           fields o ("<node> <conn|->") and b (the message
+//!                           without its seq); at most --history-size, gone
+//!                           --history-ttl after the last message
 //! ```
+//!
+//! A room's history hash outlives its stream (it lives as long as the room
+//! is used: each message and join refreshes it, like the presence keys), so
+//! its seq keeps counting across a silence and a new epoch means Redis lost
+//! it.
 //!
 //! Channels: `P:r:<room>`, `P:u:<user>`, `P:all`, `P:n:<node>` (the node's
 //! own heartbeat, which proves its subscriber connection hears).
@@ -92,6 +102,58 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
     end
     if not announced then mark() end
   end
+end
+
+-- A room's history hash (made, in epoch `candidate`, if Redis has none).
+local function history_hash(p, room, candidate)
+  local h = p..':h:'..room
+  local epoch = redis.call('HGET', h, 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', h, 'e', epoch, 's', 0)
+    redis.call('DEL', p..':hs:'..room)
+  end
+  redis.call('EXPIRE', h, TTL)
+  return h, epoch, tonumber(redis.call('HGET', h, 's')) or 0
+end
+
+local function field(kv, name)
+  for i = 1, #kv, 2 do if kv[i] == name then return kv[i + 1] end end
+end
+
+-- The stream entries after..upto of a room, if it holds every one of them
+-- within max_bytes of bodies: {o1, b1, o2, b2, ...}; else nil.
+local function entries(p, room, after, upto, max_bytes)
+  local got = redis.call('XRANGE', p..':hs:'..room, (after + 1)..'-0', upto..'-0')
+  if #got ~= upto - after then return nil end
+  local out, bytes = {}, 0
+  for i, e in ipairs(got) do
+    local o, b = field(e[2], 'o'), field(e[2], 'b')
+    if not b or tonumber(string.match(e[1], '^(%d+)')) ~= after + i then return nil end
+    bytes = bytes + #b
+    if bytes > max_bytes then return nil end
+    out[#out + 1] = o or '-'
+    out[#out + 1] = b
+  end
+  return out
+end
+
+-- Where a joining client is in a room's history, in the same step as its
+-- marker: {epoch, seq, recovered (-1 not asked, 0, 1), missed bodies...}.
+local function history_at(p, room, candidate, since_epoch, since_seq, max, max_bytes)
+  local _, epoch, seq = history_hash(p, room, candidate)
+  local out = {epoch, seq, -1}
+  if since_epoch == '' then return out end
+  out[3] = 0
+  local missed = seq - since_seq
+  if since_epoch ~= epoch or missed < 0 or missed > max then return out end
+  if missed > 0 then
+    local got = entries(p, room, since_seq, seq, max_bytes)
+    if not got then return out end
+    for i = 2, #got, 2 do out[#out + 1] = got[i] end
+  end
+  out[3] = 1
+  return out
 end
 
 -- The room's member count, then up to k users as (user, connections, meta).
@@ -173,12 +235,82 @@ local function forget_step(p, node, limit, below, phase, cursor)
 end
 "#;
 
-/// `SET p room node user n since info conn limit list gen`: one presence
-/// change; answers the listing (`list` users, 0 for the count alone).
+/// `SET p room node user n since info conn limit list gen [candidate
+/// since_epoch since_seq max max_bytes]`: one presence change; answers the
+/// listing (`list` users, 0 for the count alone). With the history part (a
+/// join of a room with history), answers {listing, history_at(...)}: the
+/// room's place at the join's marker, and with `since` what was missed.
 const SET: &str = r#"
 local a = ARGV
 set_user(a[1], a[2], a[3], a[4], tonumber(a[5]), a[6], a[7], a[8], tonumber(a[9]), a[11])
-return listing(a[1], a[2], tonumber(a[10]))
+local l = listing(a[1], a[2], tonumber(a[10]))
+if not a[12] then return l end
+return {l, history_at(a[1], a[2], a[12], a[13], tonumber(a[14]), tonumber(a[15]), tonumber(a[16]))}
+"#;
+
+/// `HPUB p room node conn body candidate size ttl_ms`: a room message with
+/// history: numbered (the room's next seq), kept in the room's stream (at
+/// most `size`, for `ttl_ms` after the last), and published as `H` on the
+/// room's channel, in one step: the stream's order is the channel's.
+/// Answers the number of nodes that received it.
+const HPUB: &str = r#"
+local p, room, from, body = ARGV[1], ARGV[2], ARGV[3]..' '..ARGV[4], ARGV[5]
+local h, epoch = history_hash(p, room, ARGV[6])
+local seq = redis.call('HINCRBY', h, 's', 1)
+local st = p..':hs:'..room
+redis.call('XADD', st, 'MAXLEN', ARGV[7], seq..'-0', 'o', from, 'b', body)
+redis.call('PEXPIRE', st, ARGV[8])
+return redis.call('PUBLISH', p..':r:'..room, 'H '..from..' '..seq..' '..epoch..'\n'..body)
+"#;
+
+/// `HFILL p room epoch after upto max_bytes`: messages after..upto of the
+/// room's history `epoch`, for a node that missed them: {o1, b1, ...}, or 0
+/// when Redis does not hold them all.
+const HFILL: &str = r#"
+local p, room, after, upto = ARGV[1], ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('HGET', p..':h:'..room, 'e') ~= ARGV[3] then return 0 end
+return entries(p, room, after, upto, tonumber(ARGV[6])) or 0
+"#;
+
+/// `HREAD p room since_epoch since_seq limit max_bytes`: the room's latest
+/// messages after `since` (all held without it), at most `limit` and
+/// `max_bytes` of them: {epoch or '', seq, truncated, seq1, b1, ...},
+/// oldest first; truncated when messages after `since` are left out.
+const HREAD: &str = r#"
+local p, room, limit, max_bytes = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
+local h, st = p..':h:'..room, p..':hs:'..room
+local epoch = redis.call('HGET', h, 'e')
+if not epoch then return {'', 0, 0} end
+local seq = tonumber(redis.call('HGET', h, 's')) or 0
+local after, foreign = seq, 0
+if ARGV[3] == '' then
+  local first = redis.call('XRANGE', st, '-', '+', 'COUNT', 1)[1]
+  if first then after = tonumber(string.match(first[1], '^(%d+)')) - 1 end
+elseif ARGV[3] == epoch then
+  after = math.min(tonumber(ARGV[4]), seq)
+else
+  after, foreign = 0, 1
+end
+local got = {}
+if seq > after and limit > 0 then
+  got = redis.call('XREVRANGE', st, seq..'-0', (after + 1)..'-0', 'COUNT', limit)
+end
+local given, bytes = {}, 0
+for _, e in ipairs(got) do
+  local b = field(e[2], 'b')
+  if not b then break end
+  bytes = bytes + #b
+  if bytes > max_bytes then break end
+  given[#given + 1] = {string.match(e[1], '^(%d+)'), b}
+end
+local truncated = 0
+if #given < seq - after or foreign == 1 then truncated = 1 end
+local out = {epoch, seq, truncated}
+for i = #given, 1, -1 do
+  out[#out + 1] = given[i][1]
+  out[#out + 1] = given[i][2]
+end
+return out
 "#;
 
 /// `QUERY p room list totals`: the listing; with `totals` 1, the room's
@@ -323,7 +455,9 @@ return forget_step(p, node, limit, gen, tonumber(ARGV[5]), ARGV[6])
 "#;
 
 /// The scripts, in the order of [`Script`].
-pub const ALL: [&str; 7] = [SET, QUERY, SYNC, USER, BEAT, SWEEP, REFRESH];
+pub const ALL: [&str; 10] = [
+    SET, QUERY, SYNC, USER, BEAT, SWEEP, REFRESH, HPUB, HFILL, HREAD,
+];
 
 /// Which script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +469,9 @@ pub enum Script {
     Beat = 4,
     Sweep = 5,
     Refresh = 6,
+    HistoryPublish = 7,
+    HistoryFill = 8,
+    HistoryRead = 9,
 }
 
 impl Script {
@@ -348,6 +485,9 @@ impl Script {
             Script::Beat,
             Script::Sweep,
             Script::Refresh,
+            Script::HistoryPublish,
+            Script::HistoryFill,
+            Script::HistoryRead,
         ][i]
     }
 }
