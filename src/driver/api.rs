@@ -281,18 +281,30 @@ fn room_view(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
     view(&hub.room_view(&room, limit))
 }
 
-/// `GET /api/history/<room>[?epoch=E&seq=N][&limit=L]`: as the `history`
-/// message answers (without `type`).
-fn history(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
+/// What `GET /api/history/<room>[?epoch=E&seq=N][&limit=L]` asks for: the
+/// room, `since` and `limit`; or the error answer (400, 404 for a room
+/// that keeps no history).
+pub struct HistoryQuery {
+    pub room: String,
+    pub since: Option<(String, u64)>,
+    pub limit: Option<u64>,
+}
+
+pub fn history_query(
+    hub: &Hub,
+    encoded: &str,
+    query: Option<&str>,
+) -> Result<HistoryQuery, ApiResponse> {
     let Some(room) = percent_decode(encoded) else {
-        return error(
+        return Err(error(
             400,
             "bad_request",
             "room is not valid percent-encoded UTF-8",
-        );
+        ));
     };
-    if let Err(e) = check_room(hub, &room) {
-        return e;
+    check_room(hub, &room)?;
+    if !crate::hub::history::History::keeps(hub.config(), &room) {
+        return Err(error(404, "no_history", "this room keeps no history"));
     }
     let param = |name| super::http::query_param(query, name).flatten();
     let number = |name| match param(name) {
@@ -305,25 +317,37 @@ fn history(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
             )
         }),
     };
-    let (seq, limit) = match (number("seq"), number("limit")) {
-        (Ok(seq), Ok(limit)) => (seq, limit),
-        (Err(e), _) | (_, Err(e)) => return e,
-    };
+    let (seq, limit) = (number("seq")?, number("limit")?);
     let since = match (param("epoch"), seq) {
-        (Some(epoch), Some(seq)) => Some(crate::protocol::Since {
-            epoch: epoch.into(),
-            seq,
-        }),
+        (Some(epoch), Some(seq)) => Some((epoch, seq)),
         (None, None) => None,
         _ => {
-            return error(
+            return Err(error(
                 400,
                 "bad_request",
                 "give both `epoch` and `seq`, or neither",
-            )
+            ))
         }
     };
-    match hub.history_body(&room, since.as_ref(), limit) {
+    Ok(HistoryQuery {
+        room: room.into_owned(),
+        since,
+        limit,
+    })
+}
+
+/// `GET /api/history/<room>` on one node: as the `history` message answers
+/// (without `type`). In cluster mode the driver asks Redis instead.
+fn history(hub: &Hub, encoded: &str, query: Option<&str>) -> ApiResponse {
+    let q = match history_query(hub, encoded, query) {
+        Ok(q) => q,
+        Err(e) => return e,
+    };
+    let since = q.since.as_ref().map(|(epoch, seq)| crate::protocol::Since {
+        epoch: epoch.as_str().into(),
+        seq: *seq,
+    });
+    match hub.history_body(&q.room, since.as_ref(), q.limit) {
         Some(body) => ApiResponse {
             status: 200,
             body: Value::Null,

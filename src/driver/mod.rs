@@ -902,6 +902,7 @@ impl Driver {
                     cluster::Ask::Room(room, limit) => {
                         cluster::View::Room(self.hub.room_view(&room, limit))
                     }
+                    cluster::Ask::History(room, ..) => cluster::View::History(room, None),
                 };
                 self.deliver_view(waiter, view);
             }
@@ -937,13 +938,24 @@ impl Driver {
             // receiver just does not get it.
             (Waiter::User(tx), View::User(v)) => drop(tx.try_send(v)),
             (Waiter::Room(tx), View::Room(v)) => drop(tx.try_send(v)),
+            (Waiter::Http(id), View::History(room, page)) => {
+                let (status, body) = match page {
+                    Some(page) => (200, crate::hub::history_page_body(&room, &page)),
+                    None => (
+                        503,
+                        br#"{"error":"unavailable","message":"the cluster could not be reached for the room's history"}"#.to_vec(),
+                    ),
+                };
+                self.answer_waiting(id, status, &body, Instant::now());
+            }
             (Waiter::Http(id), view) => {
                 let body = match view {
                     View::User(v) => serde_json::to_vec(&v),
                     View::Room(v) => serde_json::to_vec(&v),
+                    View::History(..) => unreachable!("answered above"),
                 }
                 .expect("views serialize");
-                self.answer_waiting(id, &body, Instant::now());
+                self.answer_waiting(id, 200, &body, Instant::now());
             }
             (_, view) => log::debug!("a view of the wrong kind: {view:?}"),
         }

@@ -179,7 +179,7 @@ impl Driver {
 
     /// Send the answer an API request waited for (a cluster view), then
     /// read on.
-    pub(super) fn answer_waiting(&mut self, id: ConnId, body: &[u8], now: Instant) {
+    pub(super) fn answer_waiting(&mut self, id: ConnId, status: u16, body: &[u8], now: Instant) {
         let Some(key) = self.open_key(id) else {
             return;
         };
@@ -192,7 +192,7 @@ impl Driver {
         else {
             unreachable!("matched above")
         };
-        let response = http::response(200, JSON, "", body, keep_alive);
+        let response = http::response(status, JSON, "", body, keep_alive);
         self.reply_keeping(key, keep_alive, response, reader, now);
     }
 
@@ -247,6 +247,15 @@ impl Driver {
                     })
                 } else if let Some(user) = path.strip_prefix("/users/") {
                     percent_decode(user).map(|u| cluster::Ask::User(u.into_owned()))
+                } else if let Some(room) = path.strip_prefix("/history/") {
+                    // A bad request is answered as on one node, below.
+                    api::history_query(&self.hub, room, head.query.as_deref())
+                        .ok()
+                        .map(|q| {
+                            let size = self.hub.config().history_size as u64;
+                            let limit = q.limit.map_or(size, |l| l.min(size)) as usize;
+                            cluster::Ask::History(q.room, q.since, limit)
+                        })
                 } else {
                     None
                 };

@@ -248,6 +248,8 @@ impl Driver {
             "max_bytes": self.hub.config().history_max_bytes,
             "recovered": hub.recovered,
             "not_recovered": hub.not_recovered,
+            "gaps_filled": hub.history_fills,
+            "gap_closes": hub.history_gap_closes,
         })
     }
 
@@ -429,6 +431,18 @@ impl Driver {
                 ("{recovered=\"true\"}", hub.recovered as f64),
                 ("{recovered=\"false\"}", hub.not_recovered as f64),
             ],
+        );
+        metric(
+            "history_gaps_filled_total",
+            "counter",
+            "Cluster mode: gaps in a room's messages (lost on this node's Redis subscriber link) filled from Redis.",
+            &[("", hub.history_fills as f64)],
+        );
+        metric(
+            "history_gap_closes_total",
+            "counter",
+            "Cluster mode: connections closed with 4103 for room messages this node missed and could not fill in.",
+            &[("", hub.history_gap_closes as f64)],
         );
         metric(
             "uptime_seconds",

@@ -264,6 +264,11 @@ pub struct HubCounters {
     pub recovered: u64,
     /// Joins with `since` answered `recovered: false`.
     pub not_recovered: u64,
+    /// Cluster mode: gaps in a room's messages filled from Redis.
+    pub history_fills: u64,
+    /// Cluster mode: connections closed (4103) for messages this node
+    /// missed and could not fill in.
+    pub history_gap_closes: u64,
 }
 
 /// The hub: see the module docs.
@@ -1862,6 +1867,7 @@ impl Hub {
                             // room's stream before anything else of it.
                             let (after, epoch) = (t.seq, t.epoch.clone());
                             t.fill = Some(vec![payload.clone()]);
+                            self.counters.history_fills += 1;
                             let room = self.registry.room(key).expect("indexed").name.clone();
                             log::info!(
                                 "room {room}: missed messages {} to {}; filling",
@@ -2051,6 +2057,7 @@ impl Hub {
         log::warn!("room {}: {why}; its members here rejoin", room.name);
         let name = room.name.clone();
         for id in room.members.clone() {
+            self.counters.history_gap_closes += 1;
             self.close(id, CloseReason::HistoryGap);
         }
         if let Some(t) = self.tracked.get_mut(&name) {
@@ -2417,6 +2424,30 @@ impl Hub {
             }
         }
     }
+}
+
+/// `GET /api/history/<room>`'s body in cluster mode, from what Redis gave.
+pub fn history_page_body(room: &str, page: &HistoryPage) -> Vec<u8> {
+    let frames: Vec<SharedFrame> = page
+        .messages
+        .iter()
+        .filter_map(|(seq, body)| protocol::sequenced_message(body, *seq))
+        .collect();
+    let head = m::HistoryHead {
+        kind: None,
+        room,
+        epoch: page.epoch.as_deref(),
+        seq: page.seq,
+        truncated: page.truncated,
+        reference: None,
+    };
+    let mut out = Vec::with_capacity(256);
+    write_history(
+        &mut out,
+        &head,
+        frames.iter().map(|f| protocol::frame_payload(f)),
+    );
+    out
 }
 
 /// A `history` reply: the head, then the messages (each a room message's

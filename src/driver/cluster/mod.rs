@@ -129,6 +129,8 @@ pub enum Ask {
     User(String),
     /// A room, with at most this many users listed.
     Room(String, usize),
+    /// A room's latest messages (after `since`, at most `limit`).
+    History(String, Option<(String, u64)>, usize),
 }
 
 /// A view.
@@ -136,6 +138,8 @@ pub enum Ask {
 pub enum View {
     User(UserView),
     Room(RoomView),
+    /// A room's latest messages; `None` when Redis could not be asked.
+    History(String, Option<HistoryPage>),
 }
 
 /// A user view being gathered from the nodes that hold the user.
@@ -205,6 +209,8 @@ enum Reply {
     Fill(Arc<str>),
     /// A `history` request's messages.
     Read(Pending),
+    /// `GET /api/history/<room>`'s messages.
+    HistoryView(Waiter, String),
     Ignore,
 }
 
@@ -715,6 +721,10 @@ impl Cluster {
         limit: usize,
         reply: Pending,
     ) {
+        self.read(room, since, limit, Reply::Read(reply));
+    }
+
+    fn read(&mut self, room: &str, since: Option<(String, u64)>, limit: usize, reply: Reply) {
         let max_bytes = self.history.map_or(0, |h| h.max_bytes);
         let (_, shard) = self.channel(&Channel::Room(Arc::from(room)));
         let (epoch, seq) = since.unwrap_or_default();
@@ -728,9 +738,9 @@ impl Cluster {
         ]
         .map(<[u8]>::to_vec);
         let Some(bytes) = self.script(shard, Script::HistoryRead, &args) else {
-            return self.unavailable(Reply::Read(reply));
+            return self.unavailable(reply);
         };
-        if let Err(reply) = self.send(shard, None, bytes, Reply::Read(reply), Class::Control) {
+        if let Err(reply) = self.send(shard, None, bytes, reply, Class::Control) {
             self.unavailable(reply);
         }
     }
@@ -843,6 +853,10 @@ impl Cluster {
                 if let Err(reply) = self.send(shard, None, bytes, reply, Class::Control) {
                     self.unavailable(reply);
                 }
+            }
+            Ask::History(room, since, limit) => {
+                let reply = Reply::HistoryView(waiter, room.clone());
+                self.read(&room, since, limit, reply);
             }
             Ask::User(user) => {
                 if self.gathering.len() >= MAX_GATHERING {
@@ -970,6 +984,9 @@ impl Cluster {
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Unavailable)),
             Reply::Fill(room) => self.events.push_back(Event::Filled(room, None)),
+            Reply::HistoryView(waiter, room) => self
+                .events
+                .push_back(Event::View(waiter, View::History(room, None))),
             // Without Redis only this node's cap is checked.
             Reply::Claim(id) => self.events.push_back(Event::Claim(id, true)),
             _ => {}
@@ -1148,6 +1165,11 @@ impl Cluster {
                 p,
                 ClusterAnswer::History(history_page(&frame)),
             )),
+            Reply::HistoryView(waiter, room) => {
+                let page = Some(history_page(&frame));
+                self.events
+                    .push_back(Event::View(waiter, View::History(room, page)));
+            }
             Reply::Query(p) => self
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame)))),
