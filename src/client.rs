@@ -342,8 +342,9 @@ impl Rooms {
         };
         match v["type"].as_str() {
             Some("joined") => {
+                // Without an epoch (no history, or the cluster could not
+                // be asked) the place stays.
                 let (Some(epoch), Some(seq)) = (v["epoch"].as_str(), v["seq"].as_u64()) else {
-                    *room = None; // no history here
                     return true;
                 };
                 // Recovered: the missed messages follow and move the place
@@ -790,12 +791,16 @@ mod tests {
         rooms.remove("r");
         rooms.add("r");
         assert_eq!(rooms.place("r"), None);
-        // A room without history has no place.
+        // A room without history has no place; a joined without an epoch
+        // (the cluster could not be asked) leaves a place as it is.
         assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "members": 1})));
         assert_eq!(
             rooms.join_message("r"),
             json!({"type": "join", "room": "r"})
         );
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "epoch": "g", "seq": 1})));
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "recovered": false})));
+        assert_eq!(rooms.place("r"), Some(("g", 1)));
     }
 
     #[test]

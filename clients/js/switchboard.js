@@ -192,10 +192,10 @@ export class Switchboard {
   notePlace(msg) {
     if (!this.rooms.has(msg.room)) return true;
     if (msg.type === "joined") {
-      if (msg.epoch === undefined) this.places.delete(msg.room);
-      // Recovered: the replay that follows moves the place on. Otherwise
-      // (a first join, or not recoverable) it is the room's latest.
-      else if (msg.recovered !== true || !this.places.has(msg.room)) {
+      // Without an epoch (no history, or the cluster could not be asked)
+      // the place stays. Recovered: the replay that follows moves it on.
+      // Otherwise (a first join, or not recoverable) it is the room's latest.
+      if (msg.epoch !== undefined && (msg.recovered !== true || !this.places.has(msg.room))) {
         this.places.set(msg.room, { epoch: msg.epoch, seq: msg.seq });
       }
     } else if (msg.type === "message" && msg.seq !== undefined) {
