@@ -19,6 +19,10 @@
 #                                        connections in N/10 rooms, then per request of
 #                                        /api/overview (what it polls), /stats, /metrics
 #                                        and /healthz the server's CPU and the bytes
+#   scripts/bench.sh history-memory [M] [ROOMS]  memory per retained history message: M
+#                                        messages of 64-byte data published through the
+#                                        API to ROOMS rooms with history (defaults 100000,
+#                                        100), server RSS before and after
 #   scripts/bench.sh all                 the issue's target table
 #
 # Cluster mode (a local redis-server, started and stopped here; nodes on
@@ -172,6 +176,41 @@ PY
   wait "$load_pid" 2>/dev/null || true
   rm -f "$ready"
   stop_server
+}
+
+run_history_memory() {
+  local m=$1 rooms=$2
+  SERVER_FLAGS="${SERVER_FLAGS:-} --history-size $(( (m + rooms - 1) / rooms )) \
+    --history-max-bytes 4000000000 --api-key bench-api-key-0123456789" start_server
+  sleep 0.3
+  local before after
+  before=$(rss_kb "$SERVER_PID")
+  python3 - "$PORT" "$m" "$rooms" <<'PY'
+import http.client, json, sys
+port, m, rooms = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+c = http.client.HTTPConnection("127.0.0.1", port)
+headers = {"Authorization": "Bearer bench-api-key-0123456789", "Content-Type": "application/json"}
+data = "x" * 54  # with the quotes and the i below: about 64 bytes of data
+for i in range(m):
+    body = json.dumps({"room": f"room-{i % rooms}", "data": {"i": i, "t": data}})
+    c.request("POST", "/api/publish", body, headers)
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  sleep 0.3
+  after=$(rss_kb "$SERVER_PID")
+  local stats
+  stats=$(curl -fs -H "Authorization: Bearer bench-api-key-0123456789" "http://127.0.0.1:$PORT/stats")
+  stop_server
+  python3 - "$m" "$rooms" "$before" "$after" "$stats" <<'PY'
+import json, sys
+m, rooms, before, after = (int(x) for x in sys.argv[1:5])
+h = json.loads(sys.argv[5])["history"]
+print(json.dumps({"mode": "history-memory", "messages": m, "rooms": rooms,
+    "held": h["messages"], "rss_before_kb": before, "rss_after_kb": after,
+    "rss_bytes_per_message": round((after - before) * 1024 / h["messages"], 1),
+    "counted_bytes_per_message": round(h["bytes"] / h["messages"], 1)}))
+PY
 }
 
 run_load() {
@@ -331,6 +370,7 @@ case "${1:-all}" in
     "$0" cluster-joins 100
     ;;
   idle) run_idle "${2:-10000}" ;;
+  history-memory) run_history_memory "${2:-100000}" "${3:-100}" ;;
   dashboard) run_dashboard "${2:-10000}" ;;
   fanout) run_load --mode fanout --conns "${2:-1000}" --in-flight "${3:-1}" --messages "${MESSAGES:-20000}" ;;
   chat) run_load --mode chat --conns "${2:-10000}" --room-size 10 --churn "${3:-$(( ${2:-10000} / 100 ))}" --duration "${DURATION:-20}" ;;

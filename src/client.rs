@@ -297,7 +297,17 @@ impl Reconnect {
 /// what tells a message already seen from a new one.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    rooms: BTreeMap<String, Option<(String, u64)>>,
+    rooms: BTreeMap<String, Option<Place>>,
+}
+
+#[derive(Debug)]
+struct Place {
+    epoch: String,
+    seq: u64,
+    /// The last `joined` said this epoch: messages are counted against
+    /// it. After a `joined` without one (the cluster could not be asked)
+    /// the place is only what the next rejoin sends as `since`.
+    current: bool,
 }
 
 impl Rooms {
@@ -320,7 +330,7 @@ impl Rooms {
         self.rooms
             .get(room)
             .and_then(|p| p.as_ref())
-            .map(|(e, s)| (e.as_str(), *s))
+            .map(|p| (p.epoch.as_str(), p.seq))
     }
 
     /// The `join` for `room`: with `since` once its place is known.
@@ -343,22 +353,33 @@ impl Rooms {
         match v["type"].as_str() {
             Some("joined") => {
                 // Without an epoch (no history, or the cluster could not
-                // be asked) the place stays.
+                // be asked) the place stays for the next rejoin, but what
+                // comes is not counted against it (its epoch is unknown).
                 let (Some(epoch), Some(seq)) = (v["epoch"].as_str(), v["seq"].as_u64()) else {
+                    if let Some(p) = room {
+                        p.current = false;
+                    }
                     return true;
                 };
                 // Recovered: the missed messages follow and move the place
                 // on. Otherwise (first join, or not recoverable) the place
                 // is the room's latest.
-                if v["recovered"] != true || room.is_none() {
-                    *room = Some((epoch.to_string(), seq));
+                match room {
+                    Some(p) if v["recovered"] == true && p.epoch == epoch => p.current = true,
+                    _ => {
+                        *room = Some(Place {
+                            epoch: epoch.to_string(),
+                            seq,
+                            current: true,
+                        })
+                    }
                 }
                 true
             }
             Some("message") => match (v["seq"].as_u64(), room.as_mut()) {
-                (Some(seq), Some((_, last))) if seq <= *last => false,
-                (Some(seq), Some((_, last))) => {
-                    *last = seq;
+                (Some(seq), Some(p)) if p.current && seq <= p.seq => false,
+                (Some(seq), Some(p)) if p.current => {
+                    p.seq = seq;
                     true
                 }
                 _ => true,
@@ -800,6 +821,11 @@ mod tests {
         );
         assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "epoch": "g", "seq": 1})));
         assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "recovered": false})));
+        assert_eq!(rooms.place("r"), Some(("g", 1)));
+        // … and what comes then (of an epoch not known) is neither dropped
+        // nor counted.
+        assert!(rooms.on_server(&json!({"type": "message", "room": "r", "seq": 1})));
+        assert!(rooms.on_server(&json!({"type": "message", "room": "r", "seq": 9})));
         assert_eq!(rooms.place("r"), Some(("g", 1)));
     }
 

@@ -102,7 +102,15 @@ fn read_on(c: &mut Client, place: &mut (String, u64), n: u64, seen: &mut [bool])
 fn every_message_arrives_once_in_order_while_the_reader_moves_between_three_nodes() {
     const TOTAL: u64 = 1500;
     let redis = Redis::start();
-    let flags = ["--history-size", "5000", "--rate-limit", "0"];
+    // A reader on a slow machine may fall far behind before a cut.
+    let flags = [
+        "--history-size",
+        "5000",
+        "--rate-limit",
+        "0",
+        "--max-recover",
+        "5000",
+    ];
     let nodes = [
         node(&redis, &flags),
         node(&redis, &flags),
@@ -345,6 +353,8 @@ fn the_js_client_in_chromium_loses_nothing_across_a_daemon_restart() {
             "--cluster",
             &url,
             "--history-size",
+            "1000",
+            "--max-recover",
             "1000",
             "--api-key",
             API_KEY,

@@ -74,6 +74,9 @@ fn every_message_arrives_once_and_in_order_across_many_cut_connections() {
         API_KEY,
         "--rate-limit",
         "0",
+        // A reader on a slow machine may fall far behind before a cut.
+        "--max-recover",
+        "5000",
     ]);
     let mut sub = server.joined("/ws?user=sub");
     let joined = join(&mut sub, "feed", None);
@@ -279,7 +282,14 @@ fn the_js_client_in_chromium_loses_nothing_across_cut_connections() {
     );
     support::drive_node(
         "history_browser.mjs",
-        &["--history-size", "1000", "--api-key", API_KEY],
+        &[
+            "--history-size",
+            "1000",
+            "--max-recover",
+            "1000",
+            "--api-key",
+            API_KEY,
+        ],
         &[API_KEY, "cut"],
     );
 }
@@ -288,7 +298,14 @@ fn the_js_client_in_chromium_loses_nothing_across_cut_connections() {
 fn the_rust_client_loses_nothing_across_cut_connections() {
     use switchboard::client::{Client as RustClient, ClientConfig, Event};
     const TOTAL: u64 = 600;
-    let server = Server::start(&["--history-size", "1000", "--api-key", API_KEY]);
+    let server = Server::start(&[
+        "--history-size",
+        "1000",
+        "--max-recover",
+        "1000",
+        "--api-key",
+        API_KEY,
+    ]);
     let mut config = ClientConfig::new(server.url("/ws?user=reader"));
     config.min_delay = Duration::from_millis(20);
     config.max_delay = Duration::from_millis(200);

@@ -48,7 +48,8 @@ export class Switchboard {
     this.state = "disconnected";
     this.welcome = null;
     this.rooms = new Set();
-    /** Rooms with history: room -> { epoch, seq } last seen. */
+    /** Rooms with history: room -> { epoch, seq } last seen, and whether
+     * the last `joined` said that epoch (`current`). */
     this.places = new Map();
     this.handlers = new Map();
     this.pending = new Map();
@@ -185,25 +186,28 @@ export class Switchboard {
   /** `join`, with `since` once the room's place is known. */
   joinMessage(room) {
     const place = this.places.get(room);
-    return place ? { type: "join", room, since: place } : { type: "join", room };
+    return place ? { type: "join", room, since: { epoch: place.epoch, seq: place.seq } } : { type: "join", room };
   }
 
   /** Keep each room's place; false for a room message already seen. */
   notePlace(msg) {
     if (!this.rooms.has(msg.room)) return true;
+    const place = this.places.get(msg.room);
     if (msg.type === "joined") {
       // Without an epoch (no history, or the cluster could not be asked)
-      // the place stays. Recovered: the replay that follows moves it on.
+      // the place stays for the next rejoin, but what comes is not counted
+      // against it. Recovered: the replay that follows moves it on.
       // Otherwise (a first join, or not recoverable) it is the room's latest.
-      if (msg.epoch !== undefined && (msg.recovered !== true || !this.places.has(msg.room))) {
-        this.places.set(msg.room, { epoch: msg.epoch, seq: msg.seq });
+      if (msg.epoch === undefined) {
+        if (place) place.current = false;
+      } else if (msg.recovered === true && place && place.epoch === msg.epoch) {
+        place.current = true;
+      } else {
+        this.places.set(msg.room, { epoch: msg.epoch, seq: msg.seq, current: true });
       }
-    } else if (msg.type === "message" && msg.seq !== undefined) {
-      const place = this.places.get(msg.room);
-      if (place) {
-        if (msg.seq <= place.seq) return false;
-        place.seq = msg.seq;
-      }
+    } else if (msg.type === "message" && msg.seq !== undefined && place?.current) {
+      if (msg.seq <= place.seq) return false;
+      place.seq = msg.seq;
     }
     return true;
   }

@@ -14,8 +14,12 @@
 //! the channel (room `r`, room `s`, user `ann`, user `bob`, all, room `t`
 //! — where two joins wait for their markers — or a room named by the next
 //! bytes up to a 0xFE) and the rest is the payload; a first byte from 0xF0
-//! answers the oldest request the hub made (a listing or `Unavailable`) or
-//! lets as many seconds pass as the record is long (`handle_timeout`).
+//! answers the oldest request the hub made (a listing or `Unavailable`),
+//! answers the oldest gap fill the hub asked for (the record's bytes as
+//! `from 0xFE body 0xFE …` pairs; empty: could not be filled), or lets as
+//! many seconds pass as the record is long (`handle_timeout`). Rooms keep
+//! history, so `H` envelopes, joins' history answers (from the listings
+//! parsed out of the input) and gap fills are all exercised.
 #![no_main]
 
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use switchboard::driver::cluster::{listing, resp::RespReader};
-use switchboard::hub::cluster::{frame_envelope, Envelope, Pending, PendingKind};
+use switchboard::hub::cluster::{frame_envelope, Envelope, Gap, Pending, PendingKind};
 use switchboard::hub::{ChannelName, ClusterAnswer, ConnId, Hub, Kind, OpenRequest, Output};
 use switchboard::HubConfig;
 
@@ -32,7 +36,7 @@ const NODE: &str = "n1-00000001";
 
 /// Drain outputs; replies the cluster owes go to `owed` (answered later by
 /// the input, so joins stay pending until their marker or the timeout).
-fn drain(hub: &mut Hub, owed: &mut Vec<Pending>) {
+fn drain(hub: &mut Hub, owed: &mut Vec<Pending>, fills: &mut Vec<Gap>) {
     // One batch, as the driver carries it out: a frame may go to a
     // connection that a later output of the same batch closes (the frame
     // is written before the close).
@@ -40,6 +44,19 @@ fn drain(hub: &mut Hub, owed: &mut Vec<Pending>) {
     while let Some(out) = hub.poll_output() {
         batch.push(out);
     }
+    check(hub, batch, owed, fills);
+    // As the driver: what waited for a gap, one at a time, each batch
+    // carried out before the next.
+    while hub.handle_next_waiting() {
+        let mut batch = Vec::new();
+        while let Some(out) = hub.poll_output() {
+            batch.push(out);
+        }
+        check(hub, batch, owed, fills);
+    }
+}
+
+fn check(hub: &mut Hub, batch: Vec<Output>, owed: &mut Vec<Pending>, fills: &mut Vec<Gap>) {
     let closed: Vec<ConnId> = batch
         .iter()
         .filter_map(|o| match o {
@@ -60,6 +77,8 @@ fn drain(hub: &mut Hub, owed: &mut Vec<Pending>) {
             }
             Output::Presence(c) => owed.extend(c.reply),
             Output::Query { reply, .. } => owed.push(reply),
+            Output::HistoryRead { reply, .. } => owed.push(reply),
+            Output::HistoryFill(gap) => fills.push(gap),
             _ => {}
         }
     }
@@ -71,12 +90,14 @@ fuzz_target!(|data: &[u8]| {
     let mut hub = Hub::new(
         HubConfig {
             cluster: true,
+            history_size: 100,
             ..HubConfig::default()
         },
         now,
     );
     hub.set_node_id(Arc::from(NODE));
     let mut owed = Vec::new();
+    let mut fills = Vec::new();
     let mut now = now;
     let mut ids = Vec::new();
     for (i, (user, room)) in [("ann", "r"), ("ann", "s"), ("bob", "r"), ("cat", "s")]
@@ -95,13 +116,13 @@ fuzz_target!(|data: &[u8]| {
         };
         hub.handle_open(now, id, req).expect("open");
         hub.handle_cluster_claim(now, id, true);
-        drain(&mut hub, &mut owed);
+        drain(&mut hub, &mut owed, &mut fills);
         ids.push(id);
     }
     // Two joins left pending: their markers may come in the input.
     for id in &ids[..2] {
         hub.handle_text(now, *id, r#"{"type":"join","room":"t"}"#);
-        drain(&mut hub, &mut owed);
+        drain(&mut hub, &mut owed, &mut fills);
     }
     for record in data.split(|&b| b == 0xFF) {
         let Some((&pick, rest)) = record.split_first() else {
@@ -113,19 +134,37 @@ fuzz_target!(|data: &[u8]| {
                 0 if !owed.is_empty() => {
                     let p = owed.remove(0);
                     let members = rest.first().copied().unwrap_or(0) as usize;
-                    let l = switchboard::hub::cluster::Listing { members, users: Vec::new() };
+                    let l = switchboard::hub::cluster::Listing {
+                        members,
+                        users: Vec::new(),
+                        history: None,
+                    };
                     hub.handle_cluster_answer(p, ClusterAnswer::Listing(l));
                 }
                 1 if !owed.is_empty() => {
                     let p = owed.remove(0);
                     hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);
                 }
+                2 if !fills.is_empty() => {
+                    let gap = fills.remove(0);
+                    let parts: Vec<Bytes> = rest
+                        .split(|&b| b == 0xFE)
+                        .map(Bytes::copy_from_slice)
+                        .collect();
+                    let missed = (!rest.is_empty()).then(|| {
+                        parts
+                            .chunks_exact(2)
+                            .map(|c| (c[0].clone(), c[1].clone()))
+                            .collect()
+                    });
+                    hub.handle_history_fill(&gap, missed);
+                }
                 _ => {
                     now += std::time::Duration::from_secs(rest.len() as u64);
                     hub.handle_timeout(now);
                 }
             }
-            drain(&mut hub, &mut owed);
+            drain(&mut hub, &mut owed, &mut fills);
             continue;
         }
         let named;
@@ -144,7 +183,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let payload = Bytes::copy_from_slice(payload);
         hub.handle_cluster_message(channel, &payload);
-        drain(&mut hub, &mut owed);
+        drain(&mut hub, &mut owed, &mut fills);
         // The same bytes as Redis replies to a listing question.
         let mut reader = RespReader::new(1 << 16);
         let mut src: &[u8] = &payload;
@@ -168,6 +207,7 @@ fuzz_target!(|data: &[u8]| {
                 let copy = switchboard::hub::cluster::Listing {
                     members: l.members,
                     users: Vec::new(),
+                    history: l.history.clone(),
                 };
                 hub.handle_cluster_answer(pending, ClusterAnswer::Listing(copy));
             }
@@ -180,7 +220,7 @@ fuzz_target!(|data: &[u8]| {
                 reference: None,
             };
             hub.handle_cluster_answer(pending, ClusterAnswer::Listing(l));
-            drain(&mut hub, &mut owed);
+            drain(&mut hub, &mut owed, &mut fills);
         }
         // An F envelope round-trips whatever its frame bytes.
         let except = ConnId {
@@ -208,7 +248,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for id in ids {
         hub.handle_closed(id);
-        drain(&mut hub, &mut owed);
+        drain(&mut hub, &mut owed, &mut fills);
     }
     for p in owed.drain(..) {
         hub.handle_cluster_answer(p, ClusterAnswer::Unavailable);

@@ -809,14 +809,9 @@ impl Driver {
                                 .handle_cluster_message(ChannelName::Room(&room), &envelope);
                         }
                     },
-                    Output::HistoryFill {
-                        room,
-                        epoch,
-                        after,
-                        upto,
-                    } => match &mut self.cluster {
-                        Some(c) => c.history_fill(room, &epoch, after, upto),
-                        None => self.hub.handle_history_fill(&room, None),
+                    Output::HistoryFill(gap) => match &mut self.cluster {
+                        Some(c) => c.history_fill(gap),
+                        None => self.hub.handle_history_fill(&gap, None),
                     },
                     Output::HistoryRead {
                         room,
@@ -867,6 +862,11 @@ impl Driver {
                 self.on_cluster_event(event);
                 continue;
             }
+            // What waited on a room's channel while a gap was filled: one
+            // message per round, its outputs carried out before the next.
+            if self.hub.handle_next_waiting() {
+                continue;
+            }
             if self.slow.is_empty() {
                 return;
             }
@@ -886,7 +886,7 @@ impl Driver {
             cluster::Event::Answer(pending, answer) => {
                 self.hub.handle_cluster_answer(pending, answer)
             }
-            cluster::Event::Filled(room, missed) => self.hub.handle_history_fill(&room, missed),
+            cluster::Event::Filled(gap, missed) => self.hub.handle_history_fill(&gap, missed),
             cluster::Event::Claim(id, granted) => {
                 self.hub.handle_cluster_claim(Instant::now(), id, granted)
             }

@@ -394,6 +394,15 @@ impl Driver {
         if self.hub.registry().len() >= self.config.max_connections {
             return self.refuse(key, 503, "server at its connection limit, try again later");
         }
+        let uptime = self.hub.uptime(now);
+        if self.cluster.as_ref().is_some_and(|c| c.starting(uptime)) {
+            return self.refuse_with(
+                key,
+                503,
+                "Retry-After: 1\r\n",
+                "starting: not connected to the cluster yet, try again in a moment",
+            );
+        }
         let accept = match run_handshake(request.head_bytes()) {
             Ok(response) => response,
             Err((status, extra, why)) => return self.refuse_with(key, status, extra, &why),

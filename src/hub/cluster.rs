@@ -131,6 +131,16 @@ pub struct ListedHistory {
     pub replay: Vec<Bytes>,
 }
 
+/// Messages `after + 1 ..= upto` of a room's history `epoch` that this
+/// node missed (its subscriber link lost them), to be filled from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub room: Arc<str>,
+    pub epoch: Arc<str>,
+    pub after: u64,
+    pub upto: u64,
+}
+
 /// The latest messages of a room's history (a `history` request).
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {

@@ -5,7 +5,7 @@
 //! room's members here with 4103 so they rejoin.
 
 use super::*;
-use crate::hub::cluster::{HistoryPage, ListedHistory};
+use crate::hub::cluster::{Gap, HistoryPage, ListedHistory};
 
 fn history_cluster() -> T {
     let mut t = T::with(HubConfig {
@@ -149,16 +149,19 @@ fn a_join_gets_the_missed_messages_then_only_what_came_after_its_marker() {
     assert!(
         matches!(
             &fill[..],
-            [Output::HistoryFill {
+            [Output::HistoryFill(Gap {
                 after: 4,
                 upto: 5,
                 ..
-            }]
+            })]
         ),
         "{fill:?}"
     );
+    let Some(Output::HistoryFill(gap)) = fill.into_iter().next() else {
+        unreachable!()
+    };
     t.hub
-        .handle_history_fill("r", Some(vec![(Bytes::from("n2 -"), body("five"))]));
+        .handle_history_fill(&gap, Some(vec![(Bytes::from("n2 -"), body("five"))]));
     t.step();
     let history = ListedHistory {
         epoch: "e1".into(),
@@ -245,19 +248,24 @@ fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
     t.arrive(ChannelName::Room("r"), b"J n2 - 2 3\ncat");
     assert!(t.drain().is_empty());
     let out = t.take_cluster();
-    let [Output::HistoryFill {
-        room,
-        epoch,
-        after: 2,
-        upto: 4,
-    }] = &out[..]
-    else {
+    let [Output::HistoryFill(gap)] = &out[..] else {
         panic!("{out:?}")
     };
-    assert_eq!((&**room, &**epoch), ("r", "e1"));
+    assert_eq!(
+        (&*gap.room, &*gap.epoch, gap.after, gap.upto),
+        ("r", "e1", 2, 4)
+    );
+    // An answer to another gap (an older one) is ignored.
+    let stale = Gap {
+        after: 1,
+        ..gap.clone()
+    };
+    t.hub.handle_history_fill(&stale, None);
+    t.step();
+    assert!(t.drain().is_empty() && t.take_closes().is_empty());
     let mine = format!("{NODE} {ann}");
     t.hub.handle_history_fill(
-        "r",
+        gap,
         Some(vec![
             (Bytes::from("n2 -"), body("three")),
             (Bytes::from(mine), body("four")),
@@ -277,8 +285,10 @@ fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
     );
     // Another gap that Redis cannot fill: the members rejoin (4103).
     t.arrive(ChannelName::Room("r"), &h("n2 -", 9, "e1", "nine"));
-    t.take_cluster();
-    t.hub.handle_history_fill("r", None);
+    let Some(Output::HistoryFill(gap)) = t.take_cluster().into_iter().next() else {
+        panic!("a fill")
+    };
+    t.hub.handle_history_fill(&gap, None);
     t.step();
     assert_eq!(t.take_closes(), [(ann, CloseReason::HistoryGap)]);
 }
@@ -343,4 +353,115 @@ fn the_history_request_is_answered_from_redis() {
     };
     t.answer(reply, ClusterAnswer::Unavailable);
     t.error(ann, "unavailable");
+}
+
+/// Join `r` as `id` (no `since`): the presence change's reply and join
+/// number, the marker not delivered.
+fn start_join(t: &mut T, id: ConnId, since: Option<(&str, u64)>) -> (Pending, Option<u64>) {
+    let since = since.map_or(String::new(), |(e, s)| {
+        format!(r#","since":{{"epoch":"{e}","seq":{s}}}"#)
+    });
+    t.text(id, &format!(r#"{{"type":"join","room":"r"{since}}}"#));
+    for o in t.take_cluster() {
+        if let Output::Presence(c) = o {
+            return (c.reply.expect("a join's reply"), c.join);
+        }
+    }
+    panic!("no presence change")
+}
+
+fn listing(seq: u64, recovered: Option<bool>, replay: &[&str]) -> ClusterAnswer {
+    ClusterAnswer::Listing(Listing {
+        members: 1,
+        users: Vec::new(),
+        history: Some(ListedHistory {
+            epoch: "e1".into(),
+            seq,
+            recovered,
+            replay: replay.iter().map(|r| body(r)).collect(),
+        }),
+    })
+}
+
+#[test]
+fn a_marker_that_waited_behind_a_gap_still_gets_its_joined_first() {
+    let mut t = history_cluster();
+    let bob = t.open_granted("bob");
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq: 12,
+        ..Default::default()
+    };
+    join_with(&mut t, bob, None, history);
+    t.drain();
+    // 13 is lost; 14 starts a fill.
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 14, "e1", "14"));
+    let Some(Output::HistoryFill(gap)) = t.take_cluster().into_iter().next() else {
+        panic!("a fill")
+    };
+    // Ann rejoins from 10: Redis answers first (at her marker: 14), then
+    // her marker arrives and waits behind the fill.
+    let ann = t.open_granted("ann");
+    let (reply, join) = start_join(&mut t, ann, Some(("e1", 10)));
+    t.answer(reply, listing(14, Some(true), &["11", "12", "13", "14"]));
+    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
+    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    assert!(t.drain().is_empty());
+    t.hub
+        .handle_history_fill(&gap, Some(vec![(Bytes::from("n2 -"), body("13"))]));
+    t.step();
+    let out = t.drain();
+    let to_ann: Vec<&Value> = out
+        .iter()
+        .filter(|(c, _)| *c == ann)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(to_ann[0]["type"], "joined", "{to_ann:?}");
+    assert_eq!(seqs(&out, ann), [11, 12, 13, 14], "the replay only, once");
+    assert_eq!(seqs(&out, bob), [13, 14]);
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 15, "e1", "15"));
+    assert_eq!(seqs(&t.drain(), ann), [15]);
+}
+
+#[test]
+fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
+    // In effect by its timeout (its marker lost): what was delivered
+    // between the marker and then was not held for it.
+    let mut t = history_cluster();
+    let bob = t.open_granted("bob");
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq: 5,
+        ..Default::default()
+    };
+    join_with(&mut t, bob, None, history);
+    t.drain();
+    let ann = t.open_granted("ann");
+    let (reply, _) = start_join(&mut t, ann, None);
+    t.answer(reply, listing(5, None, &[]));
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 6, "e1", "6"));
+    assert_eq!(seqs(&t.drain(), bob), [6]);
+    t.at(JOIN_TIMEOUT.as_secs() + 1);
+    assert_eq!(t.take_closes(), [(ann, CloseReason::HistoryGap)]);
+    assert!(
+        t.drain().iter().all(|(c, _)| *c != ann),
+        "nothing before the close"
+    );
+    // Behind the join's place (this node lost 6 and 7, nothing showed it
+    // yet): what it would deliver next the client had replayed.
+    let mut t = history_cluster();
+    let bob = t.open_granted("bob");
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq: 5,
+        ..Default::default()
+    };
+    join_with(&mut t, bob, None, history);
+    let ann = t.open_granted("ann");
+    let (reply, join) = start_join(&mut t, ann, Some(("e1", 5)));
+    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
+    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    t.answer(reply, listing(7, Some(true), &["6", "7"]));
+    assert_eq!(t.take_closes(), [(ann, CloseReason::HistoryGap)]);
+    assert_eq!(t.hub.counters().history_gap_closes, 1);
 }

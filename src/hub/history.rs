@@ -51,9 +51,22 @@ struct RoomHistory {
     /// `MESSAGE_COST`.
     bytes: usize,
     last_write: Instant,
+    /// When its room last lost its last member.
+    emptied: Option<Instant>,
 }
 
 impl RoomHistory {
+    /// Whether it should still be kept at `now` although its messages are
+    /// gone: its room has members, or lost them less than `ttl` ago. Then
+    /// when to look again.
+    fn keep(&self, now: Instant, ttl: Duration, has_members: bool) -> Option<Instant> {
+        match self.emptied {
+            _ if has_members => Some(now),
+            Some(at) if at + ttl > now => Some(at),
+            _ => None,
+        }
+    }
+
     fn first_held(&self) -> u64 {
         self.seq + 1 - self.frames.len() as u64
     }
@@ -177,6 +190,7 @@ impl History {
                 frames: VecDeque::new(),
                 bytes,
                 last_write: now,
+                emptied: None,
             },
         );
         if self.bytes > config.history_max_bytes {
@@ -345,6 +359,14 @@ impl History {
         (given, truncated)
     }
 
+    /// The room lost its last member: its history stays at least `ttl`
+    /// longer (a member coming back recovers), even one without messages.
+    pub fn room_emptied(&mut self, room: &str, now: Instant) {
+        if let Some(h) = self.rooms.get_mut(room) {
+            h.emptied = Some(now);
+        }
+    }
+
     /// When [`History::expire`] is next due.
     pub fn next_deadline(&self, ttl: Duration) -> Option<Instant> {
         [self.queue.front(), self.fresh.front()]
@@ -354,9 +376,12 @@ impl History {
             .min()
     }
 
-    /// Drop the messages of rooms silent for `ttl`. A room that still has
-    /// members keeps its epoch and seq (a member that rejoins having missed
-    /// nothing is told `recovered: true`); one without is forgotten.
+    /// Drop the messages of rooms silent for `ttl`. A room that has members,
+    /// or lost them less than `ttl` ago, keeps its epoch and seq (a member
+    /// that rejoins having missed nothing is told `recovered: true`);
+    /// another is forgotten. Rooms are looked at in the queues' order,
+    /// which a room written or emptied since it was queued can make late:
+    /// a history may outlive its TTL, by at most another TTL.
     pub fn expire(&mut self, now: Instant, ttl: Duration, has_members: impl Fn(&str) -> bool) {
         while let Some(&(when, _, _)) = self.queue.front() {
             if when + ttl > now {
@@ -370,15 +395,16 @@ impl History {
                 self.queue.push_back((h.last_write, id, name));
                 continue;
             }
-            if has_members(&name) {
-                let mut freed = 0;
-                while !h.frames.is_empty() {
-                    freed += h.pop_oldest();
+            match h.keep(now, ttl, has_members(&name)) {
+                Some(again) => {
+                    let mut freed = 0;
+                    while !h.frames.is_empty() {
+                        freed += h.pop_oldest();
+                    }
+                    self.bytes -= freed;
+                    self.queue.push_back((again, id, name));
                 }
-                self.bytes -= freed;
-                self.queue.push_back((now, id, name));
-            } else {
-                self.drop_room(&name);
+                None => self.drop_room(&name),
             }
         }
         while let Some(&(when, _, _)) = self.fresh.front() {
@@ -387,13 +413,10 @@ impl History {
             }
             let (_, id, name) = self.fresh.pop_front().expect("front");
             match self.rooms.get(&name) {
-                Some(h) if h.id == id && !h.queued => {
-                    if has_members(&name) {
-                        self.fresh.push_back((now, id, name));
-                    } else {
-                        self.drop_room(&name);
-                    }
-                }
+                Some(h) if h.id == id && !h.queued => match h.keep(now, ttl, has_members(&name)) {
+                    Some(again) => self.fresh.push_back((again, id, name)),
+                    None => self.drop_room(&name),
+                },
                 _ => {} // stale: had a message since, or gone
             }
         }

@@ -527,3 +527,29 @@ fn history_asks_the_same_permission_as_presence() {
     t.text(id, r#"{"type":"history","room":"open:1"}"#);
     assert_eq!(t.only(id)["type"], "history");
 }
+
+#[test]
+fn a_history_lasts_a_ttl_after_its_room_empties() {
+    let mut t = history(10);
+    let ann = t.open("ann");
+    let (joined, _) = join_since(&mut t, ann, "r", None);
+    let epoch = joined["epoch"].as_str().unwrap().to_string();
+    say(&mut t, ann, "r", "m1");
+    // Silent past its TTL with a member: the messages go, the place stays.
+    t.at(TTL.as_secs() + 10);
+    assert_eq!(t.hub.history_usage().2, 0);
+    // The member's connection drops at 2 TTL, just before the next look
+    // at the room (2 TTL + 10), and comes back 250 s later: it recovers
+    // (nothing missed).
+    t.at(2 * TTL.as_secs());
+    t.closed(ann);
+    t.at(2 * TTL.as_secs() + 11);
+    t.at(2 * TTL.as_secs() + 250);
+    let ann = t.open("ann");
+    let (joined, _) = join_since(&mut t, ann, "r", Some((&epoch, 1)));
+    assert_eq!(joined["recovered"], true, "{joined}");
+    // Empty for a whole TTL: forgotten.
+    t.closed(ann);
+    t.at(5 * TTL.as_secs());
+    assert_eq!(t.hub.history_usage(), (0, 0, 0));
+}

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use self::cluster::{
-    Channel, Envelope, HistoryAsk, HistoryPage, Pending, PendingKind, PresenceChange,
+    Channel, Envelope, Gap, HistoryAsk, HistoryPage, Pending, PendingKind, PresenceChange,
 };
 pub use self::config::HubConfig;
 pub use self::grants::{Grants, RoomPatterns};
@@ -98,23 +98,18 @@ pub enum Output {
     /// Cluster mode: answer `reply` with the room's listing.
     Query { room: Arc<str>, reply: Pending },
     /// Cluster mode: a message of a room with history (its JSON without
-    /// `seq`), for Redis to number, keep and publish. If it cannot go out,
-    /// this node's members get it without a `seq`: hand
-    /// [`Hub::handle_cluster_message`] an `F` envelope of it.
+    /// `seq`), for Redis to number, keep and publish. Like any publish: if
+    /// its shard is unreachable, this node's members get it (without a
+    /// `seq`: hand [`Hub::handle_cluster_message`] an `F` envelope of it);
+    /// over the link's budget it is dropped and counted.
     HistoryPublish {
         room: Arc<str>,
         except: Option<ConnId>,
         body: Bytes,
     },
-    /// Cluster mode: this node missed messages `after + 1 ..= upto` of the
-    /// room's history `epoch` (its subscriber link lost them): answer
-    /// with [`Hub::handle_history_fill`].
-    HistoryFill {
-        room: Arc<str>,
-        epoch: Arc<str>,
-        after: u64,
-        upto: u64,
-    },
+    /// Cluster mode: this node missed some of a room's messages (its
+    /// subscriber link lost them): answer with [`Hub::handle_history_fill`].
+    HistoryFill(Gap),
     /// Cluster mode: a `history` request; answer `reply` with
     /// [`ClusterAnswer::History`].
     HistoryRead {
@@ -220,9 +215,23 @@ pub enum ClusterAnswer {
 struct Tracked {
     epoch: Arc<str>,
     seq: u64,
-    /// Filling a gap from Redis: what arrived on the room's channel
-    /// meanwhile, handled once the gap is filled.
-    fill: Option<Vec<Bytes>>,
+    fill: Option<Fill>,
+}
+
+/// Cluster mode: a room filling a gap from Redis. Everything that arrives
+/// on its channel meanwhile waits, and is handled after the missed
+/// messages — one per round of the driver (see [`Hub::handle_next_waiting`]),
+/// so each one's outputs are carried out before the next changes who is in
+/// the room.
+#[derive(Debug)]
+struct Fill {
+    /// The gap asked for (the room's epoch is [`Tracked::epoch`]).
+    after: u64,
+    upto: u64,
+    /// The gap was filled: what waits is being handled.
+    answered: bool,
+    waiting: VecDeque<Bytes>,
+    waiting_bytes: usize,
 }
 
 /// How a connection asks to join the hub.
@@ -298,6 +307,9 @@ pub struct Hub {
     history: History,
     /// Cluster mode: rooms with history and a member here.
     tracked: HashMap<Arc<str>, Tracked>,
+    /// Cluster mode: rooms whose gap was filled and whose waiting messages
+    /// are being handled.
+    draining: VecDeque<Arc<str>>,
     /// The latest time the driver gave (inputs without `now`, such as
     /// [`Hub::publish`], are stamped with it).
     now: Instant,
@@ -331,6 +343,7 @@ impl Hub {
             next_join: 0,
             history: History::new(Arc::from("0")),
             tracked: HashMap::new(),
+            draining: VecDeque::new(),
             now,
         }
     }
@@ -679,6 +692,7 @@ impl Hub {
 
     /// A text message arrived from `id`.
     pub fn handle_text(&mut self, now: Instant, id: ConnId, text: &str) {
+        self.advance(now);
         if self.hold_early(id, || Early::Text(text.into())) {
             return;
         }
@@ -712,6 +726,7 @@ impl Hub {
     /// A binary message arrived from `id`: echoed on `/echo`, otherwise sent
     /// to the members of the room named in the connection's URL.
     pub fn handle_binary(&mut self, now: Instant, id: ConnId, data: &[u8]) {
+        self.advance(now);
         if self.hold_early(id, || Early::Binary(data.into())) {
             return;
         }
@@ -1559,6 +1574,9 @@ impl Hub {
         if last {
             self.announce("user_left", key, id);
         }
+        if self.config.history_size > 0 && self.registry.room_key(&name).is_none() {
+            self.history.room_emptied(&name, self.now);
+        }
         let members = self.registry.room(key).map_or(0, |r| r.user_count());
         let frame = protocol::json_frame(&m::Left {
             kind: "left",
@@ -1673,6 +1691,15 @@ impl Hub {
             .user
             .map(|u| self.registry.user(u).expect("session's user").name.clone());
         let limit = self.config.presence_announce_limit;
+        // Rooms that keep history learn when they empty.
+        let rooms: Vec<Arc<str>> = match self.config.history_size {
+            0 => Vec::new(),
+            _ => session
+                .rooms
+                .iter()
+                .filter_map(|&(k, _)| self.registry.room(k).map(|r| r.name.clone()))
+                .collect(),
+        };
         let outputs = &mut self.outputs;
         let removed = self.registry.remove(id, |reg, key, last_of_user| {
             let Some(room) = reg.room(key) else { return };
@@ -1695,6 +1722,11 @@ impl Hub {
                 });
             }
         });
+        for name in rooms {
+            if self.registry.room_key(&name).is_none() {
+                self.history.room_emptied(&name, self.now);
+            }
+        }
         if removed {
             log::debug!("{id} removed from the registry");
         }
@@ -1813,15 +1845,51 @@ impl Hub {
     pub fn handle_cluster_message(&mut self, channel: ChannelName<'_>, payload: &Bytes) {
         // A room filling a gap: all of its channel waits, in order.
         if let ChannelName::Room(room) = channel {
-            if let Some(queue) = self.tracked.get_mut(room).and_then(|t| t.fill.as_mut()) {
-                if queue.len() < MAX_JOINING_HELD {
-                    queue.push(payload.clone());
+            let most = self.config.max_replay_bytes.saturating_mul(8);
+            if let Some(f) = self.tracked.get_mut(room).and_then(|t| t.fill.as_mut()) {
+                if f.waiting.len() < MAX_JOINING_HELD && f.waiting_bytes + payload.len() <= most {
+                    f.waiting_bytes += payload.len();
+                    f.waiting.push_back(payload.clone());
                 } else if let Some(key) = self.registry.room_key(room) {
                     self.history_lost(key, "too much arrived while filling a gap");
                 }
                 return;
             }
         }
+        self.on_cluster_message(channel, payload);
+    }
+
+    /// Cluster mode: handle the next message that waited on a room's
+    /// channel while its gap was filled, if any (the driver calls this
+    /// after carrying out every output, until it says there is none).
+    pub fn handle_next_waiting(&mut self) -> bool {
+        while let Some(room) = self.draining.front().cloned() {
+            let Some(f) = self
+                .tracked
+                .get_mut(&room)
+                .and_then(|t| t.fill.as_mut())
+                .filter(|f| f.answered)
+            else {
+                self.draining.pop_front();
+                continue;
+            };
+            let Some(payload) = f.waiting.pop_front() else {
+                self.draining.pop_front();
+                self.tracked.get_mut(&room).expect("looked up").fill = None;
+                continue;
+            };
+            f.waiting_bytes -= payload.len();
+            if f.waiting.is_empty() {
+                self.draining.pop_front();
+                self.tracked.get_mut(&room).expect("looked up").fill = None;
+            }
+            self.on_cluster_message(ChannelName::Room(&room), &payload);
+            return true;
+        }
+        false
+    }
+
+    fn on_cluster_message(&mut self, channel: ChannelName<'_>, payload: &Bytes) {
         let Some(envelope) = Envelope::parse(payload) else {
             log::debug!("ignored a cluster message that is no envelope on {channel:?}");
             return;
@@ -1865,21 +1933,31 @@ impl Hub {
                         if seq > t.seq + 1 {
                             // This node missed some: fill the gap from the
                             // room's stream before anything else of it.
-                            let (after, epoch) = (t.seq, t.epoch.clone());
-                            t.fill = Some(vec![payload.clone()]);
+                            // (Met while handling what waited for an earlier
+                            // gap: it goes first, the rest keep their order.)
+                            let (after, upto) = (t.seq, seq - 1);
+                            let epoch = t.epoch.clone();
+                            let (mut waiting, bytes) = match t.fill.take() {
+                                Some(f) => (f.waiting, f.waiting_bytes),
+                                None => (VecDeque::new(), 0),
+                            };
+                            waiting.push_front(payload.clone());
+                            t.fill = Some(Fill {
+                                after,
+                                upto,
+                                answered: false,
+                                waiting,
+                                waiting_bytes: bytes + payload.len(),
+                            });
                             self.counters.history_fills += 1;
                             let room = self.registry.room(key).expect("indexed").name.clone();
-                            log::info!(
-                                "room {room}: missed messages {} to {}; filling",
-                                after + 1,
-                                seq - 1
-                            );
-                            self.outputs.push_back(Output::HistoryFill {
+                            log::info!("room {room}: missed {} to {upto}; filling", after + 1);
+                            self.outputs.push_back(Output::HistoryFill(Gap {
                                 room,
                                 epoch,
                                 after,
-                                upto: seq - 1,
-                            });
+                                upto,
+                            }));
                             return;
                         }
                         t.seq = seq;
@@ -2014,36 +2092,39 @@ impl Hub {
     /// Cluster mode: the answer to [`Output::HistoryFill`]: the missed
     /// messages (each with the node and connection that sent it, as
     /// `"<node> <conn|->"`), oldest first, or `None` when they could not
-    /// all be had. Then what waited on the room's channel is handled.
-    pub fn handle_history_fill(&mut self, room: &str, missed: Option<Vec<(Bytes, Bytes)>>) {
-        let Some(t) = self.tracked.get_mut(room) else {
+    /// all be had. What waited on the room's channel is then handled by
+    /// [`Hub::handle_next_waiting`]. An answer to another gap than the
+    /// room's current one is ignored.
+    pub fn handle_history_fill(&mut self, gap: &Gap, missed: Option<Vec<(Bytes, Bytes)>>) {
+        let Some(t) = self.tracked.get_mut(&gap.room) else {
             return;
         };
-        let Some(waiting) = t.fill.take() else {
+        let current = t.fill.as_ref().is_some_and(|f| {
+            !f.answered && f.after == gap.after && f.upto == gap.upto && t.epoch == gap.epoch
+        });
+        let Some(key) = self.registry.room_key(&gap.room).filter(|_| current) else {
             return;
         };
-        let after = t.seq;
-        let Some(key) = self.registry.room_key(room) else {
+        let missed = missed.filter(|m| m.len() as u64 == gap.upto - gap.after);
+        let Some(missed) = missed else {
+            self.history_lost(key, "missed messages that Redis could not give");
             return;
         };
-        match missed {
-            Some(missed) => {
-                for (i, (from, body)) in missed.iter().enumerate() {
-                    let except = std::str::from_utf8(from)
-                        .ok()
-                        .and_then(|w| w.split_once(' '))
-                        .filter(|(node, _)| *node == &*self.node_id)
-                        .and_then(|(_, conn)| cluster::parse_conn(conn));
-                    self.deliver_history(key, except, after + 1 + i as u64, body);
-                }
-                if let Some(t) = self.tracked.get_mut(room) {
-                    t.seq = after + missed.len() as u64;
-                }
-            }
-            None => self.history_lost(key, "missed messages that Redis could not give"),
+        for (i, (from, body)) in missed.iter().enumerate() {
+            let except = std::str::from_utf8(from)
+                .ok()
+                .and_then(|w| w.split_once(' '))
+                .filter(|(node, _)| *node == &*self.node_id)
+                .and_then(|(_, conn)| cluster::parse_conn(conn));
+            self.deliver_history(key, except, gap.after + 1 + i as u64, body);
         }
-        for payload in waiting {
-            self.handle_cluster_message(ChannelName::Room(room), &payload);
+        let t = self.tracked.get_mut(&gap.room).expect("looked up");
+        t.seq = gap.upto;
+        if let Some(f) = t.fill.as_mut() {
+            f.answered = true;
+            if !self.draining.contains(&gap.room) {
+                self.draining.push_back(gap.room.clone());
+            }
         }
     }
 
@@ -2121,10 +2202,6 @@ impl Hub {
         let Some(j) = self.take_joining(key, conn) else {
             return;
         };
-        let mut replies = self.join_replies(key, &j).into_iter();
-        if let Some(own) = replies.next() {
-            self.send(Target::Conn(conn), own);
-        }
         // A room with history: what the client missed (as Redis held it at
         // the join's marker), then what came after. Anything of the
         // history before the marker is not sent twice.
@@ -2132,10 +2209,22 @@ impl Hub {
             Some(ClusterAnswer::Listing(l)) => l.history.as_ref(),
             _ => None,
         };
+        if let Some(h) = found {
+            self.track(&j, key, h);
+            if !self.continues(key, h, &j.held) {
+                log::info!("{conn}: its join of a room with history has a hole; it rejoins");
+                self.counters.history_gap_closes += 1;
+                self.close(conn, CloseReason::HistoryGap);
+                return;
+            }
+        }
+        let mut replies = self.join_replies(key, &j, true).into_iter();
+        if let Some(own) = replies.next() {
+            self.send(Target::Conn(conn), own);
+        }
         let mut upto = 0;
         if let Some(h) = found {
             upto = h.seq;
-            self.track(&j, key, h);
             if h.recovered == Some(true) {
                 let first = h.seq + 1 - h.replay.len() as u64;
                 for (i, body) in h.replay.iter().enumerate() {
@@ -2153,6 +2242,39 @@ impl Hub {
                 self.send(Target::Conn(conn), frame);
             }
         }
+    }
+
+    /// Cluster mode: whether a joining connection's stream has no hole: the
+    /// frames held for it continue the history the join found (at `h.seq`)
+    /// one by one, up to the last this node delivered. There is a hole when
+    /// the join took effect by its timeout (frames delivered between its
+    /// lost marker and then were not held), or when this node is behind
+    /// the join's place (what it delivers next the client had replayed).
+    fn continues(
+        &self,
+        key: RoomKey,
+        h: &cluster::ListedHistory,
+        held: &[(u64, SharedFrame)],
+    ) -> bool {
+        let Some(t) = self
+            .registry
+            .room(key)
+            .and_then(|r| self.tracked.get(&r.name))
+            .filter(|t| *t.epoch == *h.epoch)
+        else {
+            // Another epoch: its members are closed when it shows.
+            return true;
+        };
+        let mut next = h.seq + 1;
+        for &(seq, _) in held {
+            if seq > h.seq {
+                if seq != next {
+                    return false;
+                }
+                next = seq + 1;
+            }
+        }
+        t.seq + 1 == next
     }
 
     /// Cluster mode: a join's answer says where the room's history is; a
@@ -2183,7 +2305,9 @@ impl Hub {
     /// The `joined` replies of a pending join: its own, then those of the
     /// joins of the room asked meanwhile, all from the cluster's answer
     /// (this node's view without one).
-    fn join_replies(&self, key: RoomKey, j: &Joining) -> Vec<SharedFrame> {
+    /// Without `replay` (the join ends by leaving) nothing is replayed, and
+    /// the reply says so.
+    fn join_replies(&self, key: RoomKey, j: &Joining, replay: bool) -> Vec<SharedFrame> {
         let Some(room) = self.registry.room(key) else {
             return Vec::new();
         };
@@ -2199,7 +2323,7 @@ impl Hub {
             epoch: found.map(|h| h.epoch.as_str()),
             seq: found.map(|h| h.seq),
             recovered: match found {
-                Some(h) => h.recovered,
+                Some(h) => h.recovered.map(|r| r && replay),
                 None => j.recovering.then_some(false),
             },
         };
@@ -2243,7 +2367,7 @@ impl Hub {
         let Some(j) = self.take_joining(key, conn) else {
             return;
         };
-        let replies = self.join_replies(key, &j);
+        let replies = self.join_replies(key, &j, false);
         for frame in replies {
             self.send(Target::Conn(conn), frame);
         }

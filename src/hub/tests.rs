@@ -103,6 +103,17 @@ impl T {
     /// Drain every output right now (as the driver must before the next
     /// input), resolve recipients, and check the registry.
     fn step(&mut self) {
+        loop {
+            self.take_outputs();
+            // As the driver: what waited for a gap, one at a time.
+            if !self.hub.handle_next_waiting() {
+                break;
+            }
+        }
+        self.hub.registry().check_invariants();
+    }
+
+    fn take_outputs(&mut self) {
         while let Some(out) = self.hub.poll_output() {
             match out {
                 Output::Send { to, frame } => {
@@ -128,7 +139,6 @@ impl T {
                 other => self.cluster.push(other),
             }
         }
-        self.hub.registry().check_invariants();
     }
 
     fn fresh_id(&mut self) -> ConnId {

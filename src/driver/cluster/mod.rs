@@ -40,7 +40,7 @@ use self::resp::BytesFrame;
 use self::scripts::Script;
 use crate::config::RedisUrl;
 use crate::hub::cluster::{
-    Channel, HistoryPage, ListedHistory, ListedUser, Listing, Pending, PresenceChange,
+    Channel, Gap, HistoryPage, ListedHistory, ListedUser, Listing, Pending, PresenceChange,
 };
 use crate::hub::{ClusterAnswer, ConnId, ConnectionView, Hub, MemberView, RoomView, UserView};
 
@@ -55,6 +55,10 @@ pub const DEAF_AFTER: Duration = Duration::from_secs(4);
 /// How long a connection attempt (TCP, then AUTH/SELECT/script loading)
 /// may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after its start a node refuses WebSocket clients (503) while
+/// its shards are not all up; after it, it serves them in any case (with
+/// this node's view while Redis is down).
+pub const STARTUP_GRACE: Duration = CONNECT_TIMEOUT;
 /// Reconnect backoff: first delay and cap (with jitter).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
@@ -103,7 +107,7 @@ pub enum Event {
     LocalView(Waiter, Ask),
     /// The answer to the hub's `HistoryFill`: the missed messages (each
     /// with who sent it), or `None` when they could not be had.
-    Filled(Arc<str>, Option<Vec<(Bytes, Bytes)>>),
+    Filled(Gap, Option<Vec<(Bytes, Bytes)>>),
     /// Another node (`asker`) wants this node's connections of `user`:
     /// answer with [`Cluster::answer_view`].
     ViewQuery {
@@ -205,8 +209,8 @@ enum Reply {
     Sweep(u64),
     /// A step of refreshing key expiries.
     Refresh,
-    /// A gap's messages, for the room.
-    Fill(Arc<str>),
+    /// A gap's messages.
+    Fill(Gap),
     /// A `history` request's messages.
     Read(Pending),
     /// `GET /api/history/<room>`'s messages.
@@ -323,6 +327,8 @@ pub struct Cluster {
     /// Every live node's summary, as the last such heartbeat found them.
     summaries: Vec<serde_json::Value>,
     history: Option<HistorySettings>,
+    /// Every shard has been up (once, since the start).
+    started: bool,
 }
 
 impl Cluster {
@@ -403,6 +409,7 @@ impl Cluster {
             user_cap: config.hub.max_connections_per_user,
             rng: seed | 1,
             shutting_down: false,
+            started: false,
             gathering: HashMap::new(),
             next_qid: 0,
             again: Vec::new(),
@@ -416,6 +423,15 @@ impl Cluster {
                 max_bytes: config.hub.max_replay_bytes,
             }),
         })
+    }
+
+    /// Whether the node is still starting: not every shard has been up
+    /// yet, and it started less than [`STARTUP_GRACE`] ago. Clients are
+    /// asked to come back in a moment meanwhile (503), so the first ones
+    /// after a start (a restart: everyone reconnecting) get the cluster's
+    /// presence and history rather than this node's view alone.
+    pub fn starting(&self, uptime: Duration) -> bool {
+        !self.started && uptime < STARTUP_GRACE
     }
 
     /// Links to read again at once (their read budget ran out).
@@ -612,9 +628,14 @@ impl Cluster {
         .map(<[u8]>::to_vec);
         let mut args = args.to_vec();
         if let (Some(ask), Some(h)) = (&change.history, self.history) {
-            let (epoch, seq) = ask.since.clone().unwrap_or_default();
+            // '' without `since`, else '=' and its epoch (which may be '').
+            let (epoch, seq) = match &ask.since {
+                Some((epoch, seq)) => (format!("={epoch}"), *seq),
+                None => (String::new(), 0),
+            };
             args.extend([
                 self.epoch_candidate().into_bytes(),
+                h.ttl_ms.to_string().into_bytes(),
                 epoch.into_bytes(),
                 seq.to_string().into_bytes(),
                 h.max_recover.to_string().into_bytes(),
@@ -689,26 +710,27 @@ impl Cluster {
     }
 
     /// Messages `after + 1 ..= upto` of a room's history, for a gap.
-    pub fn history_fill(&mut self, room: Arc<str>, epoch: &str, after: u64, upto: u64) {
+    pub fn history_fill(&mut self, gap: Gap) {
         // More than a history holds cannot be filled.
-        let Some(h) = self.history.filter(|h| upto - after <= h.size as u64) else {
-            self.events.push_back(Event::Filled(room, None));
+        let size = gap.upto - gap.after;
+        let Some(h) = self.history.filter(|h| size <= h.size as u64) else {
+            self.events.push_back(Event::Filled(gap, None));
             return;
         };
-        let (_, shard) = self.channel(&Channel::Room(room.clone()));
+        let (_, shard) = self.channel(&Channel::Room(gap.room.clone()));
         let args = [
             self.prefix.as_bytes(),
-            room.as_bytes(),
-            epoch.as_bytes(),
-            after.to_string().as_bytes(),
-            upto.to_string().as_bytes(),
+            gap.room.as_bytes(),
+            gap.epoch.as_bytes(),
+            gap.after.to_string().as_bytes(),
+            gap.upto.to_string().as_bytes(),
             h.max_bytes.to_string().as_bytes(),
         ]
         .map(<[u8]>::to_vec);
         let Some(bytes) = self.script(shard, Script::HistoryFill, &args) else {
-            return self.unavailable(Reply::Fill(room));
+            return self.unavailable(Reply::Fill(gap));
         };
-        if let Err(reply) = self.send(shard, None, bytes, Reply::Fill(room), Class::Control) {
+        if let Err(reply) = self.send(shard, None, bytes, Reply::Fill(gap), Class::Control) {
             self.unavailable(reply);
         }
     }
@@ -983,7 +1005,7 @@ impl Cluster {
             | Reply::Read(p) => self
                 .events
                 .push_back(Event::Answer(p, ClusterAnswer::Unavailable)),
-            Reply::Fill(room) => self.events.push_back(Event::Filled(room, None)),
+            Reply::Fill(gap) => self.events.push_back(Event::Filled(gap, None)),
             Reply::HistoryView(waiter, room) => self
                 .events
                 .push_back(Event::View(waiter, View::History(room, None))),
@@ -1149,7 +1171,7 @@ impl Cluster {
                         .push_back(Event::Answer(p, ClusterAnswer::Listing(listing(&frame))));
                 }
             }
-            Reply::Fill(room) => {
+            Reply::Fill(gap) => {
                 let missed = match &frame {
                     BytesFrame::Array(parts) => Some(
                         parts
@@ -1159,7 +1181,7 @@ impl Cluster {
                     ),
                     _ => None,
                 };
-                self.events.push_back(Event::Filled(room, missed));
+                self.events.push_back(Event::Filled(gap, missed));
             }
             Reply::Read(p) => self.events.push_back(Event::Answer(
                 p,
@@ -1384,6 +1406,7 @@ impl Cluster {
         s.resync_due = false;
         log::warn!("cluster shard {} up ({})", i + 1, s.url);
         self.events.push_back(Event::Resync(i, true));
+        self.started |= self.shards.iter().all(|s| s.ready);
     }
 
     /// Re-assert everything this node holds on shard `i` in a new

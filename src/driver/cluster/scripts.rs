@@ -24,9 +24,9 @@
 //! ```
 //!
 //! A room's history hash outlives its stream (it lives as long as the room
-//! is used: each message and join refreshes it, like the presence keys), so
-//! its seq keeps counting across a silence and a new epoch means Redis lost
-//! it.
+//! is used: each message and join refreshes it, and `REFRESH` while a node
+//! has members in it, like the presence keys), so its seq keeps counting
+//! across a silence and a new epoch means Redis lost it.
 //!
 //! Channels: `P:r:<room>`, `P:u:<user>`, `P:all`, `P:n:<node>` (the node's
 //! own heartbeat, which proves its subscriber connection hears).
@@ -104,8 +104,9 @@ local function set_user(p, room, node, user, n, since, info, conn, limit, gen)
   end
 end
 
--- A room's history hash (made, in epoch `candidate`, if Redis has none).
-local function history_hash(p, room, candidate)
+-- A room's history hash (made, in epoch `candidate`, if Redis has none),
+-- kept for the presence keys' TTL or the history's, whichever is longer.
+local function history_hash(p, room, candidate, ttl_ms)
   local h = p..':h:'..room
   local epoch = redis.call('HGET', h, 'e')
   if not epoch then
@@ -113,7 +114,7 @@ local function history_hash(p, room, candidate)
     redis.call('HSET', h, 'e', epoch, 's', 0)
     redis.call('DEL', p..':hs:'..room)
   end
-  redis.call('EXPIRE', h, TTL)
+  redis.call('EXPIRE', h, math.max(TTL, math.ceil(ttl_ms / 1000)))
   return h, epoch, tonumber(redis.call('HGET', h, 's')) or 0
 end
 
@@ -140,10 +141,12 @@ end
 
 -- Where a joining client is in a room's history, in the same step as its
 -- marker: {epoch, seq, recovered (-1 not asked, 0, 1), missed bodies...}.
-local function history_at(p, room, candidate, since_epoch, since_seq, max, max_bytes)
-  local _, epoch, seq = history_hash(p, room, candidate)
+-- `since_epoch` is '' (not asked) or '=' and the client's epoch.
+local function history_at(p, room, candidate, ttl_ms, since_epoch, since_seq, max, max_bytes)
+  local _, epoch, seq = history_hash(p, room, candidate, ttl_ms)
   local out = {epoch, seq, -1}
   if since_epoch == '' then return out end
+  since_epoch = string.sub(since_epoch, 2)
   out[3] = 0
   local missed = seq - since_seq
   if since_epoch ~= epoch or missed < 0 or missed > max then return out end
@@ -236,7 +239,7 @@ end
 "#;
 
 /// `SET p room node user n since info conn limit list gen [candidate
-/// since_epoch since_seq max max_bytes]`: one presence change; answers the
+/// ttl_ms since_epoch since_seq max max_bytes]`: one presence change; answers the
 /// listing (`list` users, 0 for the count alone). With the history part (a
 /// join of a room with history), answers {listing, history_at(...)}: the
 /// room's place at the join's marker, and with `since` what was missed.
@@ -245,7 +248,7 @@ local a = ARGV
 set_user(a[1], a[2], a[3], a[4], tonumber(a[5]), a[6], a[7], a[8], tonumber(a[9]), a[11])
 local l = listing(a[1], a[2], tonumber(a[10]))
 if not a[12] then return l end
-return {l, history_at(a[1], a[2], a[12], a[13], tonumber(a[14]), tonumber(a[15]), tonumber(a[16]))}
+return {l, history_at(a[1], a[2], a[12], tonumber(a[13]), a[14], tonumber(a[15]), tonumber(a[16]), tonumber(a[17]))}
 "#;
 
 /// `HPUB p room node conn body candidate size ttl_ms`: a room message with
@@ -255,7 +258,7 @@ return {l, history_at(a[1], a[2], a[12], a[13], tonumber(a[14]), tonumber(a[15])
 /// Answers the number of nodes that received it.
 const HPUB: &str = r#"
 local p, room, from, body = ARGV[1], ARGV[2], ARGV[3]..' '..ARGV[4], ARGV[5]
-local h, epoch = history_hash(p, room, ARGV[6])
+local h, epoch = history_hash(p, room, ARGV[6], tonumber(ARGV[8]))
 local seq = redis.call('HINCRBY', h, 's', 1)
 local st = p..':hs:'..room
 redis.call('XADD', st, 'MAXLEN', ARGV[7], seq..'-0', 'o', from, 'b', body)
@@ -422,6 +425,9 @@ if phase == 0 then
     redis.call('EXPIRE', rn_key(p, node, room), TTL)
     redis.call('EXPIRE', p..':ru:'..room, TTL)
     redis.call('EXPIRE', p..':rm:'..room, TTL)
+    -- A room's history place lives while the room is used (never
+    -- shortened: a long --history-ttl keeps its own).
+    redis.call('EXPIRE', p..':h:'..room, TTL, 'GT')
   end
   redis.call('EXPIRE', nr, TTL)
   redis.call('EXPIRE', p..':nodes', TTL)
