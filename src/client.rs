@@ -356,7 +356,7 @@ impl Rooms {
                 // be asked) the place stays for the next rejoin, but what
                 // comes is not counted against it (its epoch is unknown).
                 let (Some(epoch), Some(seq)) = (v["epoch"].as_str(), v["seq"].as_u64()) else {
-                    if let Some(p) = room {
+                    if let Some(p) = room.as_mut().filter(|_| v["recovered"] == false) {
                         p.current = false;
                     }
                     return true;
@@ -827,6 +827,11 @@ mod tests {
         assert!(rooms.on_server(&json!({"type": "message", "room": "r", "seq": 1})));
         assert!(rooms.on_server(&json!({"type": "message", "room": "r", "seq": 9})));
         assert_eq!(rooms.place("r"), Some(("g", 1)));
+        // A joined without an epoch that is no failed recovery (a room
+        // without history here) changes nothing.
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "epoch": "h", "seq": 3})));
+        assert!(rooms.on_server(&json!({"type": "joined", "room": "r", "members": 2})));
+        assert!(!rooms.on_server(&json!({"type": "message", "room": "r", "seq": 3})));
     }
 
     #[test]

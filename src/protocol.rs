@@ -508,7 +508,13 @@ pub fn text_frame(payload: &[u8]) -> SharedFrame {
 
 /// Encode a JSON value as one text frame.
 pub fn json_frame<T: serde::Serialize + ?Sized>(value: &T) -> SharedFrame {
-    let mut w = FrameWriter::text(128);
+    json_frame_sized(value, 128)
+}
+
+/// [`json_frame`] with room for about `hint` bytes of JSON: one allocation
+/// of the right size (a frame kept in a room's history keeps it).
+pub fn json_frame_sized<T: serde::Serialize + ?Sized>(value: &T, hint: usize) -> SharedFrame {
+    let mut w = FrameWriter::text(hint);
     serde_json::to_writer(w.payload(), value).expect("server messages always serialize");
     w.finish()
 }

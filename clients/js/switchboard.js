@@ -199,7 +199,7 @@ export class Switchboard {
       // against it. Recovered: the replay that follows moves it on.
       // Otherwise (a first join, or not recoverable) it is the room's latest.
       if (msg.epoch === undefined) {
-        if (place) place.current = false;
+        if (place && msg.recovered === false) place.current = false;
       } else if (msg.recovered === true && place && place.epoch === msg.epoch) {
         place.current = true;
       } else {

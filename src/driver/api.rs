@@ -195,6 +195,11 @@ fn json_op(hub: &mut Hub, op: &str, text: &str) -> ApiResponse {
     };
     match op {
         "publish" => match serde_json::from_str::<Publish>(text) {
+            Ok(p) if hub.history_unavailable(&p.room) => error(
+                503,
+                "unavailable",
+                "the cluster cannot be reached: a message to a room with history would be in no history; try again",
+            ),
             Ok(p) => match check_room(hub, &p.room) {
                 Ok(()) => ok(json!({ "ok": true, "delivered": hub.publish(&p.room, p.data) })),
                 Err(e) => e,

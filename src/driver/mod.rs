@@ -469,6 +469,7 @@ impl Driver {
             self.on_events(&events, now);
             self.on_deadlines(now);
             if let Some(c) = &mut self.cluster {
+                self.hub.set_cluster_up(c.state() == "up");
                 c.pump(&self.hub);
                 c.flush(self.poll.registry(), now);
                 self.drain_hub();

@@ -437,8 +437,8 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     join_with(&mut t, bob, None, history);
     t.drain();
     let ann = t.open_granted("ann");
-    let (reply, _) = start_join(&mut t, ann, None);
-    t.answer(reply, listing(5, None, &[]));
+    let (reply, _) = start_join(&mut t, ann, Some(("e1", 5)));
+    t.answer(reply, listing(5, Some(true), &[]));
     t.arrive(ChannelName::Room("r"), &h("n2 -", 6, "e1", "6"));
     assert_eq!(seqs(&t.drain(), bob), [6]);
     t.at(JOIN_TIMEOUT.as_secs() + 1);
@@ -464,4 +464,75 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     t.answer(reply, listing(7, Some(true), &["6", "7"]));
     assert_eq!(t.take_closes(), [(ann, CloseReason::HistoryGap)]);
     assert_eq!(t.hub.counters().history_gap_closes, 1);
+}
+
+#[test]
+fn a_joiners_own_message_before_its_answer_is_no_hole() {
+    let mut t = history_cluster();
+    let bob = t.open_granted("bob");
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq: 5,
+        ..Default::default()
+    };
+    join_with(&mut t, bob, None, history);
+    t.drain();
+    // Ann joins and at once sends a message (after her join in Redis:
+    // seq 6); her marker and her message come before her join's answer.
+    let ann = t.open_granted("ann");
+    let (reply, join) = start_join(&mut t, ann, Some(("e1", 5)));
+    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
+    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    t.arrive(
+        ChannelName::Room("r"),
+        &h(&format!("{NODE} {ann}"), 6, "e1", "mine"),
+    );
+    t.answer(reply, listing(5, Some(true), &[]));
+    assert!(t.take_closes().is_empty());
+    let out = t.drain();
+    assert!(seqs(&out, ann).is_empty(), "not her own message");
+    assert_eq!(seqs(&out, bob), [6]);
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 7, "e1", "7"));
+    assert_eq!(seqs(&t.drain(), ann), [7]);
+}
+
+#[test]
+fn a_first_join_with_a_hole_starts_where_the_node_is_and_a_repeated_join_says_so() {
+    let mut t = history_cluster();
+    let bob = t.open_granted("bob");
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq: 5,
+        ..Default::default()
+    };
+    join_with(&mut t, bob, None, history);
+    t.drain();
+    let ann = t.open_granted("ann");
+    let (reply, _) = start_join(&mut t, ann, None);
+    t.answer(reply, listing(5, None, &[]));
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 6, "e1", "6"));
+    t.drain();
+    t.at(JOIN_TIMEOUT.as_secs() + 1);
+    assert!(
+        t.take_closes().is_empty(),
+        "it asked for nothing before its join"
+    );
+    let joined = t.only(ann);
+    assert_eq!(
+        (joined["seq"].as_u64(), joined["epoch"].as_str()),
+        (Some(6), Some("e1"))
+    );
+    // Joining again: answered with this node's place.
+    t.arrive(ChannelName::Room("r"), &h("n2 -", 7, "e1", "7"));
+    t.drain();
+    t.text(ann, r#"{"type":"join","room":"r"}"#);
+    let Some(Output::Query { reply, .. }) = t.take_cluster().into_iter().next() else {
+        panic!("a query")
+    };
+    t.answer(reply, ClusterAnswer::Unavailable);
+    let again = t.only(ann);
+    assert_eq!(
+        (again["seq"].as_u64(), again["epoch"].as_str()),
+        (Some(7), Some("e1"))
+    );
 }

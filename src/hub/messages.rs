@@ -47,6 +47,14 @@ pub struct RoomMessage<'a> {
     pub data: &'a RawValue,
 }
 
+impl RoomMessage<'_> {
+    /// Its frame, allocated once at about its size (escapes aside).
+    pub fn frame(&self) -> crate::protocol::SharedFrame {
+        let hint = self.room.len() + self.from.map_or(4, str::len) + self.data.get().len();
+        crate::protocol::json_frame_sized(self, hint + 64)
+    }
+}
+
 #[derive(Serialize)]
 pub struct Private<'a> {
     #[serde(rename = "type")]

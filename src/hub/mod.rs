@@ -167,7 +167,9 @@ struct Joining {
     more: Vec<(bool, Option<Box<RawValue>>)>,
     /// With the seq of room messages with history (0 for other frames):
     /// the history the join found in Redis may hold some of them already.
-    held: Vec<(u64, SharedFrame)>,
+    /// `None`: a message with history that is not for this connection (its
+    /// own, sent without `echo`), kept as a seq so its stream is whole.
+    held: Vec<(u64, Option<SharedFrame>)>,
     /// The join asked to recover (`since`).
     recovering: bool,
     /// What a `joined` from this node's view needs, if the connection
@@ -310,6 +312,8 @@ pub struct Hub {
     /// Cluster mode: rooms whose gap was filled and whose waiting messages
     /// are being handled.
     draining: VecDeque<Arc<str>>,
+    /// Cluster mode: every Redis shard is reachable (the driver says).
+    cluster_up: bool,
     /// The latest time the driver gave (inputs without `now`, such as
     /// [`Hub::publish`], are stamped with it).
     now: Instant,
@@ -344,6 +348,7 @@ impl Hub {
             history: History::new(Arc::from("0")),
             tracked: HashMap::new(),
             draining: VecDeque::new(),
+            cluster_up: true,
             now,
         }
     }
@@ -358,6 +363,19 @@ impl Hub {
     /// random one, so a restart is a new epoch). Call before any input.
     pub fn set_history_epoch(&mut self, base: &str) {
         self.history.set_base(Arc::from(base));
+    }
+
+    /// Cluster mode: whether every Redis shard is reachable (the driver
+    /// tells the hub when it changes).
+    pub fn set_cluster_up(&mut self, up: bool) {
+        self.cluster_up = up;
+    }
+
+    /// Whether a server-side publish to `room` would miss its history: in
+    /// cluster mode with Redis unreachable it would reach this node's
+    /// members only, unnumbered (the server API answers 503 instead).
+    pub fn history_unavailable(&self, room: &str) -> bool {
+        self.config.cluster && !self.cluster_up && History::keeps(&self.config, room)
     }
 
     /// Rooms with a history, bytes counted for them, and messages held.
@@ -874,13 +892,14 @@ impl Hub {
                 .map_or(0, |r| r.members.len());
         }
         let message = |seq| {
-            protocol::json_frame(&m::RoomMessage {
+            m::RoomMessage {
                 kind: "message",
                 room,
                 from: None,
                 seq,
                 data,
-            })
+            }
+            .frame()
         };
         let frame = match keeps {
             true => {
@@ -1100,22 +1119,24 @@ impl Hub {
                     let members = |r: &str| registry.room_key(r).is_some();
                     self.history
                         .append(&self.config, now, &room, members, |seq| {
-                            protocol::json_frame(&m::RoomMessage {
+                            m::RoomMessage {
                                 kind: "message",
                                 room: &room,
                                 from: Some(&from),
                                 seq: Some(seq),
                                 data,
-                            })
+                            }
+                            .frame()
                         })
                 } else {
-                    protocol::json_frame(&m::RoomMessage {
+                    m::RoomMessage {
                         kind: "message",
                         room: &room,
                         from: Some(self.user_name_of(id)),
                         seq: None,
                         data,
-                    })
+                    }
+                    .frame()
                 };
                 self.send_to_room(key, except, frame);
                 Ok(())
@@ -1845,7 +1866,8 @@ impl Hub {
     pub fn handle_cluster_message(&mut self, channel: ChannelName<'_>, payload: &Bytes) {
         // A room filling a gap: all of its channel waits, in order.
         if let ChannelName::Room(room) = channel {
-            let most = self.config.max_replay_bytes.saturating_mul(8);
+            let c = &self.config;
+            let most = (c.max_replay_bytes.saturating_mul(8)).max(c.max_message_size * 4);
             if let Some(f) = self.tracked.get_mut(room).and_then(|t| t.fill.as_mut()) {
                 if f.waiting.len() < MAX_JOINING_HELD && f.waiting_bytes + payload.len() <= most {
                     f.waiting_bytes += payload.len();
@@ -2165,11 +2187,13 @@ impl Hub {
                 continue;
             }
             let user = self.registry.session(j.conn).and_then(|s| s.user);
-            if skip(j.conn, user) {
-                continue;
-            }
+            let frame = match skip(j.conn, user) {
+                true if seq == 0 => continue,
+                true => None,
+                false => Some(frame.clone()),
+            };
             if j.held.len() < MAX_JOINING_HELD {
-                j.held.push((seq, frame.clone()));
+                j.held.push((seq, frame));
             } else {
                 overflow.push(j.conn);
             }
@@ -2199,25 +2223,42 @@ impl Hub {
     /// Cluster mode: end connection `conn`'s join of room `key`: its
     /// `joined`, then what waited for it.
     fn finish_join(&mut self, key: RoomKey, conn: ConnId) {
-        let Some(j) = self.take_joining(key, conn) else {
+        let Some(mut j) = self.take_joining(key, conn) else {
             return;
         };
         // A room with history: what the client missed (as Redis held it at
         // the join's marker), then what came after. Anything of the
         // history before the marker is not sent twice.
+        if let Some(ClusterAnswer::Listing(cluster::Listing {
+            history: Some(h), ..
+        })) = &mut j.answer
+        {
+            self.track(key, h);
+            if !self.continues(key, h, &j.held) {
+                if j.recovering {
+                    // It asked for everything after its place: it rejoins
+                    // and gets it, or is told it cannot.
+                    log::info!("{conn}: its join of a room with history has a hole; it rejoins");
+                    self.counters.history_gap_closes += 1;
+                    self.close(conn, CloseReason::HistoryGap);
+                    return;
+                }
+                // A first join asked for nothing before it: it starts at
+                // what this node delivered last.
+                let at = self.tracked_place(key).map_or(h.seq, |(_, seq)| seq);
+                h.seq = h.seq.max(at);
+            }
+            match h.recovered {
+                Some(true) => self.counters.recovered += 1,
+                Some(false) => self.counters.not_recovered += 1,
+                None if j.recovering => self.counters.not_recovered += 1,
+                None => {}
+            }
+        }
         let found = match &j.answer {
             Some(ClusterAnswer::Listing(l)) => l.history.as_ref(),
             _ => None,
         };
-        if let Some(h) = found {
-            self.track(&j, key, h);
-            if !self.continues(key, h, &j.held) {
-                log::info!("{conn}: its join of a room with history has a hole; it rejoins");
-                self.counters.history_gap_closes += 1;
-                self.close(conn, CloseReason::HistoryGap);
-                return;
-            }
-        }
         let mut replies = self.join_replies(key, &j, true).into_iter();
         if let Some(own) = replies.next() {
             self.send(Target::Conn(conn), own);
@@ -2238,7 +2279,7 @@ impl Hub {
             self.send(Target::Conn(conn), frame);
         }
         for (seq, frame) in j.held {
-            if seq == 0 || seq > upto {
+            if let Some(frame) = frame.filter(|_| seq == 0 || seq > upto) {
                 self.send(Target::Conn(conn), frame);
             }
         }
@@ -2254,7 +2295,7 @@ impl Hub {
         &self,
         key: RoomKey,
         h: &cluster::ListedHistory,
-        held: &[(u64, SharedFrame)],
+        held: &[(u64, Option<SharedFrame>)],
     ) -> bool {
         let Some(t) = self
             .registry
@@ -2277,16 +2318,17 @@ impl Hub {
         t.seq + 1 == next
     }
 
+    /// Cluster mode: where this node is in room `key`'s history (the last
+    /// message it delivered), if it follows one.
+    fn tracked_place(&self, key: RoomKey) -> Option<(&str, u64)> {
+        let room = self.registry.room(key)?;
+        self.tracked.get(&room.name).map(|t| (&*t.epoch, t.seq))
+    }
+
     /// Cluster mode: a join's answer says where the room's history is; a
     /// room not tracked yet is tracked from there (what the node delivers
-    /// after it continues it), and the recovery is counted.
-    fn track(&mut self, j: &Joining, key: RoomKey, h: &cluster::ListedHistory) {
-        match h.recovered {
-            Some(true) => self.counters.recovered += 1,
-            Some(false) => self.counters.not_recovered += 1,
-            None if j.recovering => self.counters.not_recovered += 1,
-            None => {}
-        }
+    /// after it continues it).
+    fn track(&mut self, key: RoomKey, h: &cluster::ListedHistory) {
         let Some(room) = self.registry.room(key) else {
             return;
         };
@@ -2327,8 +2369,14 @@ impl Hub {
                 None => j.recovering.then_some(false),
             },
         };
+        // Joins of the room asked meanwhile: the same place (they come
+        // after the replay), nothing recovered.
+        let same = Mark {
+            recovered: None,
+            ..own
+        };
         std::iter::once((j.details, &j.reference, own))
-            .chain(j.more.iter().map(|(d, r)| (*d, r, Mark::default())))
+            .chain(j.more.iter().map(|(d, r)| (*d, r, same)))
             .map(|(details, reference, mark)| {
                 let reference = reference.as_deref();
                 self.listing_frame("joined", &room.name, details, reference, answer, mark)
@@ -2446,14 +2494,16 @@ impl Hub {
                     // A join that ended by leaving, or a closed one.
                     (Some(_), None) => {}
                     (None, _) => {
-                        let frame = self.listing_frame(
-                            "joined",
-                            &room,
-                            details,
-                            reference,
-                            &answer,
-                            Mark::default(),
-                        );
+                        // A room already joined: where this node is in its
+                        // history (what the connection has had).
+                        let at = key.and_then(|k| self.tracked_place(k));
+                        let mark = Mark {
+                            epoch: at.map(|(e, _)| e),
+                            seq: at.map(|(_, s)| s),
+                            recovered: None,
+                        };
+                        let frame =
+                            self.listing_frame("joined", &room, details, reference, &answer, mark);
                         self.send(Target::Conn(id), frame);
                     }
                 }

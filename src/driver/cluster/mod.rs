@@ -749,7 +749,11 @@ impl Cluster {
     fn read(&mut self, room: &str, since: Option<(String, u64)>, limit: usize, reply: Reply) {
         let max_bytes = self.history.map_or(0, |h| h.max_bytes);
         let (_, shard) = self.channel(&Channel::Room(Arc::from(room)));
-        let (epoch, seq) = since.unwrap_or_default();
+        // '' without `since`, else '=' and its epoch (which may be '').
+        let (epoch, seq) = match since {
+            Some((epoch, seq)) => (format!("={epoch}"), seq),
+            None => (String::new(), 0),
+        };
         let args = [
             self.prefix.as_bytes(),
             room.as_bytes(),

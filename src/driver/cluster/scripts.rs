@@ -276,9 +276,10 @@ return entries(p, room, after, upto, tonumber(ARGV[6])) or 0
 "#;
 
 /// `HREAD p room since_epoch since_seq limit max_bytes`: the room's latest
-/// messages after `since` (all held without it), at most `limit` and
-/// `max_bytes` of them: {epoch or '', seq, truncated, seq1, b1, ...},
-/// oldest first; truncated when messages after `since` are left out.
+/// messages after `since` (all held without it; `since_epoch` is '' or
+/// '=' and the epoch), at most `limit` and `max_bytes` of them: {epoch or
+/// '', seq, truncated, seq1, b1, ...}, oldest first; truncated when
+/// messages after `since` are left out.
 const HREAD: &str = r#"
 local p, room, limit, max_bytes = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local h, st = p..':h:'..room, p..':hs:'..room
@@ -289,7 +290,7 @@ local after, foreign = seq, 0
 if ARGV[3] == '' then
   local first = redis.call('XRANGE', st, '-', '+', 'COUNT', 1)[1]
   if first then after = tonumber(string.match(first[1], '^(%d+)')) - 1 end
-elseif ARGV[3] == epoch then
+elseif string.sub(ARGV[3], 2) == epoch then
   after = math.min(tonumber(ARGV[4]), seq)
 else
   after, foreign = 0, 1
@@ -427,7 +428,8 @@ if phase == 0 then
     redis.call('EXPIRE', p..':rm:'..room, TTL)
     -- A room's history place lives while the room is used (never
     -- shortened: a long --history-ttl keeps its own).
-    redis.call('EXPIRE', p..':h:'..room, TTL, 'GT')
+    local left = redis.call('TTL', p..':h:'..room)
+    if left >= 0 and left < TTL then redis.call('EXPIRE', p..':h:'..room, TTL) end
   end
   redis.call('EXPIRE', nr, TTL)
   redis.call('EXPIRE', p..':nodes', TTL)
