@@ -747,7 +747,7 @@ impl Cluster {
     }
 
     fn read(&mut self, room: &str, since: Option<(String, u64)>, limit: usize, reply: Reply) {
-        let max_bytes = self.history.map_or(0, |h| h.max_bytes);
+        let (max_bytes, size) = self.history.map_or((0, 0), |h| (h.max_bytes, h.size));
         let (_, shard) = self.channel(&Channel::Room(Arc::from(room)));
         // '' without `since`, else '=' and its epoch (which may be '').
         let (epoch, seq) = match since {
@@ -761,6 +761,7 @@ impl Cluster {
             seq.to_string().as_bytes(),
             limit.to_string().as_bytes(),
             max_bytes.to_string().as_bytes(),
+            size.to_string().as_bytes(),
         ]
         .map(<[u8]>::to_vec);
         let Some(bytes) = self.script(shard, Script::HistoryRead, &args) else {

@@ -288,11 +288,12 @@ if redis.call('HGET', p..':h:'..room, 'e') ~= ARGV[3] then return 0 end
 return entries(p, room, after, upto, tonumber(ARGV[6])) or 0
 "#;
 
-/// `HREAD p room since_epoch since_seq limit max_bytes`: the room's latest
-/// messages after `since` (all held without it; `since_epoch` is '' or
-/// '=' and the epoch), at most `limit` and `max_bytes` of them: {epoch or
-/// '', seq, truncated, seq1, b1, ...}, oldest first; truncated when
-/// messages after `since` are left out.
+/// `HREAD p room since_epoch since_seq limit max_bytes size`: the room's
+/// latest messages after `since` (without it: all held, at most the last
+/// `size` — the stream is trimmed approximately and may hold a few more;
+/// `since_epoch` is '' or '=' and the epoch), at most `limit` and
+/// `max_bytes` of them: {epoch or '', seq, truncated, seq1, b1, ...},
+/// oldest first; truncated when messages after `since` are left out.
 const HREAD: &str = r#"
 local p, room, limit, max_bytes = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local h, st = p..':h:'..room, p..':hs:'..room
@@ -302,7 +303,9 @@ local seq = tonumber(redis.call('HGET', h, 's')) or 0
 local after, foreign = seq, 0
 if ARGV[3] == '' then
   local first = redis.call('XRANGE', st, '-', '+', 'COUNT', 1)[1]
-  if first then after = tonumber(string.match(first[1], '^(%d+)')) - 1 end
+  if first then
+    after = math.max(tonumber(string.match(first[1], '^(%d+)')) - 1, seq - tonumber(ARGV[7]))
+  end
 elseif string.sub(ARGV[3], 2) == epoch then
   after = math.min(tonumber(ARGV[4]), seq)
 else
