@@ -40,6 +40,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log level: off, error, warn, info, debug, trace.
     pub log_level: log::LevelFilter,
+    /// `text` lines or `json` objects (one a line).
+    pub log_format: crate::logging::LogFormat,
     /// Largest HTTP request body (server API), in bytes (413 beyond).
     pub max_request_body: usize,
     /// Key for `/api/*` and `/stats` (`Authorization: Bearer KEY`); none: open.
@@ -82,6 +84,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(5),
             log_level: log::LevelFilter::Info,
+            log_format: crate::logging::LogFormat::Text,
             max_request_body: 1024 * 1024,
             api_key: None,
             metrics_require_key: false,
@@ -501,12 +504,21 @@ pub const SETTINGS: &[Setting] = &[
         help: "off, error, warn, info, debug, trace",
         default: "info",
     },
+    Setting {
+        name: "log_format",
+        value: "FORMAT",
+        help: "text, or json (one object a line: time, level, target, message, fields)",
+        default: "text",
+    },
 ];
 
 /// What the command line asked for.
 pub enum Command {
     /// Run the daemon with this configuration.
     Run(Box<Config>),
+    /// `--check-config`: the configuration as far as it could be built,
+    /// and every problem found (none: it is valid). Nothing is bound.
+    Check(Box<Config>, Vec<ConfigError>),
     /// Print this help text and exit 0.
     Help(String),
     /// Print the version and exit 0.
@@ -718,6 +730,13 @@ impl Config {
                     ))
                 })?
             }
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => crate::logging::LogFormat::Text,
+                    "json" => crate::logging::LogFormat::Json,
+                    _ => return Err(err(format!("`{value}` is not text or json"))),
+                }
+            }
             _ => return Err(err("unknown setting".to_string())),
         }
         Ok(())
@@ -725,9 +744,17 @@ impl Config {
 
     /// Apply every `key = value` of a TOML document.
     pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        self.apply_toml_all(text, origin, &mut errors);
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// [`Config::apply_toml`], going on past a bad setting: every problem
+    /// lands in `errors`.
+    fn apply_toml_all(&mut self, text: &str, origin: &str, errors: &mut Vec<ConfigError>) {
         // Not `e.to_string()`: toml's full error quotes the offending line,
         // which may hold a secret.
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let table: toml::Table = match toml::from_str(text).map_err(|e| {
             let line = e.span().map(|span| {
                 1 + text
                     .bytes()
@@ -742,7 +769,10 @@ impl Config {
                     None => e.message().to_string(),
                 },
             }
-        })?;
+        }) {
+            Ok(table) => table,
+            Err(e) => return errors.push(e),
+        };
         for (key, value) in &table {
             let text = match value {
                 toml::Value::String(s) => s.clone(),
@@ -750,15 +780,17 @@ impl Config {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 _ => {
-                    return Err(ConfigError {
+                    errors.push(ConfigError {
                         setting: key.clone(),
                         message: format!("in {origin}: expected a string or a number"),
-                    })
+                    });
+                    continue;
                 }
             };
-            self.set(key, &text)?;
+            if let Err(e) = self.set(key, &text) {
+                errors.push(e);
+            }
         }
-        Ok(())
     }
 
     /// Apply `SWITCHBOARD_<NAME>` variables from `vars` (usually `std::env::vars()`).
@@ -766,6 +798,16 @@ impl Config {
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        self.apply_env_all(vars, &mut errors);
+        errors.into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn apply_env_all(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+        errors: &mut Vec<ConfigError>,
+    ) {
         for (key, value) in vars {
             let Some(name) = key.strip_prefix("SWITCHBOARD_") else {
                 continue;
@@ -773,19 +815,29 @@ impl Config {
             if name == "CONFIG" {
                 continue;
             }
-            self.set(&name.to_ascii_lowercase(), &value)
-                .map_err(|mut e| {
-                    e.setting = key.clone();
-                    e
-                })?;
+            if let Err(mut e) = self.set(&name.to_ascii_lowercase(), &value) {
+                e.setting = key.clone();
+                errors.push(e);
+            }
         }
-        Ok(())
+    }
+
+    /// Files the settings name (none yet besides `--config`): each one
+    /// that cannot be used, with why.
+    pub fn check_files(&self) -> Vec<ConfigError> {
+        Vec::new()
     }
 
     /// Cross-setting checks, run once every source has been applied.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every cross-setting problem ([`Config::validate`] gives the first).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if self.auth == AuthMode::Jwt && self.jwt_keys.is_empty() {
-            return Err(ConfigError {
+            problems.push(ConfigError {
                 setting: "jwt_secret".into(),
                 message: "--auth jwt needs --jwt-secret or --jwt-keys".into(),
             });
@@ -793,7 +845,7 @@ impl Config {
         if self.auth == AuthMode::None && !self.jwt_keys.is_empty() {
             // Keys without `--auth jwt` would be ignored and `?user=` believed:
             // almost certainly not what whoever set them meant.
-            return Err(ConfigError {
+            problems.push(ConfigError {
                 setting: "auth".into(),
                 message: "--jwt-secret/--jwt-keys are set but --auth is none (tokens would be \
                           ignored and ?user= trusted): set --auth jwt, or remove the keys"
@@ -801,7 +853,7 @@ impl Config {
             });
         }
         if self.metrics_require_key && self.api_key.is_none() {
-            return Err(ConfigError {
+            problems.push(ConfigError {
                 setting: "metrics_require_key".into(),
                 message: "--metrics-require-key true needs --api-key (without one, /metrics \
                           would stay open)"
@@ -809,12 +861,12 @@ impl Config {
             });
         }
         if self.max_output_queue < self.hub.max_message_size.min(64 * 1024) {
-            return Err(ConfigError {
+            problems.push(ConfigError {
                 setting: "max_output_queue".into(),
                 message: "must be at least min(max_message_size, 65536)".into(),
             });
         }
-        Ok(())
+        problems
     }
 
     /// Build the configuration from command-line arguments (without the program
@@ -840,10 +892,12 @@ impl Config {
                 _ => "an argument that is not `--setting VALUE` (see --help)".into(),
             },
         };
+        let mut check = false;
         while let Some(arg) = parser.next().map_err(|e| bad("command line", e))? {
             match arg {
                 Short('h') | Long("help") => return Ok(Command::Help(help_text())),
                 Short('V') | Long("version") => return Ok(Command::Version),
+                Long("check-config") => check = true,
                 Long("config") => file = Some(parser.value().map_err(|e| bad("config", e))?.into()),
                 Long(flag) => {
                     let name = flag.replace('-', "_");
@@ -861,23 +915,35 @@ impl Config {
             }
         }
         let mut config = Config::default();
+        let mut errors = Vec::new();
         if let Some(path) = file {
             let origin = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
-                setting: "config".into(),
-                message: format!("cannot read {origin}: {e}"),
-            })?;
-            config.apply_toml(&text, &origin)?;
+            match std::fs::read_to_string(&path) {
+                Ok(text) => config.apply_toml_all(&text, &origin, &mut errors),
+                Err(e) => errors.push(ConfigError {
+                    setting: "config".into(),
+                    message: format!("cannot read {origin}: {e}"),
+                }),
+            }
         }
-        config.apply_env(env)?;
+        config.apply_env_all(env, &mut errors);
         for (name, value) in &flags {
-            config.set(name, value).map_err(|mut e| {
+            if let Err(mut e) = config.set(name, value) {
                 e.setting = format!("--{}", name.replace('_', "-"));
-                e
-            })?;
+                errors.push(e);
+            }
         }
-        config.validate()?;
-        Ok(Command::Run(Box::new(config)))
+        if errors.is_empty() {
+            errors.extend(config.problems());
+            errors.extend(config.check_files());
+        }
+        if check {
+            return Ok(Command::Check(Box::new(config), errors));
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(Command::Run(Box::new(config))),
+        }
     }
 }
 
@@ -900,11 +966,46 @@ pub fn help_text() -> String {
         "  {:<36} {}\n",
         "--config FILE", "read settings from a TOML file"
     ));
+    out.push_str(&format!(
+        "  {:<36} {}\n",
+        "--check-config",
+        "check every setting (and the files they name), print the problems, exit 0 or 2; bind nothing"
+    ));
     out.push_str(&format!("  {:<36} {}\n", "-h, --help", "print this help"));
     out.push_str(&format!(
         "  {:<36} {}\n",
         "-V, --version", "print the version"
     ));
+    out
+}
+
+/// `packaging/switchboard.example.toml`: every setting with its help line
+/// and default (settings whose default is no value, such as `api_key`,
+/// commented out). A test keeps the file equal to this.
+pub fn example_toml() -> String {
+    let mut out = String::from(
+        "# switchboard: every setting, with its default. Use it with\n\
+         #   switchboard --config /etc/switchboard/switchboard.toml\n\
+         # and check it first with --check-config. Each setting is also a flag\n\
+         # (--name-with-dashes) and an environment variable (SWITCHBOARD_NAME);\n\
+         # flags beat the environment, which beats this file.\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!("\n# {} [default: {}]\n", s.help, s.default));
+        let literal = |v: &str| {
+            let bare = v.parse::<f64>().is_ok() || v == "true" || v == "false";
+            if bare {
+                v.to_string()
+            } else {
+                format!("{v:?}")
+            }
+        };
+        if Config::default().set(s.name, s.default).is_ok() {
+            out.push_str(&format!("{} = {}\n", s.name, literal(s.default)));
+        } else {
+            out.push_str(&format!("# {} = {}\n", s.name, literal(s.value)));
+        }
+    }
     out
 }
 

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod hub;
+pub mod logging;
 pub mod percent;
 pub mod protocol;
 

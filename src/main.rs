@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     let config =
         match Config::from_args_and_env(std::env::args_os().skip(1), std::env::vars().collect()) {
             Ok(Command::Run(config)) => *config,
+            Ok(Command::Check(config, problems)) => return check(&config, &problems),
             Ok(Command::Help(text)) => {
                 print!("{text}");
                 return ExitCode::SUCCESS;
@@ -22,16 +23,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    let log_config = simplelog::ConfigBuilder::new()
-        .set_target_level(simplelog::LevelFilter::Off)
-        .set_thread_level(simplelog::LevelFilter::Off)
-        .build();
-    let _ = simplelog::TermLogger::init(
-        config.log_level,
-        log_config,
-        simplelog::TerminalMode::Stderr,
-        simplelog::ColorChoice::Never,
-    );
+    switchboard::logging::init(config.log_level, config.log_format);
     raise_fd_limit();
     log::info!("settings: {config:?}");
     let server = match Server::bind(config.clone()) {
@@ -48,6 +40,30 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--check-config`: every problem on stderr (exit 2), or a summary of
+/// what would run on stdout (exit 0). Nothing is bound or connected.
+fn check(config: &Config, problems: &[switchboard::config::ConfigError]) -> ExitCode {
+    if problems.is_empty() {
+        let cluster = match config.cluster.len() {
+            0 => "a single node".to_string(),
+            n => format!("cluster mode over {n} Redis shard(s)"),
+        };
+        println!(
+            "configuration ok: switchboard on {}, {cluster}",
+            config.listen
+        );
+        return ExitCode::SUCCESS;
+    }
+    for p in problems {
+        eprintln!("switchboard: {p}");
+    }
+    eprintln!(
+        "switchboard: {} problem(s) in the configuration",
+        problems.len()
+    );
+    ExitCode::from(2)
 }
 
 /// Raise the soft open-file limit to the hard limit: every connection is a descriptor.

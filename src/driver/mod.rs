@@ -852,7 +852,7 @@ impl Driver {
                     }
                     Output::Close { conn, reason, text } => {
                         if let Some(key) = self.open_key(conn) {
-                            log::info!("{conn} closed by server: {reason}");
+                            log::info!(conn:% = conn, code = reason.code(); "{conn} closed by server: {reason}");
                             self.conns[key].in_hub = false;
                             self.close_socket(key, reason, text.as_deref());
                         }
@@ -1027,7 +1027,7 @@ impl Driver {
             return;
         };
         if conn.in_hub {
-            log::info!("{} disconnected", conn.id);
+            log::info!(conn:% = conn.id; "{} disconnected", conn.id);
             self.hub.handle_closed(conn.id);
             self.drain_hub();
         }

@@ -433,11 +433,12 @@ impl Driver {
         match self.hub.handle_open(now, id, req) {
             Ok(()) => {
                 self.conns[key].in_hub = true;
+                let user = identity.user.as_deref().unwrap_or("(anonymous)");
+                let in_room = room.as_deref().unwrap_or("-");
                 log::info!(
-                    "{id} open {} user={} room={}",
+                    conn:% = id, user = user, room = in_room;
+                    "{id} open {} user={user} room={in_room}",
                     head.path,
-                    identity.user.as_deref().unwrap_or("(anonymous)"),
-                    room.as_deref().unwrap_or("-")
                 );
                 self.drain_hub();
                 // Frames may have come with the request (buffered in `rx`)
@@ -446,7 +447,7 @@ impl Driver {
                 self.again.push(key);
             }
             Err(reason) => {
-                log::info!("{id} refused after handshake: {reason}");
+                log::info!(conn:% = id, code = reason.code(); "{id} refused after handshake: {reason}");
                 self.close_socket(key, reason, None);
             }
         }

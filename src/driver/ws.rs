@@ -93,7 +93,7 @@ impl Driver {
             }
             Event::Pong => self.hub.handle_activity(now, id),
             Event::Close(code) => {
-                log::info!("{id} closed by client ({code:?})");
+                log::info!(conn:% = id, code = code.unwrap_or(1005); "{id} closed by client ({code:?})");
                 self.counters.client_closes += 1;
                 let conn = &mut self.conns[key];
                 conn.in_hub = false;
@@ -125,7 +125,7 @@ impl Driver {
             Violation::TooBig => CloseReason::MessageTooBig,
             Violation::InvalidUtf8 => CloseReason::InvalidUtf8,
         };
-        log::info!("{id} closing: {v:?} ({reason})");
+        log::info!(conn:% = id, code = reason.code(); "{id} closing: {v:?} ({reason})");
         self.hub.close(id, reason);
         self.drain_hub();
     }
