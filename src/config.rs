@@ -40,6 +40,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log level: off, error, warn, info, debug, trace.
     pub log_level: log::LevelFilter,
+    /// `--tls-cert`/`--tls-key`: PEM files; with both, the port speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// `text` lines or `json` objects (one a line).
     pub log_format: crate::logging::LogFormat,
     /// Largest HTTP request body (server API), in bytes (413 beyond).
@@ -85,6 +88,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             log_level: log::LevelFilter::Info,
             log_format: crate::logging::LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
             max_request_body: 1024 * 1024,
             api_key: None,
             metrics_require_key: false,
@@ -499,6 +504,18 @@ pub const SETTINGS: &[Setting] = &[
         default: "4001",
     },
     Setting {
+        name: "tls_cert",
+        value: "FILE",
+        help: "PEM certificate chain: with --tls-key the port serves wss:// and https:// (SIGHUP reloads)",
+        default: "none: plain ws:// and http://",
+    },
+    Setting {
+        name: "tls_key",
+        value: "FILE",
+        help: "PEM private key of --tls-cert",
+        default: "none",
+    },
+    Setting {
         name: "log_level",
         value: "LEVEL",
         help: "off, error, warn, info, debug, trace",
@@ -730,6 +747,17 @@ impl Config {
                     ))
                 })?
             }
+            "tls_cert" | "tls_key" => {
+                if value.is_empty() {
+                    return Err(err("needs a file name".into()));
+                }
+                let path = Some(PathBuf::from(value));
+                if name == "tls_cert" {
+                    self.tls_cert = path;
+                } else {
+                    self.tls_key = path;
+                }
+            }
             "log_format" => {
                 self.log_format = match value {
                     "text" => crate::logging::LogFormat::Text,
@@ -822,10 +850,19 @@ impl Config {
         }
     }
 
-    /// Files the settings name (none yet besides `--config`): each one
-    /// that cannot be used, with why.
+    /// The files the settings name (the TLS certificate and key), loaded
+    /// as the daemon would: each problem, naming the file, never its content.
     pub fn check_files(&self) -> Vec<ConfigError> {
-        Vec::new()
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => match crate::driver::tls::load(cert, key) {
+                Ok(_) => Vec::new(),
+                Err(message) => vec![ConfigError {
+                    setting: "tls".into(),
+                    message,
+                }],
+            },
+            _ => Vec::new(),
+        }
     }
 
     /// Cross-setting checks, run once every source has been applied.
@@ -836,6 +873,12 @@ impl Config {
     /// Every cross-setting problem ([`Config::validate`] gives the first).
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut problems = Vec::new();
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems.push(ConfigError {
+                setting: "tls_cert".into(),
+                message: "--tls-cert and --tls-key go together: give both, or neither".into(),
+            });
+        }
         if self.auth == AuthMode::Jwt && self.jwt_keys.is_empty() {
             problems.push(ConfigError {
                 setting: "jwt_secret".into(),
@@ -1000,7 +1043,8 @@ pub fn example_toml() -> String {
                 format!("{v:?}")
             }
         };
-        if Config::default().set(s.name, s.default).is_ok() {
+        // A file setting's default is no file.
+        if s.value != "FILE" && Config::default().set(s.name, s.default).is_ok() {
             out.push_str(&format!("{} = {}\n", s.name, literal(s.default)));
         } else {
             out.push_str(&format!("# {} = {}\n", s.name, literal(s.value)));

@@ -13,7 +13,7 @@ use mio::Interest;
 use super::outq::OutQueue;
 use super::request_reader::RequestReader;
 use super::rx::FrameReader;
-use super::sys::SocketWriter;
+use super::tls::{Io, Tls};
 use crate::hub::ConnId;
 
 /// Where a connection is in its life.
@@ -48,6 +48,8 @@ impl State {
 
 pub struct Conn {
     pub tcp: TcpStream,
+    /// With `--tls-cert`: the connection's TLS state.
+    pub tls: Option<Box<Tls>>,
     pub id: ConnId,
     pub state: State,
     pub out: OutQueue,
@@ -75,12 +77,14 @@ pub struct Conn {
 impl Conn {
     pub fn new(
         tcp: TcpStream,
+        tls: Option<Box<Tls>>,
         id: ConnId,
         reader: Box<RequestReader>,
         http_deadline: Instant,
     ) -> Conn {
         Conn {
             tcp,
+            tls,
             id,
             state: State::Http { reader },
             out: OutQueue::default(),
@@ -112,14 +116,31 @@ impl Conn {
         if self.write_blocked {
             return Ok(0);
         }
-        let written = self.out.write_to(&mut SocketWriter(&self.tcp), gather)?;
+        let mut io = Io {
+            tcp: &mut self.tcp,
+            tls: self.tls.as_deref_mut(),
+        };
+        let written = self.out.write_to(&mut io, gather)?;
+        // Handshake records or an alert may wait with no frame queued.
+        let tls_done = match &mut self.tls {
+            Some(tls) => tls.flush(&self.tcp)?,
+            None => true,
+        };
         // `write_to` stops with output left only when the socket is full;
         // WRITABLE interest is registered while output is pending, and the
         // kernel raises that edge once the buffer drains.
-        self.write_blocked = !self.out.is_empty();
-        if self.out.is_empty() {
+        self.write_blocked = !self.out.is_empty() || !tls_done;
+        if self.out.is_empty() && tls_done {
             if let State::Closing { write_shut } = &mut self.state {
                 if !*write_shut {
+                    // TLS: close_notify first, then the TCP half-close.
+                    if let Some(tls) = &mut self.tls {
+                        tls.close();
+                        if !tls.flush(&self.tcp)? {
+                            self.write_blocked = true;
+                            return Ok(written);
+                        }
+                    }
                     *write_shut = true;
                     // The peer sees our close (or response) and then EOF; we
                     // keep reading so unread input never turns into a RST.
@@ -147,7 +168,7 @@ impl Conn {
     /// The interest this connection needs now: readable always (to see the
     /// peer close), writable only while output is pending.
     pub fn wanted_interest(&self) -> Interest {
-        if self.out.is_empty() {
+        if self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.wants_write()) {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE

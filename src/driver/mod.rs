@@ -34,6 +34,7 @@ mod stats;
 mod sys;
 #[cfg(test)]
 mod test_io;
+pub mod tls;
 mod ws;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -116,6 +117,9 @@ pub struct DriverCounters {
     pub closes_by_code: BTreeMap<u16, u64>,
     /// Close frames received from clients.
     pub client_closes: u64,
+    /// SIGHUP reloads of the TLS files, and those that failed.
+    pub tls_reloads: u64,
+    pub tls_reload_failures: u64,
     /// Connections closed as slow consumers (4101).
     pub slow_consumer_closes: u64,
     /// Failed `accept` calls (out of descriptors or memory).
@@ -130,6 +134,8 @@ pub struct DriverCounters {
 /// The switchboard server: `Server::bind(config)?.run()`.
 pub struct Server {
     config: Config,
+    /// `--tls-cert`/`--tls-key`, loaded.
+    tls: Option<Arc<rustls::ServerConfig>>,
     poll: Poll,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -193,6 +199,10 @@ fn node_id(name: &str) -> Arc<str> {
 impl Server {
     /// Bind the listening socket (port 0 picks a free port).
     pub fn bind(config: Config) -> io::Result<Server> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(io::Error::other)?),
+            _ => None,
+        };
         let poll = Poll::new()?;
         let mut listener = listen(&config)?;
         poll.registry()
@@ -221,6 +231,7 @@ impl Server {
         let (tx, commands) = std::sync::mpsc::sync_channel(COMMAND_QUEUE);
         Ok(Server {
             config,
+            tls,
             poll,
             listener,
             local_addr,
@@ -267,8 +278,8 @@ impl Server {
         let now = Instant::now();
         let mut signals = None;
         if self.handle_signals {
-            use signal_hook::consts::{SIGINT, SIGTERM};
-            let mut s = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+            let mut s = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             self.poll
                 .registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
@@ -305,6 +316,7 @@ impl Server {
                 self.config.hub.max_info_bytes,
             ),
             commands: self.commands,
+            tls: self.tls,
             _handle: self.handle,
             clock: (now, wall),
             scratch: vec![0; SCRATCH],
@@ -337,6 +349,8 @@ impl Server {
 
 struct Driver {
     config: Config,
+    /// TLS settings for new connections (replaced on SIGHUP).
+    tls: Option<Arc<rustls::ServerConfig>>,
     poll: Poll,
     listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -603,7 +617,18 @@ impl Driver {
                 self.config.max_request_head,
                 self.config.max_request_body,
             ));
-            entry.insert(Conn::new(tcp, id, reader, deadline));
+            let tls = match &self.tls {
+                None => None,
+                Some(config) => match tls::Tls::new(config.clone()) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        log::warn!("cannot start TLS for {addr}: {e}");
+                        let _ = self.poll.registry().deregister(&mut tcp);
+                        continue;
+                    }
+                },
+            };
+            entry.insert(Conn::new(tcp, tls, id, reader, deadline));
             self.handshakes.push_back((deadline, id));
         }
     }
@@ -620,9 +645,33 @@ impl Driver {
             return;
         };
         let got: Vec<i32> = signals.pending().collect();
-        if !got.is_empty() {
+        if got.contains(&signal_hook::consts::SIGHUP) {
+            self.reload_tls();
+        }
+        if got.iter().any(|&s| s != signal_hook::consts::SIGHUP) {
             log::info!("signal {got:?}");
             self.begin_shutdown(now);
+        }
+    }
+
+    /// SIGHUP: load the TLS certificate and key again; new handshakes get
+    /// them, open connections keep theirs. A file that does not load is
+    /// logged and the old ones stay.
+    fn reload_tls(&mut self) {
+        let (Some(cert), Some(key)) = (&self.config.tls_cert, &self.config.tls_key) else {
+            log::info!("SIGHUP: no TLS to reload");
+            return;
+        };
+        match tls::load(cert, key) {
+            Ok(config) => {
+                self.tls = Some(config);
+                self.counters.tls_reloads += 1;
+                log::warn!("SIGHUP: TLS certificate and key reloaded");
+            }
+            Err(e) => {
+                self.counters.tls_reload_failures += 1;
+                log::error!("SIGHUP: the TLS certificate and key were not reloaded ({e}); the old ones stay");
+            }
         }
     }
 

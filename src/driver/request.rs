@@ -48,7 +48,11 @@ impl Driver {
                 }
                 Ok(None) => {}
             }
-            match reader.read_from(&mut conn.tcp) {
+            let mut io = super::tls::Io {
+                tcp: &mut conn.tcp,
+                tls: conn.tls.as_deref_mut(),
+            };
+            match reader.read_from(&mut io) {
                 Ok(0) => return self.drop_conn(key),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

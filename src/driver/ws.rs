@@ -40,7 +40,11 @@ impl Driver {
         let State::Open { rx } = &mut conn.state else {
             return Flow::Stop;
         };
-        let fill = match rx.fill(&mut conn.tcp, scratch) {
+        let mut io = super::tls::Io {
+            tcp: &mut conn.tcp,
+            tls: conn.tls.as_deref_mut(),
+        };
+        let fill = match rx.fill(&mut io, scratch) {
             Ok(fill) => fill,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return self.peer_gone(key, "EOF")
