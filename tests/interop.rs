@@ -14,17 +14,40 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn run_client(interpreter: &Path, needs: &Path, script: &str) {
+    run_client_over(interpreter, needs, script, false);
+}
+
+/// With `tls`: the daemon serves a certificate the test made, and the
+/// client connects to `wss://localhost:PORT` trusting it.
+fn run_client_over(interpreter: &Path, needs: &Path, script: &str, tls: bool) {
     assert!(
         needs.exists(),
         "{} is missing: run scripts/test.sh (it installs the interop clients)",
         needs.display()
     );
-    let server = Server::start(&[]);
+    let dir = support::temp_dir(&format!("interop-{script}-{tls}"));
+    let (cert, key, _) = support::tls_certificate(&dir, "localhost");
+    let flags: Vec<&str> = match tls {
+        true => vec![
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        false => Vec::new(),
+    };
+    let server = Server::start(&flags);
+    let url = match tls {
+        true => format!("wss://localhost:{}", server.addr.port()),
+        false => format!("ws://{}", server.addr),
+    };
     let out = Command::new(interpreter)
         .arg(repo("tests/interop").join(script))
-        .arg(format!("ws://{}", server.addr))
+        .arg(url)
+        .env("INTEROP_CA", &cert)
         .output()
         .expect("run interop client");
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "{script} failed:\n{}\n{}",
@@ -88,4 +111,16 @@ fn node_ws_client() {
         &repo("tests/interop/node_modules/ws"),
         "client.js",
     );
+}
+
+#[test]
+fn python_websockets_client_over_wss() {
+    let python = repo(".tools/venv/bin/python");
+    run_client_over(&python, &python, "client.py", true);
+}
+
+#[test]
+fn node_ws_client_over_wss() {
+    let ws = repo("tests/interop/node_modules/ws");
+    run_client_over(Path::new("node"), &ws, "client.js", true);
 }

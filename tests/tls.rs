@@ -19,22 +19,12 @@ use tungstenite::{Message, WebSocket};
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
-/// A self-signed certificate for localhost and 127.0.0.1, written to `dir`
-/// as `<name>.crt` and `<name>.key`.
 fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
-    let made =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    (cert, key, made.cert.der().clone())
+    support::tls_certificate(dir, name)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sb-tls-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::temp_dir(&format!("tls-{tag}"))
 }
 
 fn client_config(

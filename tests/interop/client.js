@@ -1,11 +1,14 @@
 // Interop check with Node's `ws` library (used by tests/interop.rs).
-// Usage: node client.js ws://127.0.0.1:PORT — exits 0 when every check passed.
+// Usage: node client.js ws://127.0.0.1:PORT (or wss://localhost:PORT,
+// trusting the certificate in the file named by INTEROP_CA) — exits 0 when
+// every check passed.
 "use strict";
 const assert = require("node:assert/strict");
 const WebSocket = require("ws");
 
 function open(url) {
-  const ws = new WebSocket(url);
+  const tls = url.startsWith("wss://") ? { ca: require("node:fs").readFileSync(process.env.INTEROP_CA) } : {};
+  const ws = new WebSocket(url, tls);
   const queue = [];
   const waiters = [];
   ws.on("message", (data, isBinary) => {

@@ -1,13 +1,22 @@
 """Interop check with the Python `websockets` library (used by tests/interop.rs).
 
-Usage: client.py ws://127.0.0.1:PORT
+Usage: client.py ws://127.0.0.1:PORT (or wss://localhost:PORT, trusting the
+certificate in the file named by INTEROP_CA)
 Exits 0 when every check passed; prints what failed otherwise.
 """
 import asyncio
 import json
+import os
+import ssl
 import sys
 
 import websockets
+
+
+def connect(url, **kw):
+    if url.startswith("wss://"):
+        kw["ssl"] = ssl.create_default_context(cafile=os.environ["INTEROP_CA"])
+    return websockets.connect(url, **kw)
 
 
 async def recv_json(ws):
@@ -15,12 +24,12 @@ async def recv_json(ws):
 
 
 async def main(base):
-    async with websockets.connect(f"{base}/ws/lobby?user=py-ann") as ann:
+    async with connect(f"{base}/ws/lobby?user=py-ann") as ann:
         welcome = await recv_json(ann)
         assert welcome["type"] == "welcome" and welcome["user"] == "py-ann", welcome
         joined = await recv_json(ann)
         assert joined["type"] == "joined" and joined["room"] == "lobby", joined
-        async with websockets.connect(f"{base}/ws/lobby?user=py-bob") as bob:
+        async with connect(f"{base}/ws/lobby?user=py-bob") as bob:
             await recv_json(bob)
             await recv_json(bob)
             event = await recv_json(ann)
@@ -38,7 +47,7 @@ async def main(base):
         await ann.send("{broken")
         err = await recv_json(ann)
         assert err["type"] == "error" and err["code"] == "bad_json", err
-    async with websockets.connect(f"{base}/echo", max_size=None) as echo:
+    async with connect(f"{base}/echo", max_size=None) as echo:
         for payload in ["text ✓", b"\xff" * 60000]:
             await echo.send(payload)
             assert await asyncio.wait_for(echo.recv(), 10) == payload

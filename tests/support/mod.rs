@@ -629,3 +629,29 @@ pub fn drive_node(script: &str, flags: &[&str], args: &[&str]) {
     );
     drop(server);
 }
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (made by the
+/// test with rcgen), written to `dir` as `<name>.crt` and `<name>.key`.
+pub fn tls_certificate(
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key, made.cert.der().clone())
+}
+
+/// A fresh directory for a test's files.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
