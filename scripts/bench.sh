@@ -37,6 +37,9 @@
 #   scripts/bench.sh cluster-joins [N]    join/leave pairs/s over two nodes (presence scripts)
 #   scripts/bench.sh cluster             all of the above, beside their single-node figures
 #
+# TLS=1 runs any mode over TLS (wss://): a certificate for localhost is made
+# with openssl for the run, the daemon gets --tls-cert/--tls-key and the load
+# tool --tls-ca.
 # SERVER_FLAGS adds daemon flags; LOAD_FLAGS adds load-tool flags;
 # SERVER_BIN runs another switchboard binary (an older build: before/after).
 # SERVER_CMD replaces the switchboard command line with another server's (run
@@ -53,6 +56,16 @@ else
   cargo build --release --quiet --bin switchboard --bin switchboard-load
 fi
 SERVER=${SERVER_BIN:-target/release/switchboard}
+if [ "${TLS:-0}" = 1 ]; then
+  command -v openssl >/dev/null || { echo "TLS=1 needs openssl (apt-get install openssl)" >&2; exit 2; }
+  TLS_DIR=$(mktemp -d)
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+  SERVER_FLAGS="${SERVER_FLAGS:-} --tls-cert $TLS_DIR/cert.pem --tls-key $TLS_DIR/key.pem"
+  LOAD_FLAGS="${LOAD_FLAGS:-} --tls-ca $TLS_DIR/cert.pem"
+fi
 LOAD=target/release/switchboard-load
 if [ "$(nproc)" -ge 2 ]; then PIN_S="taskset -c 0"; PIN_L="taskset -c 1"; else PIN_S=""; PIN_L=""; fi
 

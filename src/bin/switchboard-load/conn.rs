@@ -81,6 +81,8 @@ pub(crate) struct Peer {
 
 pub(crate) struct Conn {
     pub(crate) stream: Option<TcpStream>,
+    /// `--tls-ca`: the connection's TLS state.
+    pub(crate) tls: Option<Box<rustls::ClientConnection>>,
     pub(crate) state: State,
     pub(crate) rx: RxBuf,
     pub(crate) tx: TxBuf,
@@ -91,6 +93,7 @@ impl Conn {
     pub(crate) fn new(role: Role) -> Conn {
         Conn {
             stream: None,
+            tls: None,
             state: State::Idle,
             rx: RxBuf::default(),
             tx: TxBuf::default(),
@@ -162,7 +165,12 @@ impl Conn {
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(());
             };
-            let n = match stream.read(&mut self.rx.buf[self.rx.end..]) {
+            let buf = &mut self.rx.buf[self.rx.end..];
+            let read = match self.tls.as_deref_mut() {
+                Some(tls) => crate::tls::read(stream, tls, buf),
+                None => stream.read(buf),
+            };
+            let n = match read {
                 Ok(0) => return Err(Why::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -217,13 +225,21 @@ impl Conn {
         };
         let tx = &mut self.tx;
         while tx.pos < tx.buf.len() {
-            match stream.write(&tx.buf[tx.pos..]) {
+            let rest = &tx.buf[tx.pos..];
+            let written = match self.tls.as_deref_mut() {
+                Some(tls) => crate::tls::write(stream, tls, rest),
+                None => stream.write(rest),
+            };
+            match written {
                 Ok(0) => return Err(Why::Eof),
                 Ok(n) => tx.pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Why::Io(e)),
             }
+        }
+        if let Some(tls) = self.tls.as_deref_mut() {
+            crate::tls::flush(stream, tls).map_err(Why::Io)?;
         }
         if tx.pos == tx.buf.len() {
             tx.buf.clear();

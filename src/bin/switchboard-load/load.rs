@@ -540,6 +540,13 @@ impl Load {
         match started {
             Ok(stream) => {
                 conn.stream = Some(stream);
+                conn.tls = match &self.s.opts.tls {
+                    Some(config) => match crate::tls::connection(config) {
+                        Ok(tls) => Some(tls),
+                        Err(e) => return self.fail(idx, Why::Connect(e)),
+                    },
+                    None => None,
+                };
                 conn.rx.buf = vec![0; RX_INITIAL];
                 self.deadlines
                     .push_back((now + HANDSHAKE_TIMEOUT, idx, gen));
@@ -554,11 +561,12 @@ impl Load {
         if matches!(conn.state, State::Idle | State::Closed) {
             return;
         }
-        if let Some(stream) = conn.stream.as_mut() {
+        if let (Some(stream), None) = (conn.stream.as_mut(), &conn.tls) {
             // Best effort: a close reply or pong may still be queued.
             let _ = stream.write(&conn.tx.buf[conn.tx.pos..]);
         }
         conn.stream = None;
+        conn.tls = None;
         conn.state = State::Closed;
         conn.rx = RxBuf::default();
         conn.tx = TxBuf::default();
@@ -803,6 +811,7 @@ impl Load {
             return;
         }
         conn.stream = None;
+        conn.tls = None;
         conn.state = State::Closed;
         conn.rx = RxBuf::default();
         conn.tx = TxBuf::default();
@@ -964,6 +973,7 @@ impl Load {
                 let _ = conn.flush();
             }
             conn.stream = None;
+            conn.tls = None;
             conn.state = State::Closed;
         }
     }

@@ -11,8 +11,11 @@
 //!     [--conns N] [--room NAME] [--payload BYTES] [--in-flight K] [--ahead]
 //!     [--messages M] [--rate PER_SEC] [--hold SECS] [--duration SECS]
 //!     [--rooms R] [--seed S] [--connect-window C] [--sources S] [--busy-poll]
-//!     [--subscribers-on IP:PORT,IP:PORT…] [--wait-joined]
+//!     [--subscribers-on IP:PORT,IP:PORT…] [--wait-joined] [--tls-ca FILE]
 //! ```
+//!
+//! `--tls-ca FILE`: every connection speaks TLS (`wss://`, server name
+//! `localhost`), trusting the PEM certificate(s) in FILE.
 //!
 //! Modes:
 //!
@@ -100,6 +103,7 @@ mod load;
 mod net;
 mod report;
 mod soak;
+mod tls;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -215,6 +219,8 @@ struct Opts {
     /// Chat: reconnects per second (a leave and a join each).
     churn: f64,
     seed: u64,
+    /// `--tls-ca`: connect over TLS with these settings.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 fn main() -> ExitCode {
@@ -280,6 +286,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         room_size: 10,
         churn: 0.0,
         seed: 1,
+        tls: None,
     };
     let (mut conns, mut rate, mut duration) = (None, None, None);
     let mut parser = lexopt::Parser::from_env();
@@ -323,6 +330,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Long("sources") => opts.sources = number(&mut parser, "sources", 1)?,
             Long("busy-poll") => opts.busy_poll = true,
             Long("wait-joined") => opts.wait_joined = true,
+            Long("tls-ca") => opts.tls = Some(tls::config(&string(&mut parser, "tls-ca")?)?),
             Long("subscribers-on") => {
                 opts.subscribers_on = string(&mut parser, "subscribers-on")?
                     .split(',')
