@@ -976,7 +976,8 @@ impl Config {
                 errors.push(e);
             }
         }
-        if errors.is_empty() {
+        // `--check-config` names every problem; a run stops at the first.
+        if errors.is_empty() || check {
             errors.extend(config.problems());
             errors.extend(config.check_files());
         }

@@ -201,7 +201,12 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load(cert, key).map_err(io::Error::other)?),
-            _ => None,
+            (None, None) => None,
+            _ => {
+                return Err(io::Error::other(
+                    "tls_cert and tls_key go together: give both, or neither",
+                ))
+            }
         };
         let poll = Poll::new()?;
         let mut listener = listen(&config)?;
@@ -666,7 +671,7 @@ impl Driver {
             Ok(config) => {
                 self.tls = Some(config);
                 self.counters.tls_reloads += 1;
-                log::warn!("SIGHUP: TLS certificate and key reloaded");
+                log::info!("SIGHUP: TLS certificate and key reloaded");
             }
             Err(e) => {
                 self.counters.tls_reload_failures += 1;

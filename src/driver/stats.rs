@@ -433,6 +433,15 @@ impl Driver {
             ],
         );
         metric(
+            "tls_reloads_total",
+            "counter",
+            "SIGHUP reloads of the TLS certificate and key, by whether the files loaded.",
+            &[
+                ("{result=\"ok\"}", c.tls_reloads as f64),
+                ("{result=\"failed\"}", c.tls_reload_failures as f64),
+            ],
+        );
+        metric(
             "history_gaps_filled_total",
             "counter",
             "Cluster mode: gaps in a room's messages (lost on this node's Redis subscriber link) filled from Redis.",

@@ -76,6 +76,9 @@ pub struct Tls {
     eof: bool,
     /// The first bytes were looked at (a TLS record, or plain HTTP?).
     looked: bool,
+    /// An error met after some plaintext was read: reported by the next
+    /// read, so what was read is not lost.
+    failed: Option<io::Error>,
 }
 
 impl Tls {
@@ -86,6 +89,7 @@ impl Tls {
             conn,
             eof: false,
             looked: false,
+            failed: None,
         }))
     }
 
@@ -115,10 +119,26 @@ impl Tls {
     /// raises a new edge). `WouldBlock` when nothing at all came; `Ok(0)`
     /// at the end (close_notify, or the peer's FIN).
     pub fn read(&mut self, tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let mut got = 0;
+        // An error after some plaintext: that first, the error next time.
+        let fail = |this: &mut Tls, got: usize, e: io::Error| {
+            if got > 0 {
+                this.failed = Some(e);
+                Ok(got)
+            } else {
+                Err(e)
+            }
+        };
         loop {
             match self.conn.reader().read(&mut buf[got..]) {
-                Ok(0) if got < buf.len() => return Ok(got), // close_notify
+                Ok(0) if got < buf.len() => {
+                    // close_notify: the end (the readers ask `ended`).
+                    self.eof = true;
+                    return Ok(got);
+                }
                 Ok(n) => {
                     got += n;
                     if got == buf.len() {
@@ -128,8 +148,11 @@ impl Tls {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The TCP end without close_notify: the end all the same.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(got),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.eof = true;
+                    return Ok(got);
+                }
+                Err(e) => return fail(self, got, e),
             }
             if self.eof {
                 return Ok(got);
@@ -146,6 +169,15 @@ impl Tls {
                 // so in plain HTTP, then closed.
                 if first[0].is_ascii_alphabetic() {
                     let _ = SocketWriter(&*tcp).write(PLAIN_HTTP_ANSWER);
+                    // Read what came (a request head), so closing sends a
+                    // FIN after the answer, not a reset.
+                    let mut sink = [0u8; 4096];
+                    for _ in 0..4 {
+                        if !matches!(tcp.read(&mut sink), Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                    let _ = tcp.shutdown(std::net::Shutdown::Write);
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "plain HTTP on the TLS port",
@@ -156,17 +188,19 @@ impl Tls {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(got),
-                Err(e) => return Err(e),
+                Err(e) => return fail(self, got, e),
             }
             if let Err(e) = self.conn.process_new_packets() {
                 // Garbage, a bad handshake, a bad record: the alert goes
                 // out (if the socket takes it), then the end.
                 let _ = self.flush(tcp);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                return fail(self, got, io::Error::new(io::ErrorKind::InvalidData, e));
             }
             // Handshake answers, key updates: out now if the socket takes
             // them, else with the next flush (WRITABLE is asked for).
-            self.flush(tcp)?;
+            if let Err(e) = self.flush(tcp) {
+                return fail(self, got, e);
+            }
         }
     }
 
@@ -191,6 +225,12 @@ impl Tls {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(sent)
+    }
+
+    /// The peer ended the TLS stream (close_notify, or its TCP end): no
+    /// more data will come, though no edge may announce it.
+    pub fn ended(&self) -> bool {
+        self.eof
     }
 
     /// Queue close_notify (sent by the next flush).
@@ -224,12 +264,27 @@ impl Write for Io<'_> {
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match &mut self.tls {
-            // One record per call: the gather buffer already joined the
-            // small frames.
-            Some(tls) => match bufs.iter().find(|b| !b.is_empty()) {
-                Some(b) => tls.write(self.tcp, b),
-                None => Ok(0),
-            },
+            // Slice after slice: short only once the socket is full (the
+            // output queue then waits for WRITABLE, which comes only after
+            // EAGAIN).
+            Some(tls) => {
+                let mut total = 0;
+                for b in bufs.iter().filter(|b| !b.is_empty()) {
+                    match tls.write(self.tcp, b) {
+                        Ok(n) => {
+                            total += n;
+                            if n < b.len() {
+                                break;
+                            }
+                        }
+                        // (An error after some was written: the next
+                        // write meets it again.)
+                        Err(_) if total > 0 => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(total)
+            }
             None => SocketWriter(&*self.tcp).write_vectored(bufs),
         }
     }

@@ -52,6 +52,11 @@ impl Driver {
             Err(e) => return self.peer_gone(key, &e.to_string()),
         };
         let eof = fill.at_eof();
+        // TLS: the peer's close_notify (or end) was read, and no edge may
+        // come to say so: read on to the end like after a FIN.
+        if conn.tls.as_ref().is_some_and(|t| t.ended()) {
+            conn.peer_closed = true;
+        }
         let flow = if fill.more() {
             Flow::More
         } else if fill.blocked() {

@@ -828,7 +828,8 @@ impl Hub {
             };
             let silent = now.saturating_duration_since(session.last_seen);
             if silent >= dead_after {
-                log::info!(conn:% = id, code = 4100u16; "{id} heartbeat timeout after {silent:?} of silence");
+                let code = CloseReason::HeartbeatTimeout.code();
+                log::info!(conn:% = id, code = code; "{id} heartbeat timeout after {silent:?} of silence");
                 self.counters.heartbeat_timeouts += 1;
                 self.close(id, CloseReason::HeartbeatTimeout);
             } else if silent >= interval {
