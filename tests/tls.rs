@@ -388,3 +388,39 @@ fn a_client_that_only_listens_gets_every_message_big_and_small() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_tls_reader_that_never_reads_is_closed_as_a_slow_consumer() {
+    let dir = temp_dir("slow");
+    let (cert, key, der) = certificate(&dir, "a");
+    let server = tls_server(&cert, &key, &["--max-output-queue", "262144"]);
+    let config = client_config(&der, None);
+    let mut ann = wss(server.addr, config.clone(), "/ws/r?user=ann");
+    expect(&mut ann, "welcome");
+    expect(&mut ann, "joined");
+    let mut bob = wss(server.addr, config.clone(), "/ws/r?user=bob");
+    expect(&mut bob, "welcome");
+    expect(&mut bob, "joined");
+    // Ann stops reading; bob sends far more than her queue and the
+    // sockets' buffers hold.
+    let chunk = "z".repeat(60_000);
+    let mut closed = false;
+    for _ in 0..400 {
+        bob.send(Message::text(
+            json!({"type": "message", "room": "r", "data": chunk}).to_string(),
+        ))
+        .unwrap();
+        let (stats, _) = https_get(server.addr, config.clone(), "/stats");
+        if stats.contains("\"slow_consumer_closes\":1") {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the reader that never reads was not closed");
+    // Bob, who reads, is still served.
+    bob.send(Message::text(json!({"type": "ping", "ref": 1}).to_string()))
+        .unwrap();
+    assert_eq!(expect(&mut bob, "pong")["ref"], 1);
+    drop(ann);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
