@@ -274,6 +274,10 @@ fn garbage_plain_http_and_a_stalled_handshake_are_closed_and_others_are_served()
         "{:?}",
         start.elapsed()
     );
+    // A client the server cannot serve (ALPN h2 only) is refused.
+    let mut h2_only = (*client_config(&der, None)).clone();
+    h2_only.alpn_protocols = vec![b"h2".to_vec()];
+    assert!(tls_connect(server.addr, Arc::new(h2_only)).is_err());
     // Meanwhile and after, TLS clients are served.
     let mut ann = wss(server.addr, config.clone(), "/ws?user=ann");
     expect(&mut ann, "welcome");
@@ -422,5 +426,44 @@ fn a_tls_reader_that_never_reads_is_closed_as_a_slow_consumer() {
         .unwrap();
     assert_eq!(expect(&mut bob, "pong")["ref"], 1);
     drop(ann);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hostile_bytes_before_and_after_the_handshake_never_stop_the_daemon() {
+    let dir = temp_dir("hostile-many");
+    let (cert, key, der) = certificate(&dir, "a");
+    let server = tls_server(&cert, &key, &[]);
+    let config = client_config(&der, None);
+    let mut random = 0x853c_49e6_748f_ea9b_u64;
+    let mut next = move || {
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        random
+    };
+    for i in 0..240 {
+        let len = (next() % 400) as usize;
+        let garbage: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let record_type = [20u8, 21, 22, 23, 24][(next() % 5) as usize];
+        let result = match i % 3 {
+            // Garbage, or a handshake record header and garbage, instead of a ClientHello.
+            0 => TcpStream::connect(server.addr).and_then(|mut s| s.write_all(&garbage)),
+            1 => TcpStream::connect(server.addr).and_then(|mut s| {
+                s.write_all(&[22, 3, (next() % 5) as u8])?;
+                s.write_all(&garbage)
+            }),
+            // A good handshake, then garbage or a bad record on the wire.
+            _ => tls_connect(server.addr, config.clone()).and_then(|mut s| {
+                s.write_all(b"GET /heal")?;
+                s.flush()?;
+                s.sock.write_all(&[record_type, 3, 3])?;
+                s.sock.write_all(&garbage)
+            }),
+        };
+        drop(result);
+    }
+    let (response, _) = https_get(server.addr, config, "/healthz");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -74,9 +74,9 @@ const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nConnection: close\r\n\r\n\
 this port speaks TLS: use https:// or wss://\n";
 
-/// Bytes read from the socket at a time (a TLS record is at most
-/// 16 KiB + 256).
-const READ_SIZE: usize = 16 * 1024 + 512;
+/// Bytes read from the socket at a time (into the stack; only what a
+/// partial record needs is kept).
+const READ_SIZE: usize = 16 * 1024;
 
 /// One connection's TLS state (boxed in the connection: plain connections
 /// pay one pointer for it). rustls's unbuffered API: the buffers are ours,
@@ -92,8 +92,9 @@ pub struct Tls {
     /// Decrypted bytes not handed to a reader yet; `taken` of them are.
     plain: Vec<u8>,
     taken: usize,
-    /// The handshake is done: application data may be encrypted.
-    ready: bool,
+    /// rustls failed (a bad record, a failed handshake): it is not called
+    /// again (it asks that), and every later call gets this.
+    dead: Option<String>,
     /// No more data will come (close_notify, or the peer's TCP end).
     eof: bool,
     /// The peer's TCP end was read.
@@ -122,7 +123,7 @@ impl Tls {
             sent: 0,
             plain: Vec::new(),
             taken: 0,
-            ready: false,
+            dead: None,
             eof: false,
             tcp_eof: false,
             closing: false,
@@ -159,17 +160,35 @@ impl Tls {
     /// is done) encrypt what of `send` fits under [`BUFFER_LIMIT`] and
     /// close_notify if asked. Returns how much of `send` was encrypted.
     fn process(&mut self, send: &[u8]) -> io::Result<usize> {
+        if let Some(why) = &self.dead {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+        }
         let mut encrypted = 0;
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
             let mut discard = status.discard;
             let mut again = true;
-            match status.state.map_err(invalid)? {
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => return Err(self.die(e)),
+            };
+            match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
+                    let mut failed = None;
                     while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard += record.discard;
-                        self.plain.extend_from_slice(record.payload);
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                self.plain.extend_from_slice(record.payload);
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        return Err(self.die(e));
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
@@ -199,7 +218,6 @@ impl Tls {
                     again = false;
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
-                    self.ready = true;
                     again = false;
                     while encrypted < send.len() && self.outgoing.len() - self.sent < BUFFER_LIMIT {
                         let chunk = &send[encrypted..send.len().min(encrypted + 16 * 1024)];
@@ -231,11 +249,19 @@ impl Tls {
         }
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
-        } else {
-            // A partial record waits: keep its bytes, not the read size.
-            self.incoming.shrink_to_fit();
         }
         Ok(encrypted)
+    }
+
+    /// rustls failed (a bad record, a failed handshake): it is not called
+    /// again. (The alert it may have queued is not fetched: a further call
+    /// could deframe the same bad bytes and report them twice, which
+    /// rustls does not allow, so the peer sees the end of the connection.)
+    fn die(&mut self, e: rustls::Error) -> io::Error {
+        let why = e.to_string();
+        log::debug!("TLS failed: {why}");
+        self.dead = Some(why.clone());
+        io::Error::new(io::ErrorKind::InvalidData, why)
     }
 
     /// Read plaintext: what was decrypted, then the socket's records
@@ -245,19 +271,7 @@ impl Tls {
     /// raises a new edge). `WouldBlock` when nothing at all came; `Ok(0)`
     /// at the end (close_notify, or the peer's FIN).
     pub fn read(&mut self, tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
         let mut got = 0;
-        // An error after some plaintext: that first, the error next time.
-        let fail = |this: &mut Tls, got: usize, e: io::Error| {
-            if got > 0 {
-                this.failed = Some(e);
-                Ok(got)
-            } else {
-                Err(e)
-            }
-        };
         loop {
             if self.taken < self.plain.len() {
                 let n = (self.plain.len() - self.taken).min(buf.len() - got);
@@ -271,6 +285,15 @@ impl Tls {
                 if got == buf.len() {
                     return Ok(got);
                 }
+            }
+            // An error met after some plaintext: that first, the error
+            // with the next read.
+            if let Some(e) = self.failed.take() {
+                if got > 0 {
+                    self.failed = Some(e);
+                    return Ok(got);
+                }
+                return Err(e);
             }
             if self.eof || self.tcp_eof {
                 self.eof = true;
@@ -303,32 +326,27 @@ impl Tls {
                     ));
                 }
             }
-            let start = self.incoming.len();
-            self.incoming.resize(start + READ_SIZE, 0);
-            match tcp.read(&mut self.incoming[start..]) {
-                Ok(0) => {
-                    self.incoming.truncate(start);
-                    self.tcp_eof = true;
-                }
-                Ok(n) => self.incoming.truncate(start + n),
+            let mut chunk = [0u8; READ_SIZE];
+            match tcp.read(&mut chunk) {
+                Ok(0) => self.tcp_eof = true,
+                Ok(n) => self.incoming.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(got),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.incoming.truncate(start);
-                    if self.incoming.is_empty() {
-                        self.incoming = Vec::new();
-                    }
-                    if e.kind() == io::ErrorKind::WouldBlock && got > 0 {
-                        return Ok(got);
-                    }
-                    return fail(self, got, e);
+                    self.failed = Some(e);
+                    continue;
                 }
             }
+            // Decrypt what came; an error (the alert queued) is reported
+            // once what was decrypted before it has been read.
             if let Err(e) = self.process(&[]) {
-                return fail(self, got, e);
+                self.failed = Some(e);
             }
-            // Handshake answers: out now if the socket takes them, else
-            // with the next flush (WRITABLE is asked for).
+            // Handshake answers, alerts: out now if the socket takes them,
+            // else with the next flush (WRITABLE is asked for).
             if let Err(e) = self.flush(tcp) {
-                return fail(self, got, e);
+                self.failed.get_or_insert(e);
             }
         }
     }
