@@ -23,6 +23,10 @@
 #    or its closing behavior, is FAILED (or UNCLEAN), listing those cases;
 #    2 if the run did not complete (daemon died, wstest failed or timed out).
 #
+# AUTOBAHN_TLS=1 runs the same over wss://: the daemon gets a certificate
+# made for the run with openssl (--tls-cert/--tls-key) and wstest connects
+# to wss://127.0.0.1:PORT/echo (reports in .tools/autobahn/reports-tls/).
+#
 # Environment: AUTOBAHN_CASES (comma-separated case patterns, default "*"),
 # AUTOBAHN_TIMEOUT (seconds for the wstest run, default 1200),
 # AUTOBAHN_PYTHON2, AUTOBAHN_PY27=debian (see above), AUTOBAHN_DAEMON_ARGS
@@ -33,6 +37,11 @@ ROOT=$PWD
 T=$ROOT/.tools/autobahn
 REQ=$ROOT/scripts/autobahn-requirements.txt
 REPORTS=$T/reports
+SCHEME=ws
+if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
+  REPORTS=$T/reports-tls
+  SCHEME=wss
+fi
 WSTEST_TIMEOUT=${AUTOBAHN_TIMEOUT:-1200}
 CASES=${AUTOBAHN_CASES:-*}
 VIRTUALENV_PINS=(virtualenv==20.21.1 distlib==0.4.4 filelock==3.32.7 platformdirs==3.11.0)
@@ -159,17 +168,30 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 healthy() {
-  python3 - "$1" <<'EOF' >/dev/null 2>&1
-import sys, urllib.request
-urllib.request.urlopen("http://127.0.0.1:%s/healthz" % sys.argv[1], timeout=1).read()
+  python3 - "$1" "$SCHEME" <<'EOF' >/dev/null 2>&1
+import ssl, sys, urllib.request
+scheme = "https" if sys.argv[2] == "wss" else "http"
+context = ssl._create_unverified_context() if scheme == "https" else None
+urllib.request.urlopen("%s://127.0.0.1:%s/healthz" % (scheme, sys.argv[1]), timeout=1, context=context).read()
 EOF
 }
+
+TLS_FLAGS=()
+if [ "$SCHEME" = wss ]; then
+  command -v openssl >/dev/null || die "AUTOBAHN_TLS=1 needs openssl (apt-get install openssl)"
+  mkdir -p "$T/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$T/tls/key.pem" -out "$T/tls/cert.pem" -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null || die "openssl could not make a certificate"
+  TLS_FLAGS=(--tls-cert "$T/tls/cert.pem" --tls-key "$T/tls/key.pem")
+fi
 
 PORT=
 for attempt in 1 2 3 4 5; do
   port=$(free_port)
   "$BIN" --listen "127.0.0.1:$port" \
-    --echo-max-message-size 16777216 --max-output-queue 67108864 \
+    --echo-max-message-size 16777216 --max-output-queue 67108864 "${TLS_FLAGS[@]}" \
     --log-level warn ${AUTOBAHN_DAEMON_ARGS:-} >"$T/switchboard.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 50); do
@@ -188,12 +210,12 @@ log "switchboard pid $DAEMON_PID on 127.0.0.1:$PORT (log: ${T#"$ROOT"/}/switchbo
 # ---------------------------------------------------------------- wstest
 rm -rf "$REPORTS"
 mkdir -p "$REPORTS"
-python3 - "$T/spec.json" "$PORT" "$REPORTS" "$CASES" <<'EOF'
+python3 - "$T/spec.json" "$PORT" "$REPORTS" "$CASES" "$SCHEME" <<'EOF'
 import json, sys
-path, port, outdir, cases = sys.argv[1:]
+path, port, outdir, cases, scheme = sys.argv[1:]
 spec = {
     "outdir": outdir,
-    "servers": [{"agent": "switchboard", "url": "ws://127.0.0.1:%s/echo" % port}],
+    "servers": [{"agent": "switchboard", "url": "%s://127.0.0.1:%s/echo" % (scheme, port)}],
     "cases": [c.strip() for c in cases.split(",") if c.strip()],
     # 12.* and 13.* are permessage-deflate: switchboard does not negotiate it.
     "exclude-cases": ["12.*", "13.*"],
