@@ -205,7 +205,7 @@ impl Tls {
                                 self.outgoing.truncate(start);
                                 room = e.required_size;
                             }
-                            Err(e) => return Err(invalid(e)),
+                            Err(e) => return Err(self.stop(invalid(e))),
                         }
                     }
                 }
@@ -223,18 +223,20 @@ impl Tls {
                         let chunk = &send[encrypted..send.len().min(encrypted + 16 * 1024)];
                         let start = self.outgoing.len();
                         self.outgoing.resize(start + chunk.len() + 256, 0);
-                        let n = traffic
-                            .encrypt(chunk, &mut self.outgoing[start..])
-                            .map_err(invalid)?;
+                        let n = match traffic.encrypt(chunk, &mut self.outgoing[start..]) {
+                            Ok(n) => n,
+                            Err(e) => return Err(self.stop(invalid(e))),
+                        };
                         self.outgoing.truncate(start + n);
                         encrypted += chunk.len();
                     }
                     if self.closing && !self.closed {
                         let start = self.outgoing.len();
                         self.outgoing.resize(start + 256, 0);
-                        let n = traffic
-                            .queue_close_notify(&mut self.outgoing[start..])
-                            .map_err(invalid)?;
+                        let n = match traffic.queue_close_notify(&mut self.outgoing[start..]) {
+                            Ok(n) => n,
+                            Err(e) => return Err(self.stop(invalid(e))),
+                        };
                         self.outgoing.truncate(start + n);
                         self.closed = true;
                     }
@@ -249,8 +251,18 @@ impl Tls {
         }
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
+        } else if self.incoming.capacity() > 2 * self.incoming.len() + 1024 {
+            // A partial record waits: keep its bytes, not a read's worth.
+            self.incoming.shrink_to_fit();
         }
         Ok(encrypted)
+    }
+
+    /// An error of ours while rustls was mid-step (its discard not
+    /// applied): rustls is not called again, like after its own errors.
+    fn stop(&mut self, e: io::Error) -> io::Error {
+        self.dead = Some(e.to_string());
+        e
     }
 
     /// rustls failed (a bad record, a failed handshake): it is not called
@@ -271,6 +283,11 @@ impl Tls {
     /// raises a new edge). `WouldBlock` when nothing at all came; `Ok(0)`
     /// at the end (close_notify, or the peer's FIN).
     pub fn read(&mut self, tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed.is_none() && self.taken == self.plain.len() {
+            if let Some(why) = &self.dead {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+            }
+        }
         let mut got = 0;
         loop {
             if self.taken < self.plain.len() {
@@ -374,10 +391,12 @@ impl Tls {
         Ok(sent)
     }
 
-    /// The peer ended the TLS stream (close_notify, or its TCP end): no
-    /// more data will come, though no edge may announce it.
+    /// The peer ended the TLS stream (close_notify, or its TCP end), or it
+    /// failed: no more data will come, though no edge may announce it.
     pub fn ended(&self) -> bool {
-        self.eof
+        // An error held back behind plaintext counts too: no edge may come
+        // to have it read.
+        self.eof || self.failed.is_some() || self.dead.is_some()
     }
 
     /// Queue close_notify (sent by the next flush).
