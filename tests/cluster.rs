@@ -18,17 +18,11 @@ const API_KEY: &str = "cluster-test-api-key-0123456789";
 
 /// A node of the cluster over `urls`, waited on until its shards are up.
 fn node(urls: &str, extra: &[&str]) -> Server {
-    let mut flags = vec!["--cluster", urls, "--api-key", API_KEY];
-    flags.extend_from_slice(extra);
-    let server = Server::start(&flags);
-    wait_up(&server);
-    server
+    support::cluster_node(urls, API_KEY, extra)
 }
 
 fn wait_up(server: &Server) {
-    server.wait_stats_with_key(Some(API_KEY), "cluster up", |s| {
-        s["cluster"]["state"] == "up"
-    });
+    support::wait_cluster_up(server, API_KEY);
 }
 
 /// Until every node counts `n` live nodes.

@@ -8,80 +8,24 @@
 
 mod support;
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Client, Redis, Server};
+use support::{cut, next_message, Client, Redis, Server};
 
 const API_KEY: &str = "cluster-test-api-key-0123456789";
 
 fn node(redis: &Redis, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut flags = vec!["--cluster", url.as_str(), "--api-key", API_KEY];
-    flags.extend_from_slice(extra);
-    let server = Server::start(&flags);
-    wait_up(&server);
-    server
-}
-
-fn wait_up(server: &Server) {
-    server.wait_stats_with_key(Some(API_KEY), "cluster up", |s| {
-        s["cluster"]["state"] == "up"
-    });
+    support::cluster_node(&redis.url(), API_KEY, extra)
 }
 
 fn join(c: &mut Client, room: &str, since: Option<&(String, u64)>) -> Value {
-    let mut msg = json!({"type": "join", "room": room});
-    if let Some((epoch, seq)) = since {
-        msg["since"] = json!({"epoch": epoch, "seq": seq});
-    }
-    c.send_json(msg);
-    loop {
-        let v = c.recv_json();
-        if v["type"] == "joined" {
-            return v;
-        }
-        assert!(
-            matches!(v["type"].as_str(), Some("user_joined" | "user_left")),
-            "{v}"
-        );
-    }
-}
-
-/// The next room message, past presence events.
-fn next_message(c: &mut Client) -> Value {
-    loop {
-        let m = c.recv_json();
-        match m["type"].as_str() {
-            Some("user_joined" | "user_left") => continue,
-            _ => {
-                assert_eq!(m["type"], "message", "{m}");
-                return m;
-            }
-        }
-    }
-}
-
-fn cut(c: Client) {
-    let _ = c.ws.get_ref().shutdown(Shutdown::Both);
+    support::join_since(c, room, since)
 }
 
 fn publish_at(addr: SocketAddr, room: &str, data: Value) {
-    use std::io::{Read, Write};
-    let body = json!({"room": room, "data": data}).to_string();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(support::WAIT)).unwrap();
-    write!(
-        s,
-        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let (status, r) = support::parse_http(&raw);
-    assert_eq!(status, 200, "{r}");
+    support::publish_at(addr, API_KEY, room, data);
 }
 
 /// Read `n` messages, checking they continue `place` one by one; `seen`

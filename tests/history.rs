@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,55 +13,16 @@ use support::*;
 
 const API_KEY: &str = "api-key-0123456789abcdef";
 
-/// Join `room` with `since` (if any) and return the `joined`.
 fn join(c: &mut Client, room: &str, since: Option<&(String, u64)>) -> Value {
-    let mut msg = json!({"type": "join", "room": room});
-    if let Some((epoch, seq)) = since {
-        msg["since"] = json!({"epoch": epoch, "seq": seq});
-    }
-    c.send_json(msg);
-    c.expect("joined")
-}
-
-/// The next room message, past presence events.
-fn next_message(c: &mut Client) -> Value {
-    loop {
-        let m = c.recv_json();
-        match m["type"].as_str() {
-            Some("user_joined" | "user_left") => continue,
-            _ => {
-                assert_eq!(m["type"], "message", "{m}");
-                return m;
-            }
-        }
-    }
-}
-
-/// Drop the TCP connection without a close frame, like a lost network.
-fn cut(c: Client) {
-    let _ = c.ws.get_ref().shutdown(Shutdown::Both);
+    join_since(c, room, since)
 }
 
 fn publish(server: &Server, room: &str, data: Value) {
     publish_at(server.addr, room, data);
 }
 
-/// `POST /api/publish` to the daemon at `addr` (from any thread).
 fn publish_at(addr: SocketAddr, room: &str, data: Value) {
-    use std::io::{Read, Write};
-    let body = json!({"room": room, "data": data}).to_string();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let (status, r) = parse_http(&raw);
-    assert_eq!(status, 200, "{r}");
+    support::publish_at(addr, API_KEY, room, data);
 }
 
 #[test]

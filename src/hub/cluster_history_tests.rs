@@ -66,6 +66,17 @@ fn join_with(t: &mut T, id: ConnId, since: Option<(&str, u64)>, history: ListedH
     );
 }
 
+/// A plain join of `r` whose answer says the room's history (epoch `e1`)
+/// is at `seq`.
+fn join_at(t: &mut T, id: ConnId, seq: u64) {
+    let history = ListedHistory {
+        epoch: "e1".into(),
+        seq,
+        ..Default::default()
+    };
+    join_with(t, id, None, history);
+}
+
 fn since_of(json: &str) -> Option<(&str, u64)> {
     (!json.is_empty()).then_some(("e1", 3))
 }
@@ -234,12 +245,7 @@ fn a_join_that_cannot_recover_says_so_and_replays_nothing() {
 fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
     let mut t = history_cluster();
     let ann = t.open_granted("ann");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 2,
-        ..Default::default()
-    };
-    join_with(&mut t, ann, None, history);
+    join_at(&mut t, ann, 2);
     t.drain();
     // 3 and 4 were lost on the way here: 5 waits, and so does 6 and a
     // presence event, until the gap is filled.
@@ -297,12 +303,7 @@ fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
 fn a_new_epoch_under_members_closes_them_to_rejoin() {
     let mut t = history_cluster();
     let ann = t.open_granted("ann");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 7,
-        ..Default::default()
-    };
-    join_with(&mut t, ann, None, history);
+    join_at(&mut t, ann, 7);
     t.drain();
     t.arrive(
         ChannelName::Room("r"),
@@ -387,12 +388,7 @@ fn listing(seq: u64, recovered: Option<bool>, replay: &[&str]) -> ClusterAnswer 
 fn a_marker_that_waited_behind_a_gap_still_gets_its_joined_first() {
     let mut t = history_cluster();
     let bob = t.open_granted("bob");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 12,
-        ..Default::default()
-    };
-    join_with(&mut t, bob, None, history);
+    join_at(&mut t, bob, 12);
     t.drain();
     // 13 is lost; 14 starts a fill.
     t.arrive(ChannelName::Room("r"), &h("n2 -", 14, "e1", "14"));
@@ -429,12 +425,7 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     // between the marker and then was not held for it.
     let mut t = history_cluster();
     let bob = t.open_granted("bob");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 5,
-        ..Default::default()
-    };
-    join_with(&mut t, bob, None, history);
+    join_at(&mut t, bob, 5);
     t.drain();
     let ann = t.open_granted("ann");
     let (reply, _) = start_join(&mut t, ann, Some(("e1", 5)));
@@ -451,12 +442,7 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     // yet): what it would deliver next the client had replayed.
     let mut t = history_cluster();
     let bob = t.open_granted("bob");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 5,
-        ..Default::default()
-    };
-    join_with(&mut t, bob, None, history);
+    join_at(&mut t, bob, 5);
     let ann = t.open_granted("ann");
     let (reply, join) = start_join(&mut t, ann, Some(("e1", 5)));
     let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
@@ -470,12 +456,7 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
 fn a_joiners_own_message_before_its_answer_is_no_hole() {
     let mut t = history_cluster();
     let bob = t.open_granted("bob");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 5,
-        ..Default::default()
-    };
-    join_with(&mut t, bob, None, history);
+    join_at(&mut t, bob, 5);
     t.drain();
     // Ann joins and at once sends a message (after her join in Redis:
     // seq 6); her marker and her message come before her join's answer.
@@ -500,12 +481,7 @@ fn a_joiners_own_message_before_its_answer_is_no_hole() {
 fn a_first_join_with_a_hole_starts_where_the_node_is_and_a_repeated_join_says_so() {
     let mut t = history_cluster();
     let bob = t.open_granted("bob");
-    let history = ListedHistory {
-        epoch: "e1".into(),
-        seq: 5,
-        ..Default::default()
-    };
-    join_with(&mut t, bob, None, history);
+    join_at(&mut t, bob, 5);
     t.drain();
     let ann = t.open_granted("ann");
     let (reply, _) = start_join(&mut t, ann, None);

@@ -655,3 +655,75 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Join `room` with `since` (`(epoch, seq)`, if any) and return the
+/// `joined`, past presence events.
+pub fn join_since(c: &mut Client, room: &str, since: Option<&(String, u64)>) -> Value {
+    let mut msg = serde_json::json!({"type": "join", "room": room});
+    if let Some((epoch, seq)) = since {
+        msg["since"] = serde_json::json!({"epoch": epoch, "seq": seq});
+    }
+    c.send_json(msg);
+    loop {
+        let v = c.recv_json();
+        if v["type"] == "joined" {
+            return v;
+        }
+        assert!(
+            matches!(v["type"].as_str(), Some("user_joined" | "user_left")),
+            "{v}"
+        );
+    }
+}
+
+/// The next room message, past presence events.
+pub fn next_message(c: &mut Client) -> Value {
+    loop {
+        let m = c.recv_json();
+        match m["type"].as_str() {
+            Some("user_joined" | "user_left") => continue,
+            _ => {
+                assert_eq!(m["type"], "message", "{m}");
+                return m;
+            }
+        }
+    }
+}
+
+/// Drop the TCP connection without a close frame, like a lost network.
+pub fn cut(c: Client) {
+    let _ = c.ws.get_ref().shutdown(std::net::Shutdown::Both);
+}
+
+/// `POST /api/publish` of `data` to `room` on the daemon at `addr` (from
+/// any thread), with the API key `key`; the call must succeed.
+pub fn publish_at(addr: SocketAddr, key: &str, room: &str, data: Value) {
+    let body = serde_json::json!({"room": room, "data": data}).to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "POST /api/publish HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let (status, r) = parse_http(&raw);
+    assert_eq!(status, 200, "{r}");
+}
+
+/// A cluster node over the Redis at `url` with the API key `key`, waited
+/// on until its shards are up.
+pub fn cluster_node(url: &str, key: &str, extra: &[&str]) -> Server {
+    let mut flags = vec!["--cluster", url, "--api-key", key];
+    flags.extend_from_slice(extra);
+    let server = Server::start(&flags);
+    wait_cluster_up(&server, key);
+    server
+}
+
+/// Until the node says its cluster is up.
+pub fn wait_cluster_up(server: &Server, key: &str) {
+    server.wait_stats_with_key(Some(key), "cluster up", |s| s["cluster"]["state"] == "up");
+}
