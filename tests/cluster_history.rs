@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{cut, next_message, Client, Redis, Server};
+use support::{
+    cut, next_message, read_across_cuts, read_on, spawn_publisher, Client, Redis, Server,
+};
 
 const API_KEY: &str = "cluster-test-api-key-0123456789";
 
@@ -26,20 +28,6 @@ fn join(c: &mut Client, room: &str, since: Option<&(String, u64)>) -> Value {
 
 fn publish_at(addr: SocketAddr, room: &str, data: Value) {
     support::publish_at(addr, API_KEY, room, data);
-}
-
-/// Read `n` messages, checking they continue `place` one by one; `seen`
-/// marks each `data.i`.
-fn read_on(c: &mut Client, place: &mut (String, u64), n: u64, seen: &mut [bool]) {
-    for _ in 0..n {
-        let m = next_message(c);
-        let seq = m["seq"].as_u64().expect("a seq");
-        assert_eq!(seq, place.1 + 1, "after {} came {m}", place.1);
-        let i = m["data"]["i"].as_u64().unwrap() as usize;
-        assert!(!seen[i], "message {i} arrived twice");
-        seen[i] = true;
-        place.1 = seq;
-    }
 }
 
 #[test]
@@ -63,43 +51,19 @@ fn every_message_arrives_once_in_order_while_the_reader_moves_between_three_node
     let mut reader = nodes[0].joined("/ws?user=reader");
     let joined = join(&mut reader, "feed", None);
     let mut place = (joined["epoch"].as_str().unwrap().to_string(), 0);
-    let (ws_addr, api_addr) = (nodes[1].addr, nodes[2].addr);
-    let publisher = std::thread::spawn(move || {
-        let mut p = Client::connect(ws_addr, "/ws/feed?user=pub");
-        p.expect("welcome");
-        p.expect("joined");
-        for i in 0..TOTAL {
-            if i % 5 == 4 {
-                publish_at(api_addr, "feed", json!({"i": i}));
-            } else {
-                p.send_json(json!({"type": "message", "room": "feed", "data": {"i": i}}));
-            }
-            if i % 3 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        p.send_json(json!({"type": "ping"}));
-        while p.recv_json()["type"] != "pong" {}
-    });
+    // Four of five from a client on one node, one through another's API.
+    let (ws, api) = (nodes[1].addr, nodes[2].addr);
+    let publisher = spawn_publisher(ws, api, API_KEY, "feed", TOTAL, 5, 3);
     let mut seen = vec![false; TOTAL as usize];
-    let mut random = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut cuts = 0;
-    while place.1 < TOTAL {
-        random = random
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let take = (1 + (random >> 33) % 80).min(TOTAL - place.1);
-        read_on(&mut reader, &mut place, take, &mut seen);
-        if place.1 == TOTAL {
-            break;
-        }
-        cut(reader);
-        cuts += 1;
-        reader = nodes[cuts % 3].joined("/ws?user=reader");
-        let joined = join(&mut reader, "feed", Some(&place));
-        assert_eq!(joined["recovered"], true, "cut {cuts}: {joined}");
-        assert_eq!(joined["epoch"].as_str(), Some(place.0.as_str()));
-    }
+    let cuts = read_across_cuts(
+        reader,
+        "feed",
+        &mut place,
+        &mut seen,
+        80,
+        0x9e37_79b9_7f4a_7c15,
+        |cuts| nodes[cuts % 3].joined("/ws?user=reader"),
+    );
     publisher.join().unwrap();
     assert!(seen.iter().all(|&s| s));
     assert!(cuts >= 15, "only {cuts} cuts");

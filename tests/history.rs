@@ -43,63 +43,13 @@ fn every_message_arrives_once_and_in_order_across_many_cut_connections() {
     let joined = join(&mut sub, "feed", None);
     let mut place = (joined["epoch"].as_str().unwrap().to_string(), 0u64);
     assert_eq!(joined["seq"], 0);
-    let addr = server.addr;
-    let publisher = std::thread::spawn(move || {
-        // Nine of ten from a client, one through the API, without pause
-        // between most: the subscriber's cuts land mid-stream.
-        let mut p = Client::connect(addr, "/ws/feed?user=pub");
-        assert_eq!(p.expect("welcome")["user"], "pub");
-        p.expect("joined");
-        for i in 0..TOTAL {
-            if i % 10 == 9 {
-                publish_at(addr, "feed", json!({"i": i}));
-            } else {
-                p.send_json(json!({"type": "message", "room": "feed", "data": {"i": i}}));
-            }
-            // About a second in all: the subscriber's cuts and rejoins
-            // happen while messages keep coming.
-            if i % 4 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        // Everything sent was handled once the pong comes (the API's
-        // messages reach this member too).
-        p.send_json(json!({"type": "ping"}));
-        while p.recv_json()["type"] != "pong" {}
-    });
+    // Nine of ten from a client, one through the API, about a second in
+    // all: the subscriber's cuts and rejoins happen while messages come.
+    let publisher = spawn_publisher(server.addr, server.addr, API_KEY, "feed", TOTAL, 10, 4);
     let mut seen = vec![false; TOTAL as usize];
-    let mut cuts = 0;
-    let mut random = 0x2545_f491_u64;
-    loop {
-        // Read a random number of messages, then lose the connection.
-        random = random
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let take = 1 + (random >> 33) % 120;
-        for _ in 0..take {
-            if place.1 == TOTAL {
-                break;
-            }
-            let m = next_message(&mut sub);
-            let seq = m["seq"]
-                .as_u64()
-                .expect("messages of a room with history have a seq");
-            assert_eq!(seq, place.1 + 1, "after {} came {m}", place.1);
-            let i = m["data"]["i"].as_u64().unwrap() as usize;
-            assert!(!seen[i], "message {i} arrived twice");
-            seen[i] = true;
-            place.1 = seq;
-        }
-        if place.1 == TOTAL {
-            break;
-        }
-        cut(sub);
-        cuts += 1;
-        sub = server.joined("/ws?user=sub");
-        let joined = join(&mut sub, "feed", Some(&place));
-        assert_eq!(joined["recovered"], true, "cut {cuts}: {joined}");
-        assert_eq!(joined["epoch"].as_str(), Some(place.0.as_str()));
-    }
+    let cuts = read_across_cuts(sub, "feed", &mut place, &mut seen, 120, 0x2545_f491, |_| {
+        server.joined("/ws?user=sub")
+    });
     assert!(seen.iter().all(|&s| s), "every message arrived");
     assert!(cuts >= 20, "only {cuts} cuts");
     publisher.join().unwrap();

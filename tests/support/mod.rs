@@ -727,3 +727,88 @@ pub fn cluster_node(url: &str, key: &str, extra: &[&str]) -> Server {
 pub fn wait_cluster_up(server: &Server, key: &str) {
     server.wait_stats_with_key(Some(key), "cluster up", |s| s["cluster"]["state"] == "up");
 }
+
+/// A publisher on a thread of its own: `total` messages `{"i": i}` to
+/// `room`, sent by a client of the daemon at `ws` (user `pub`), every
+/// `api_every`-th through the server API of the daemon at `api` instead,
+/// with a 1 ms pause every `pause_every`. It ends once every message was
+/// handled (a pong after the last).
+pub fn spawn_publisher(
+    ws: SocketAddr,
+    api: SocketAddr,
+    key: &'static str,
+    room: &'static str,
+    total: u64,
+    api_every: u64,
+    pause_every: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut p = Client::connect(ws, &format!("/ws/{room}?user=pub"));
+        assert_eq!(p.expect("welcome")["user"], "pub");
+        p.expect("joined");
+        for i in 0..total {
+            let data = serde_json::json!({"i": i});
+            if i % api_every == api_every - 1 {
+                publish_at(api, key, room, data);
+            } else {
+                p.send_json(serde_json::json!({"type": "message", "room": room, "data": data}));
+            }
+            if i % pause_every == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Everything sent was handled once the pong comes (the API's
+        // messages reach this member too).
+        p.send_json(serde_json::json!({"type": "ping"}));
+        while p.recv_json()["type"] != "pong" {}
+    })
+}
+
+/// Read `n` room messages, each the next `seq` after `place`, marking
+/// each `data.i` in `seen` (a message seen twice fails).
+pub fn read_on(c: &mut Client, place: &mut (String, u64), n: u64, seen: &mut [bool]) {
+    for _ in 0..n {
+        let m = next_message(c);
+        let seq = m["seq"]
+            .as_u64()
+            .expect("messages of a room with history have a seq");
+        assert_eq!(seq, place.1 + 1, "after {} came {m}", place.1);
+        let i = m["data"]["i"].as_u64().unwrap() as usize;
+        assert!(!seen[i], "message {i} arrived twice");
+        seen[i] = true;
+        place.1 = seq;
+    }
+}
+
+/// Read `room` from `place` to message `seen.len()`, losing the
+/// connection (no close frame) after a random 1 to `most` messages each
+/// time and rejoining with `since` on `reconnect(cuts so far)`: every
+/// rejoin must recover, in the same epoch. Returns how many cuts there were.
+pub fn read_across_cuts(
+    mut reader: Client,
+    room: &str,
+    place: &mut (String, u64),
+    seen: &mut [bool],
+    most: u64,
+    mut random: u64,
+    mut reconnect: impl FnMut(usize) -> Client,
+) -> usize {
+    let total = seen.len() as u64;
+    let mut cuts = 0;
+    loop {
+        random = random
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let take = (1 + (random >> 33) % most).min(total - place.1);
+        read_on(&mut reader, place, take, seen);
+        if place.1 == total {
+            return cuts;
+        }
+        cut(reader);
+        cuts += 1;
+        reader = reconnect(cuts);
+        let joined = join_since(&mut reader, room, Some(place));
+        assert_eq!(joined["recovered"], true, "cut {cuts}: {joined}");
+        assert_eq!(joined["epoch"].as_str(), Some(place.0.as_str()));
+    }
+}
