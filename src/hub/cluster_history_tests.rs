@@ -50,8 +50,7 @@ fn join_with(t: &mut T, id: ConnId, since: Option<(&str, u64)>, history: ListedH
                 ask.since.as_ref().map(|(e, s)| (e.as_str(), *s)),
                 since_of(&since)
             );
-            let marker = format!("M {NODE} {}\n", cluster::conn_word(id, c.join));
-            t.arrive(ChannelName::Room("r"), marker.as_bytes());
+            marker_arrives(t, id, c.join);
             pending = c.reply;
         }
     }
@@ -149,8 +148,7 @@ fn a_join_gets_the_missed_messages_then_only_what_came_after_its_marker() {
             assert_eq!(ask.since, Some(("e1".to_string(), 3)));
             // Frames before the marker are not hers; after it they wait.
             t.arrive(ChannelName::Room("r"), &h("n2 -", 4, "e1", "four"));
-            let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, c.join));
-            t.arrive(ChannelName::Room("r"), marker.as_bytes());
+            marker_arrives(&mut t, ann, c.join);
             t.arrive(ChannelName::Room("r"), &h("n2 -", 6, "e1", "six"));
             pending = c.reply;
         }
@@ -358,6 +356,12 @@ fn the_history_request_is_answered_from_redis() {
 
 /// Join `r` as `id` (no `since`): the presence change's reply and join
 /// number, the marker not delivered.
+/// The join marker of `id`'s join `join` comes back on room `r`'s channel.
+fn marker_arrives(t: &mut T, id: ConnId, join: Option<u64>) {
+    let marker = format!("M {NODE} {}\n", cluster::conn_word(id, join));
+    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+}
+
 fn start_join(t: &mut T, id: ConnId, since: Option<(&str, u64)>) -> (Pending, Option<u64>) {
     let since = since.map_or(String::new(), |(e, s)| {
         format!(r#","since":{{"epoch":"{e}","seq":{s}}}"#)
@@ -400,8 +404,7 @@ fn a_marker_that_waited_behind_a_gap_still_gets_its_joined_first() {
     let ann = t.open_granted("ann");
     let (reply, join) = start_join(&mut t, ann, Some(("e1", 10)));
     t.answer(reply, listing(14, Some(true), &["11", "12", "13", "14"]));
-    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
-    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    marker_arrives(&mut t, ann, join);
     assert!(t.drain().is_empty());
     t.hub
         .handle_history_fill(&gap, Some(vec![(Bytes::from("n2 -"), body("13"))]));
@@ -445,8 +448,7 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     join_at(&mut t, bob, 5);
     let ann = t.open_granted("ann");
     let (reply, join) = start_join(&mut t, ann, Some(("e1", 5)));
-    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
-    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    marker_arrives(&mut t, ann, join);
     t.answer(reply, listing(7, Some(true), &["6", "7"]));
     assert_eq!(t.take_closes(), [(ann, CloseReason::HistoryGap)]);
     assert_eq!(t.hub.counters().history_gap_closes, 1);
@@ -462,8 +464,7 @@ fn a_joiners_own_message_before_its_answer_is_no_hole() {
     // seq 6); her marker and her message come before her join's answer.
     let ann = t.open_granted("ann");
     let (reply, join) = start_join(&mut t, ann, Some(("e1", 5)));
-    let marker = format!("M {NODE} {}\n", cluster::conn_word(ann, join));
-    t.arrive(ChannelName::Room("r"), marker.as_bytes());
+    marker_arrives(&mut t, ann, join);
     t.arrive(
         ChannelName::Room("r"),
         &h(&format!("{NODE} {ann}"), 6, "e1", "mine"),
