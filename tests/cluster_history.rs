@@ -247,12 +247,7 @@ fn the_history_request_and_the_api_read_from_redis() {
 
 #[test]
 fn the_js_client_in_chromium_loses_nothing_across_a_daemon_restart() {
-    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts/browser-tools/node_modules/playwright-core");
-    assert!(
-        tools.exists(),
-        "run scripts/test.sh (it installs playwright-core and chromium)"
-    );
+    support::need_browser_tools();
     let redis = Redis::start();
     let url = redis.url();
     support::drive_node(

@@ -185,12 +185,7 @@ fn the_history_request_and_the_api_give_the_latest_messages() {
 
 #[test]
 fn the_js_client_in_chromium_loses_nothing_across_cut_connections() {
-    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts/browser-tools/node_modules/playwright-core");
-    assert!(
-        tools.exists(),
-        "run scripts/test.sh (it installs playwright-core and chromium)"
-    );
+    support::need_browser_tools();
     support::drive_node(
         "history_browser.mjs",
         &[

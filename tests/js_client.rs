@@ -47,10 +47,7 @@ fn js_client_reconnects_rejoins_and_honours_close_codes() {
 
 #[test]
 fn js_client_in_headless_chromium() {
-    assert!(
-        repo("scripts/browser-tools/node_modules/playwright-core").exists(),
-        "run scripts/test.sh (it installs playwright-core and chromium)"
-    );
+    support::need_browser_tools();
     // A short heartbeat, so the client's own timer finds a stopped daemon.
     support::drive_node(
         "js_browser.mjs",

@@ -9,15 +9,6 @@ use std::path::Path;
 
 use support::Server;
 
-fn browser_tools() {
-    assert!(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("scripts/browser-tools/node_modules/playwright-core")
-            .exists(),
-        "run scripts/test.sh (it installs playwright-core and chromium)"
-    );
-}
-
 #[test]
 fn pages_are_served_self_contained_with_an_etag() {
     let server = Server::start(&["--api-key", "a-key-of-sixteen-chars"]);
@@ -103,14 +94,14 @@ fn overview_lists_the_busiest_rooms_and_users() {
 
 #[test]
 fn dashboard_in_headless_chromium() {
-    browser_tools();
+    support::need_browser_tools();
     let key = "dashboard-test-key-0123456789";
     support::drive_node("dashboard_browser.mjs", &["--api-key", key], &[key]);
 }
 
 #[test]
 fn demo_in_headless_chromium() {
-    browser_tools();
+    support::need_browser_tools();
     // Two tabs chatting; the daemon killed and restarted under them.
     support::drive_node("demo_browser.mjs", &[], &[]);
 }

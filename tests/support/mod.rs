@@ -552,6 +552,16 @@ impl Drop for Redis {
     }
 }
 
+/// Fails with what to run when the headless Chromium tools are missing.
+pub fn need_browser_tools() {
+    assert!(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts/browser-tools/node_modules/playwright-core")
+            .exists(),
+        "run scripts/test.sh (it installs playwright-core and chromium)"
+    );
+}
+
 /// Run `tests/interop/<script>` in Node against a daemon (started with
 /// `flags`) on a fixed port, with the base URL and `args`, doing what it
 /// asks on its stdout: KILL (kill, wait 2 s, start again on the same
