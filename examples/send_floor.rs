@@ -30,7 +30,13 @@ fn main() {
         senders.push(s);
         receivers.push(r);
     }
-    let frame = [0x81u8; 80];
+    // FRAME_BYTES: what one send carries (80: one small frame; 16 frames of
+    // a 16-in-flight fan-out are about 1,300).
+    let frame_len: usize = std::env::var("FRAME_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80);
+    let frame = vec![0x81u8; frame_len];
     let expected = n * rounds * frame.len();
     let reader = std::thread::spawn(move || {
         let mut poll = Poll::new().unwrap();

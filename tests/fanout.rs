@@ -68,3 +68,125 @@ fn settle(c: &mut Client) {
     c.send_json(json!({"type": "ping", "ref": "settle"}));
     while c.recv_json()["type"] != "pong" {}
 }
+
+/// Room messages a client sends in one write are queued to the room's
+/// members as one burst. Whatever else the same write holds — a private
+/// message, typing, a message to another room, one with `echo`, a leave, a
+/// join — reaches every member in the order it was sent, and each message
+/// is counted once per recipient.
+#[test]
+fn a_burst_keeps_every_recipients_order() {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut a = server.joined("/ws/r?user=a");
+    let mut b = server.joined("/ws/r?user=b");
+    b.send_json(json!({"type": "join", "room": "r2"}));
+    b.expect("joined");
+    let mut p = server.joined("/ws/r?user=p");
+    p.send_json(json!({"type": "join", "room": "r2"}));
+    p.expect("joined");
+    settle(&mut a);
+    settle(&mut b);
+    let before = server.stats()["messages_out"].as_u64().unwrap();
+
+    let message = |room: &str, data: &str| json!({"type": "message", "room": room, "data": data});
+    let sent = [
+        message("r", "m1"),
+        message("r", "m2"),
+        json!({"type": "private", "to": "a", "data": "p1"}),
+        message("r", "m3"),
+        json!({"type": "typing", "room": "r"}),
+        message("r2", "x1"),
+        json!({"type": "message", "room": "r", "data": "m4", "echo": true}),
+        message("r", "m5"),
+        json!({"type": "leave", "room": "r2"}),
+        message("r", "m6"),
+        json!({"type": "join", "room": "r3"}),
+        message("r", "m7"),
+        json!({"type": "ping", "ref": "end"}),
+    ];
+    let mut write = Vec::new();
+    for v in &sent {
+        write.extend(support::client_frame(0x1, v.to_string().as_bytes()));
+    }
+    // One write: the daemon reads it whole and handles it as one input.
+    std::io::Write::write_all(p.ws.get_mut(), &write).unwrap();
+
+    // What each saw, up to the last message.
+    let seen = |c: &mut Client| {
+        let mut seen = Vec::new();
+        loop {
+            let m = c.recv_json();
+            let what = match m["type"].as_str().unwrap() {
+                "message" => format!(
+                    "{}:{}",
+                    m["room"].as_str().unwrap(),
+                    m["data"].as_str().unwrap()
+                ),
+                "private" => format!("private:{}", m["data"].as_str().unwrap()),
+                "typing" => format!("typing:{}", m["room"].as_str().unwrap()),
+                "user_left" => format!("left:{}", m["room"].as_str().unwrap()),
+                other => other.to_string(),
+            };
+            let last = what == "r:m7";
+            seen.push(what);
+            if last {
+                return seen;
+            }
+        }
+    };
+    let r = |d: &str| format!("r:{d}");
+    assert_eq!(
+        seen(&mut a),
+        [
+            r("m1"),
+            r("m2"),
+            "private:p1".into(),
+            r("m3"),
+            "typing:r".into(),
+            r("m4"),
+            r("m5"),
+            r("m6"),
+            r("m7")
+        ]
+    );
+    assert_eq!(
+        seen(&mut b),
+        [
+            r("m1"),
+            r("m2"),
+            r("m3"),
+            "typing:r".into(),
+            "r2:x1".into(),
+            r("m4"),
+            r("m5"),
+            "left:r2".into(),
+            r("m6"),
+            r("m7")
+        ]
+    );
+    // The sender: its echo, then the answers to its leave, join and ping.
+    let mut own = Vec::new();
+    loop {
+        let m = p.recv_json();
+        let t = m["type"].as_str().unwrap().to_string();
+        own.push(if t == "message" {
+            format!("message:{}", m["data"].as_str().unwrap())
+        } else {
+            t
+        });
+        if own.last().unwrap() == "pong" {
+            break;
+        }
+    }
+    assert_eq!(own, ["message:m4", "left", "joined", "pong"]);
+    a.sync();
+    b.sync();
+    // Counted per message and recipient: 7 room messages to a and b, the
+    // echo to p, a private, typing to two, x1 to b, the presence event
+    // and p's own answers (left, joined, pong) — not per burst.
+    let after = server.wait_stats("messages_out", |s| s["messages_out"].as_u64().is_some());
+    assert_eq!(
+        after["messages_out"].as_u64().unwrap() - before,
+        7 * 2 + 1 + 1 + 2 + 1 + 1 + 3 + 2
+    );
+}

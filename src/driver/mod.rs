@@ -22,6 +22,7 @@
 //! `Hub::handle_cluster_*` calls, so the hub stays pure.
 
 pub mod api;
+mod burst;
 pub mod cluster;
 mod conn;
 mod handle;
@@ -347,6 +348,8 @@ impl Server {
             // Small: what a look takes in is bounded, so the rest of a
             // fan-out is not held up by much other work.
             take_in_events: Some(Events::with_capacity(TAKE_IN_EVENTS)),
+            reader: None,
+            burst: None,
         };
         driver.run()
     }
@@ -399,6 +402,10 @@ struct Driver {
     overview: Option<(Instant, usize, Vec<u8>)>,
     /// The events buffer of [`Driver::take_in`] (None while in use).
     take_in_events: Option<Events>,
+    /// The connection whose input is being handled, while it is.
+    reader: Option<ConnId>,
+    /// Room frames from `reader`'s input not yet queued (see `burst`).
+    burst: Option<burst::Burst>,
 }
 
 /// The name of a channel, as the hub takes it.
@@ -422,7 +429,8 @@ fn peer_addr(conns: &Slab<Conn>, id: ConnId) -> Option<String> {
 /// its queue already holds `cap` bytes (`--max-output-queue`), once the
 /// socket has taken what it will take now. So one message the limits allow,
 /// of any size, never makes a prompt reader "slow", and a queue holds at
-/// most `cap` bytes plus one frame.
+/// most `cap` bytes plus one frame (or one burst of small frames, at most
+/// 64 KiB: see `burst`).
 #[inline]
 fn queue_is_full(
     conn: &mut Conn,
@@ -814,6 +822,9 @@ impl Driver {
     fn drain_hub(&mut self) {
         loop {
             while let Some(output) = self.hub.poll_output() {
+                if !matches!(output, Output::Send { .. }) {
+                    self.end_burst();
+                }
                 match output {
                     Output::Publish {
                         channel,
@@ -897,7 +908,7 @@ impl Driver {
                             }
                         }
                     },
-                    Output::Send { to, frame } => self.deliver(to, frame),
+                    Output::Send { to, frame } => self.send(to, frame),
                     Output::Ping(id) => {
                         if let Some(key) = self.open_key(id) {
                             self.conns[key].out.push(Bytes::from_static(PING_FRAME));
@@ -913,18 +924,24 @@ impl Driver {
                     }
                 }
             }
+            // Other input for the hub: a burst ends first.
             if let Some(event) = self.cluster.as_mut().and_then(|c| c.poll_event()) {
+                self.end_burst();
                 self.on_cluster_event(event);
                 continue;
             }
             // What waited on a room's channel while a gap was filled: one
             // message per round, its outputs carried out before the next.
-            if self.hub.handle_next_waiting() {
-                continue;
+            if self.hub.has_waiting() {
+                self.end_burst();
+                if self.hub.handle_next_waiting() {
+                    continue;
+                }
             }
             if self.slow.is_empty() {
                 return;
             }
+            self.end_burst();
             for id in std::mem::take(&mut self.slow) {
                 self.counters.slow_consumer_closes += 1;
                 self.hub.close(id, CloseReason::SlowConsumer);
@@ -1016,8 +1033,36 @@ impl Driver {
         }
     }
 
-    /// Queue one shared frame to every recipient: O(recipients), no copy.
-    fn deliver(&mut self, to: crate::hub::Target, frame: Bytes) {
+    /// Carry out `Output::Send`: at once, or as part of the reader's burst
+    /// (see `burst`; it ends here when this frame cannot join it).
+    fn send(&mut self, to: crate::hub::Target, frame: Bytes) {
+        if burst::Burst::fits(to, &frame, self.reader) {
+            let frame = match &mut self.burst {
+                Some(b) => match b.add(to, frame) {
+                    Ok(()) => return,
+                    Err(frame) => frame,
+                },
+                None => frame,
+            };
+            self.end_burst();
+            self.burst = Some(burst::Burst::new(to, frame));
+        } else {
+            self.end_burst();
+            self.deliver(to, frame, 1);
+        }
+    }
+
+    /// Queue the open burst, if any, to its recipients.
+    fn end_burst(&mut self) {
+        if let Some(b) = self.burst.take() {
+            let (to, frame, messages) = b.finish();
+            self.deliver(to, frame, messages);
+        }
+    }
+
+    /// Queue one shared frame (carrying `messages` messages) to every
+    /// recipient: O(recipients), no copy.
+    fn deliver(&mut self, to: crate::hub::Target, frame: Bytes, messages: u64) {
         let Driver {
             hub,
             conns,
@@ -1043,7 +1088,7 @@ impl Driver {
                 return;
             }
             conn.out.push(frame.clone());
-            counters.messages_out += 1;
+            counters.messages_out += messages;
             if !conn.dirty {
                 conn.dirty = true;
                 dirty.push(id.index as usize);

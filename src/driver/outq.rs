@@ -73,7 +73,11 @@ impl OutQueue {
             let front = &front[self.front_written..];
             let small = |f: &[u8]| f.len() < GATHER_FRAME_MAX;
             let mut requested = 0;
-            let result = if self.frames.len() > 1 && small(front) && small(&self.frames[1]) {
+            let result = if self.frames.len() == 1 {
+                // One frame (a fan-out's burst, usually): straight from it.
+                requested = front.len();
+                w.write(front)
+            } else if small(front) && small(&self.frames[1]) {
                 // A run of small frames: copy it into one buffer, one send.
                 gather.clear();
                 gather.extend_from_slice(front);

@@ -11,11 +11,21 @@ use crate::hub::ConnId;
 use crate::protocol::CloseReason;
 
 impl Driver {
+    /// Handle what connection `key` sent (up to the read budget). Room
+    /// frames its messages produce one after another are queued as one
+    /// burst when its input ends (see `burst`).
+    pub(super) fn read_frames(&mut self, key: usize, now: Instant) {
+        self.reader = self.conns.get(key).map(|c| c.id);
+        self.read_budget(key, now);
+        self.reader = None;
+        self.end_burst();
+    }
+
     /// Read from the socket into the shared scratch buffer and handle every
     /// complete frame there, up to the read budget. Once the peer has
     /// closed, a short read goes on to the end of stream: data and FIN that
     /// arrived together raise one edge, and it would otherwise go unseen.
-    pub(super) fn read_frames(&mut self, key: usize, now: Instant) {
+    fn read_budget(&mut self, key: usize, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..READ_BUDGET {
             match self.read_once(key, now, &mut scratch) {

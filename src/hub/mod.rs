@@ -1882,6 +1882,11 @@ impl Hub {
         self.on_cluster_message(channel, payload);
     }
 
+    /// Whether [`Hub::handle_next_waiting`] has anything to handle.
+    pub fn has_waiting(&self) -> bool {
+        !self.draining.is_empty()
+    }
+
     /// Cluster mode: handle the next message that waited on a room's
     /// channel while its gap was filled, if any (the driver calls this
     /// after carrying out every output, until it says there is none).

@@ -119,7 +119,13 @@ impl Conn {
     }
 
     /// Handle a readiness event: finish connecting, read, answer, flush.
-    pub(crate) fn on_event(&mut self, idx: usize, s: &mut Shared) -> Result<(), Why> {
+    /// `peer_closed`: the event says the peer has closed (read on to the end).
+    pub(crate) fn on_event(
+        &mut self,
+        idx: usize,
+        s: &mut Shared,
+        peer_closed: bool,
+    ) -> Result<(), Why> {
         if self.state == State::Connecting {
             let Some(stream) = self.stream.as_ref() else {
                 return Ok(());
@@ -152,20 +158,24 @@ impl Conn {
         }
         if matches!(self.state, State::Upgrading | State::Open) {
             self.flush()?;
-            self.read(s)?;
+            self.read(s, peer_closed)?;
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Read until the socket would block, handling every complete frame.
-    fn read(&mut self, s: &mut Shared) -> Result<(), Why> {
+    /// Read until the socket is drained, handling every complete frame. A
+    /// short read of plain TCP means it is (more data raises another edge),
+    /// so the read that would only say "would block" is not made, unless the
+    /// peer has closed (its end of stream raises no further edge).
+    fn read(&mut self, s: &mut Shared, peer_closed: bool) -> Result<(), Why> {
         loop {
             self.rx.make_room()?;
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(());
             };
             let buf = &mut self.rx.buf[self.rx.end..];
+            let room = buf.len();
             let read = match self.tls.as_deref_mut() {
                 Some(tls) => crate::tls::read(stream, tls, buf),
                 None => stream.read(buf),
@@ -183,6 +193,9 @@ impl Conn {
             }
             let now_ns = s.now_ns();
             process_frames(&mut self.rx, &mut self.tx, &mut self.peer, s, now_ns)?;
+            if n < room && self.tls.is_none() && !peer_closed {
+                return Ok(());
+            }
         }
     }
 

@@ -461,7 +461,8 @@ impl Load {
                 break;
             }
             for event in events.iter() {
-                self.on_event(event.token().0);
+                let closed = event.is_read_closed() || event.is_error();
+                self.on_event(event.token().0, closed);
             }
             self.tick(Instant::now());
         }
@@ -480,12 +481,12 @@ impl Load {
         self.close_all();
     }
 
-    fn on_event(&mut self, idx: usize) {
+    fn on_event(&mut self, idx: usize, peer_closed: bool) {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
         let was_ready = conn.peer.ready;
-        let result = conn.on_event(idx, &mut self.s);
+        let result = conn.on_event(idx, &mut self.s, peer_closed);
         let became_ready = !was_ready && conn.peer.ready;
         let (role, gen) = (conn.peer.role, conn.peer.gen);
         match result {
