@@ -3,7 +3,10 @@
 //! and is taken in midway (the flush looks at the sockets every 16
 //! writes). Whatever the timing, every subscriber gets every message
 //! exactly once and in order, joins and leaves meanwhile change nothing for
-//! the others, and the metrics show the long flushes took input in.
+//! the others, and the metrics show the long flushes took input in. And
+//! the room frames one client's input produces in a row, queued to each
+//! member as one burst, reach everyone exactly as the same requests sent one
+//! at a time would.
 
 mod support;
 
@@ -189,4 +192,118 @@ fn a_burst_keeps_every_recipients_order() {
         after["messages_out"].as_u64().unwrap() - before,
         7 * 2 + 1 + 1 + 2 + 1 + 1 + 3 + 2
     );
+}
+
+/// Bursts change nothing anyone can see: random mixes of what a client may
+/// send (room messages, echo, typing, private messages, joins and leaves,
+/// messages to rooms it is not in), sent in one write, reach every member
+/// and the sender exactly as the same requests sent one at a time, each
+/// answered before the next is sent.
+#[test]
+fn a_burst_is_seen_as_the_same_requests_one_at_a_time() {
+    for seed in 1..=12u64 {
+        let ops = random_ops(seed, 40);
+        let together = run_ops(&ops, true);
+        let apart = run_ops(&ops, false);
+        assert_eq!(together, apart, "seed {seed}: {ops:?}");
+    }
+}
+
+fn random_ops(seed: u64, n: usize) -> Vec<Value> {
+    let mut x = seed;
+    let mut next = move |k: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % k
+    };
+    (0..n)
+        .map(|i| {
+            let room = ["r", "r2", "r3"][next(3) as usize];
+            let data = format!("d{i}");
+            match next(8) {
+                0..=2 => json!({"type": "message", "room": room, "data": data}),
+                3 => json!({"type": "message", "room": room, "data": data, "echo": true}),
+                4 => json!({"type": "typing", "room": room}),
+                5 => {
+                    let to = ["a", "b", "c"][next(3) as usize];
+                    json!({"type": "private", "to": to, "data": data})
+                }
+                6 => json!({"type": "join", "room": room}),
+                _ => json!({"type": "leave", "room": room}),
+            }
+        })
+        .collect()
+}
+
+/// What a (in r), b (in r and r2), c (in r2) and the sender p (in r and
+/// r2) see when p sends `ops`, in one write or one at a time.
+fn run_ops(ops: &[Value], together: bool) -> Vec<Vec<String>> {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut a = server.joined("/ws/r?user=a");
+    let mut b = server.joined("/ws/r?user=b");
+    b.send_json(json!({"type": "join", "room": "r2"}));
+    b.expect("joined");
+    let mut c = server.joined("/ws/r2?user=c");
+    let mut p = server.joined("/ws/r?user=p");
+    p.send_json(json!({"type": "join", "room": "r2"}));
+    p.expect("joined");
+    for m in [&mut a, &mut b, &mut c] {
+        settle(m);
+    }
+    let mut own = Vec::new();
+    if together {
+        let mut write = Vec::new();
+        for op in ops {
+            write.extend(support::client_frame(0x1, op.to_string().as_bytes()));
+        }
+        std::io::Write::write_all(p.ws.get_mut(), &write).unwrap();
+    } else {
+        for op in ops {
+            p.send_json(op.clone());
+            own.extend(until_pong(&mut p));
+        }
+    }
+    // The end: a private to each (p has no room left to guarantee), then
+    // p's own pong.
+    for to in ["a", "b", "c"] {
+        p.send_json(json!({"type": "private", "to": to, "data": "end"}));
+    }
+    own.extend(until_pong(&mut p));
+    let mut seen: Vec<Vec<String>> = [&mut a, &mut b, &mut c]
+        .into_iter()
+        .map(|m| {
+            let mut seen = Vec::new();
+            loop {
+                let v = m.recv_json();
+                if v["type"] == "private" && v["data"] == "end" {
+                    return seen;
+                }
+                seen.push(brief(&v));
+            }
+        })
+        .collect();
+    seen.push(own);
+    seen
+}
+
+/// Everything `c` gets up to the answer of a ping, briefly.
+fn until_pong(c: &mut Client) -> Vec<String> {
+    c.send_json(json!({"type": "ping", "ref": "step"}));
+    let mut got = Vec::new();
+    loop {
+        let v = c.recv_json();
+        if v["type"] == "pong" && v["ref"] == "step" {
+            return got;
+        }
+        got.push(brief(&v));
+    }
+}
+
+/// A frame's type, room, data, sender, user and error code (not its times).
+fn brief(v: &Value) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        v["type"], v["room"], v["data"], v["from"], v["user"], v["code"]
+    )
 }
