@@ -116,6 +116,48 @@ fn slow_consumer_closed_with_4101() {
     assert_eq!(slow.ended(), Ended::Close(4101, "slow consumer".into()));
 }
 
+/// Small room messages sent in one write reach the room as one burst; a
+/// member that burst finds over its cap is closed with 4101 at once, not
+/// whenever the hub next has something else to do (the sender is quiet
+/// after, and the heartbeat is 30 s away).
+#[test]
+fn a_slow_consumer_found_by_a_burst_is_closed_at_once() {
+    let cap = 65536;
+    let server = Server::start(&["--max-output-queue", &cap.to_string(), "--rate-limit", "0"]);
+    let mut fast = server.joined("/ws/r?user=fast");
+    // The slow client never reads after joining.
+    let slow = server.joined("/ws/r?user=slow");
+    fast.expect("user_joined");
+    let data = "y".repeat(1500);
+    let mut batch = Vec::new();
+    for _ in 0..16 {
+        let m = json!({"type":"message","room":"r","data":data}).to_string();
+        batch.extend(client_frame(0x1, m.as_bytes()));
+    }
+    let mut over = false;
+    for _ in 0..2000 {
+        fast.ws.get_mut().write_all(&batch).unwrap();
+        if over {
+            // The queue was over the cap before this burst: it is refused,
+            // and the member closed now.
+            server.wait_stats("slow consumer closed", |s| s["slow_consumer_closes"] == 1);
+            let mut slow = slow;
+            slow.ws.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+            assert_eq!(slow.ended(), Ended::Close(4101, "slow consumer".into()));
+            assert_eq!(fast.expect("user_left")["user"], "slow");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let s = server.stats();
+        assert_eq!(
+            s["slow_consumer_closes"], 0,
+            "closed before its queue was over the cap"
+        );
+        over = s["queued_bytes"].as_u64().unwrap() >= cap;
+    }
+    panic!("the slow member's queue never went over the cap");
+}
+
 #[test]
 fn one_allowed_message_bigger_than_the_output_queue_is_delivered() {
     // The output queue holds 1 MiB (the default); /echo allows 4 MiB and the

@@ -19,6 +19,11 @@ impl Driver {
         self.read_budget(key, now);
         self.reader = None;
         self.end_burst();
+        if !self.slow.is_empty() {
+            // Members the burst found over their cap are closed now, as
+            // any frame's delivery would have them closed (drain_hub).
+            self.drain_hub();
+        }
     }
 
     /// Read from the socket into the shared scratch buffer and handle every
