@@ -2,6 +2,8 @@
 //! tungstenite handshake, reads frames into the hub, and writes what the hub
 //! decided — each dirty connection flushed once per loop iteration (again in
 //! the same iteration if input taken in during a long flush added to it).
+//! The room frames one connection's read produces in a row are queued to
+//! each member as one buffer when the read ends ([`burst`]).
 //!
 //! Bytes from the network are read by pure pieces that hold no socket and are
 //! fuzzed as called here: [`request_reader`] (HTTP requests) and
