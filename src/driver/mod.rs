@@ -3,7 +3,7 @@
 //! decided — each dirty connection flushed once per loop iteration (again in
 //! the same iteration if input taken in during a long flush added to it).
 //! The room frames one connection's read produces in a row are queued to
-//! each member as one buffer when the read ends ([`burst`]).
+//! each member as one buffer when the read ends (the `burst` module).
 //!
 //! Bytes from the network are read by pure pieces that hold no socket and are
 //! fuzzed as called here: [`request_reader`] (HTTP requests) and
