@@ -107,12 +107,7 @@ fn a_burst_keeps_every_recipients_order() {
         message("r", "m7"),
         json!({"type": "ping", "ref": "end"}),
     ];
-    let mut write = Vec::new();
-    for v in &sent {
-        write.extend(support::client_frame(0x1, v.to_string().as_bytes()));
-    }
-    // One write: the daemon reads it whole and handles it as one input.
-    std::io::Write::write_all(p.ws.get_mut(), &write).unwrap();
+    p.send_in_one_write(&sent);
 
     // What each saw, up to the last message.
     let seen = |c: &mut Client| {
@@ -253,11 +248,7 @@ fn run_ops(ops: &[Value], together: bool) -> Vec<Vec<String>> {
     }
     let mut own = Vec::new();
     if together {
-        let mut write = Vec::new();
-        for op in ops {
-            write.extend(support::client_frame(0x1, op.to_string().as_bytes()));
-        }
-        std::io::Write::write_all(p.ws.get_mut(), &write).unwrap();
+        p.send_in_one_write(ops);
     } else {
         for op in ops {
             p.send_json(op.clone());

@@ -129,14 +129,10 @@ fn a_slow_consumer_found_by_a_burst_is_closed_at_once() {
     let slow = server.joined("/ws/r?user=slow");
     fast.expect("user_joined");
     let data = "y".repeat(1500);
-    let mut batch = Vec::new();
-    for _ in 0..16 {
-        let m = json!({"type":"message","room":"r","data":data}).to_string();
-        batch.extend(client_frame(0x1, m.as_bytes()));
-    }
+    let batch = vec![json!({"type":"message","room":"r","data":data}); 16];
     let mut over = false;
     for _ in 0..2000 {
-        fast.ws.get_mut().write_all(&batch).unwrap();
+        fast.send_in_one_write(&batch);
         if over {
             // The queue was over the cap before this burst: it is refused,
             // and the member closed now.

@@ -335,6 +335,16 @@ impl Client {
         self.send_text(&v.to_string());
     }
 
+    /// Send `msgs` as text frames in one write: the daemon reads them as one
+    /// input (a burst, for room messages).
+    pub fn send_in_one_write(&mut self, msgs: &[Value]) {
+        let mut write = Vec::new();
+        for m in msgs {
+            write.extend(client_frame(0x1, m.to_string().as_bytes()));
+        }
+        self.ws.get_mut().write_all(&write).unwrap();
+    }
+
     /// The next data message (pings are answered by tungstenite and skipped).
     pub fn recv(&mut self) -> Message {
         loop {
