@@ -76,6 +76,16 @@ fn join_at(t: &mut T, id: ConnId, seq: u64) {
     join_with(t, id, None, history);
 }
 
+/// A history cluster with `user` in room `r` at seq `seq` (epoch `e1`),
+/// its outputs taken.
+fn member_at(user: &str, seq: u64) -> (T, ConnId) {
+    let mut t = history_cluster();
+    let id = t.open_granted(user);
+    join_at(&mut t, id, seq);
+    t.drain();
+    (t, id)
+}
+
 fn since_of(json: &str) -> Option<(&str, u64)> {
     (!json.is_empty()).then_some(("e1", 3))
 }
@@ -241,10 +251,7 @@ fn a_join_that_cannot_recover_says_so_and_replays_nothing() {
 
 #[test]
 fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
-    let mut t = history_cluster();
-    let ann = t.open_granted("ann");
-    join_at(&mut t, ann, 2);
-    t.drain();
+    let (mut t, ann) = member_at("ann", 2);
     // 3 and 4 were lost on the way here: 5 waits, and so does 6 and a
     // presence event, until the gap is filled.
     t.arrive(ChannelName::Room("r"), &h("n2 -", 5, "e1", "five"));
@@ -299,10 +306,7 @@ fn a_gap_is_filled_before_anything_after_it_or_the_members_rejoin() {
 
 #[test]
 fn a_new_epoch_under_members_closes_them_to_rejoin() {
-    let mut t = history_cluster();
-    let ann = t.open_granted("ann");
-    join_at(&mut t, ann, 7);
-    t.drain();
+    let (mut t, ann) = member_at("ann", 7);
     t.arrive(
         ChannelName::Room("r"),
         &h("n2 -", 1, "e9", "after a Redis restart"),
@@ -390,10 +394,7 @@ fn listing(seq: u64, recovered: Option<bool>, replay: &[&str]) -> ClusterAnswer 
 
 #[test]
 fn a_marker_that_waited_behind_a_gap_still_gets_its_joined_first() {
-    let mut t = history_cluster();
-    let bob = t.open_granted("bob");
-    join_at(&mut t, bob, 12);
-    t.drain();
+    let (mut t, bob) = member_at("bob", 12);
     // 13 is lost; 14 starts a fill.
     t.arrive(ChannelName::Room("r"), &h("n2 -", 14, "e1", "14"));
     let Some(Output::HistoryFill(gap)) = t.take_cluster().into_iter().next() else {
@@ -426,10 +427,7 @@ fn a_marker_that_waited_behind_a_gap_still_gets_its_joined_first() {
 fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
     // In effect by its timeout (its marker lost): what was delivered
     // between the marker and then was not held for it.
-    let mut t = history_cluster();
-    let bob = t.open_granted("bob");
-    join_at(&mut t, bob, 5);
-    t.drain();
+    let (mut t, bob) = member_at("bob", 5);
     let ann = t.open_granted("ann");
     let (reply, _) = start_join(&mut t, ann, Some(("e1", 5)));
     t.answer(reply, listing(5, Some(true), &[]));
@@ -456,10 +454,7 @@ fn a_join_with_a_hole_in_its_stream_is_closed_to_rejoin() {
 
 #[test]
 fn a_joiners_own_message_before_its_answer_is_no_hole() {
-    let mut t = history_cluster();
-    let bob = t.open_granted("bob");
-    join_at(&mut t, bob, 5);
-    t.drain();
+    let (mut t, bob) = member_at("bob", 5);
     // Ann joins and at once sends a message (after her join in Redis:
     // seq 6); her marker and her message come before her join's answer.
     let ann = t.open_granted("ann");
@@ -480,10 +475,7 @@ fn a_joiners_own_message_before_its_answer_is_no_hole() {
 
 #[test]
 fn a_first_join_with_a_hole_starts_where_the_node_is_and_a_repeated_join_says_so() {
-    let mut t = history_cluster();
-    let bob = t.open_granted("bob");
-    join_at(&mut t, bob, 5);
-    t.drain();
+    let (mut t, _bob) = member_at("bob", 5);
     let ann = t.open_granted("ann");
     let (reply, _) = start_join(&mut t, ann, None);
     t.answer(reply, listing(5, None, &[]));
